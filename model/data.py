@@ -1,0 +1,95 @@
+"""JapaneseVowels (UEA archive) as padded PyTorch batches.
+
+The `.ts` files come from the `aeon` wheel (a training-only dependency), found on disk
+without importing aeon, so no network and no heavy import is needed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from seqserve.ts_format import load_ts
+
+DATASET = "JapaneseVowels"
+
+
+@dataclass(frozen=True)
+class SequenceDataset:
+    """Variable-length sequences with integer class targets."""
+
+    sequences: list[np.ndarray]  # each (T_i, F) float32
+    targets: np.ndarray  # (N,) int64
+    class_labels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def num_features(self) -> int:
+        return self.sequences[0].shape[1]
+
+    def subset(self, indices: Sequence[int]) -> SequenceDataset:
+        return SequenceDataset([self.sequences[i] for i in indices], self.targets[list(indices)], self.class_labels)
+
+    def feature_stats(self) -> tuple[list[float], list[float]]:
+        """Per-feature mean and standard deviation over every real step."""
+        steps = np.concatenate(self.sequences, axis=0)  # (sum T_i, F)
+        return steps.mean(axis=0).tolist(), (steps.std(axis=0) + 1e-6).tolist()
+
+
+def dataset_dir() -> Path:
+    spec = importlib.util.find_spec("aeon")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("JapaneseVowels ships with the `aeon` package: pip install -e '.[train]'")
+    return Path(spec.origin).parent / "datasets" / "data" / DATASET
+
+
+def load_split(split: str, directory: Path | None = None) -> SequenceDataset:
+    """Load the TRAIN or TEST split of JapaneseVowels."""
+    path = (directory or dataset_dir()) / f"{DATASET}_{split.upper()}.ts"
+    header, cases = load_ts(path)
+    index = {label: i for i, label in enumerate(header.class_labels)}
+    return SequenceDataset(
+        sequences=[c.steps for c in cases],
+        targets=np.array([index[c.label] for c in cases], dtype=np.int64),
+        class_labels=header.class_labels,
+    )
+
+
+def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split indices into (train, validation), taking `fraction` of every class for validation."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in np.unique(targets):
+        members = rng.permutation(np.flatnonzero(targets == cls))
+        n_val = max(1, round(fraction * len(members)))
+        val += members[:n_val].tolist()
+        train += members[n_val:].tolist()
+    return sorted(train), sorted(val)
+
+
+def pad_batch(sequences: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """Right-pad sequences with zeros: -> x (B, T_max, F) float32, lengths (B,) int64."""
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    x = np.zeros((len(sequences), int(lengths.max()), sequences[0].shape[1]), dtype=np.float32)
+    for i, s in enumerate(sequences):
+        x[i, : len(s)] = s
+    return torch.from_numpy(x), torch.from_numpy(lengths)
+
+
+def iter_batches(
+    data: SequenceDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Yield (x (B, T, F), lengths (B,), targets (B,)) batches."""
+    order = torch.randperm(len(data), generator=generator).tolist() if shuffle else list(range(len(data)))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        x, lengths = pad_batch([data.sequences[i] for i in idx])
+        yield x, lengths, torch.from_numpy(data.targets[idx])

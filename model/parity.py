@@ -1,0 +1,163 @@
+"""Numerical parity of an exported model: onnxruntime vs the eager PyTorch module.
+
+Every case of a grid (batch 1..32; lengths 1, mid, far longer than any training sequence,
+unsorted mixes; for streaming models a random initial state and a row with no steps) runs
+through onnxruntime, the float32 module and a float64 copy of it. An element passes when
+
+    |ort - torch32| <= max(ATOL + RTOL * |torch32|, 10 * max |torch32 - torch64|)
+
+the second term (the max taken over that output in that case) allowing for inputs on which
+float32 itself is ill-conditioned: there onnxruntime's fused kernels, with their own summation
+order and activation approximations, drift further than PyTorch's.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from model.encoder import RecurrentEncoder
+from model.errors import ParityError
+from seqserve.contract import input_names, output_names
+
+ATOL = 1e-5
+RTOL = 1e-4
+FP64_SLACK = 10.0
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    name: str
+    lengths: tuple[int, ...]
+    random_state: bool = False  # streaming models: start from a random (h0, c0)
+
+
+@dataclass
+class OutputError:
+    max_abs: float = 0.0  # max |ort - torch32|
+    max_rel: float = 0.0  # max |ort - torch32| / (|torch32| + ATOL)
+    max_abs_vs_fp64: float = 0.0  # max |ort - torch64|
+    torch32_vs_fp64: float = 0.0  # max |torch32 - torch64|, float32's own error
+    failures: int = 0  # elements beyond tolerance
+
+    def update(self, ort_out: np.ndarray, t32: np.ndarray, t64: np.ndarray) -> None:
+        err = np.abs(ort_out.astype(np.float64) - t32)
+        fp32_err = np.abs(t32 - t64)
+        allowed = np.maximum(ATOL + RTOL * np.abs(t32), FP64_SLACK * (fp32_err.max() if fp32_err.size else 0.0))
+        if err.size:
+            self.max_abs = max(self.max_abs, float(err.max()))
+            self.max_rel = max(self.max_rel, float((err / (np.abs(t32) + ATOL)).max()))
+            self.max_abs_vs_fp64 = max(self.max_abs_vs_fp64, float(np.abs(ort_out - t64).max()))
+            self.torch32_vs_fp64 = max(self.torch32_vs_fp64, float(fp32_err.max()))
+        self.failures += int((err > allowed).sum())
+
+
+@dataclass
+class ParityReport:
+    atol: float = ATOL
+    rtol: float = RTOL
+    cases: list[str] = field(default_factory=list)
+    outputs: dict[str, OutputError] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(e.failures == 0 for e in self.outputs.values())
+
+    @property
+    def max_abs_error(self) -> float:
+        return max(e.max_abs for e in self.outputs.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "max_abs_error": self.max_abs_error,
+            "cases": self.cases,
+            "outputs": {k: asdict(v) for k, v in self.outputs.items()},
+        }
+
+    def summary(self) -> str:
+        rows = [f"{'output':<12} {'max abs':>10} {'max rel':>10} {'vs fp64':>10} {'fails':>6}"]
+        for name, e in self.outputs.items():
+            rows.append(f"{name:<12} {e.max_abs:>10.2e} {e.max_rel:>10.2e} {e.max_abs_vs_fp64:>10.2e} {e.failures:>6}")
+        return "\n".join(rows)
+
+
+def parity_grid(streaming: bool, long_length: int = 500) -> list[ParityCase]:
+    rng = np.random.default_rng(0)
+    cases = [
+        ParityCase("b1_len1", (1,)),
+        ParityCase("b1_len15", (15,)),
+        ParityCase(f"b1_len{long_length}", (long_length,)),
+        ParityCase("b2_sorted", (29, 7)),
+        ParityCase("b8_unsorted", tuple(int(v) for v in rng.permutation([1, 3, 7, 12, 15, 20, 26, 29]))),
+        ParityCase("b16_mid", (15,) * 16),
+        ParityCase("b32_mixed", tuple(int(v) for v in rng.integers(1, 60, size=32))),
+        ParityCase("b4_long_mixed", (long_length, 3, long_length // 2, 1)),
+    ]
+    if streaming:
+        cases += [
+            ParityCase("b5_random_state", (9, 1, 17, 4, 30), random_state=True),
+            ParityCase("b3_empty_row", (6, 0, 11), random_state=True),
+        ]
+    return cases
+
+
+def case_inputs(model: RecurrentEncoder, case: ParityCase, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Raw-scale features drawn around the model's normalisation statistics."""
+    cfg = model.config
+    B, T, F = len(case.lengths), max(max(case.lengths), 1), cfg.input_size
+    mean = model.feature_mean.numpy()
+    std = 1.0 / model.feature_inv_std.numpy()
+    x = (mean + std * rng.standard_normal((B, T, F))).astype(np.float32)  # (B, T, F)
+    inputs = {"x": x, "lengths": np.array(case.lengths, dtype=np.int64)}
+    if cfg.streaming:
+        state_shape = (cfg.num_layers, B, cfg.hidden_size)
+        scale = 0.5 if case.random_state else 0.0
+        inputs["h0"] = (scale * rng.standard_normal(state_shape)).astype(np.float32)
+        if cfg.cell == "lstm":
+            inputs["c0"] = (scale * rng.standard_normal(state_shape)).astype(np.float32)
+    return inputs
+
+
+def run_torch(model: RecurrentEncoder, inputs: dict[str, np.ndarray], dtype: torch.dtype) -> dict[str, np.ndarray]:
+    names = input_names(model.config.architecture)
+    args = [torch.from_numpy(inputs[n]) for n in names]
+    args = [a.to(dtype) if a.is_floating_point() else a for a in args]
+    with torch.no_grad():
+        out = model(*args).as_dict()
+    return {k: v.double().numpy() for k, v in out.items()}
+
+
+def make_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(model: RecurrentEncoder, onnx_path: str | Path, long_length: int = 500) -> ParityReport:
+    """Run the grid through onnxruntime and PyTorch (float32 and float64); never raises on mismatch."""
+    model = model.eval()
+    model64 = copy.deepcopy(model).double()
+    session = make_session(onnx_path)
+    names = output_names(model.config.architecture)
+    report = ParityReport(outputs={n: OutputError() for n in names})
+    rng = np.random.default_rng(1234)
+    for case in parity_grid(model.config.streaming, long_length):
+        inputs = case_inputs(model, case, rng)
+        ort_out = dict(zip(names, session.run(names, inputs)))
+        t32, t64 = run_torch(model, inputs, torch.float32), run_torch(model64, inputs, torch.float64)
+        for name in names:
+            if ort_out[name].shape != t32[name].shape:
+                raise ParityError(f"{name}: onnxruntime shape {ort_out[name].shape} != torch {t32[name].shape} "
+                                  f"in case {case.name}")
+            report.outputs[name].update(ort_out[name], t32[name], t64[name])
+        report.cases.append(case.name)
+    return report

@@ -1,0 +1,260 @@
+"""Train a recurrent encoder on JapaneseVowels.
+
+    python -m model.train --preset bilstm_attn --seed 0 --out runs/bilstm_attn
+    python -m model.train --cell gru --layers 2 --hidden-size 64 --epochs 60 --out runs/gru
+
+Writes to --out: `checkpoint.pt` (best validation epoch), `metrics.csv` (one row per
+epoch), `learning_curves.png` and `summary.json` (test accuracy of the best checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import ATTENTIONS, CELLS, EncoderConfig
+from model.data import SequenceDataset, iter_batches, load_split, stratified_split
+from model.encoder import EncoderOutput, RecurrentEncoder
+from model.errors import SeqserveModelError
+from model.zoo import PRESETS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 80
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    input_noise: float = 0.1  # Gaussian noise added to training inputs, in units of each feature's std
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    val_fraction: float = 0.15
+    patience: int = 25
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def sequence_loss(out: EncoderOutput, lengths: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of the final prediction; with step logits, also of every prefix's prediction."""
+    loss = nn.functional.cross_entropy(out.logits, targets, label_smoothing=label_smoothing)
+    if out.step_logits is not None:
+        B, T, C = out.step_logits.shape
+        mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+        per_step = nn.functional.cross_entropy(
+            out.step_logits.reshape(B * T, C), targets.repeat_interleave(T),
+            reduction="none", label_smoothing=label_smoothing,
+        ).view(B, T)
+        loss = loss + (per_step * mask).sum() / mask.sum()
+    return loss
+
+
+def run_epoch(
+    model: RecurrentEncoder,
+    data: SequenceDataset,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    tc: TrainConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[float, float]:
+    """One pass over `data`; trains when an optimizer is given. Returns (mean loss, accuracy)."""
+    training = optimizer is not None
+    tc = tc or TrainConfig()
+    model.train(training)
+    total_loss, correct = 0.0, 0
+    with torch.set_grad_enabled(training):
+        for x, lengths, targets in iter_batches(data, batch_size, shuffle=training, generator=generator):
+            if training and tc.input_noise > 0:
+                std = 1.0 / model.feature_inv_std  # (F,)
+                x = x + tc.input_noise * std * torch.randn(x.shape, generator=generator)
+            out = model(x, lengths)
+            loss = sequence_loss(out, lengths, targets, tc.label_smoothing if training else 0.0)
+            if training:
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+            total_loss += loss.item() * len(targets)
+            correct += (out.logits.argmax(-1) == targets).sum().item()
+    return total_loss / len(data), correct / len(data)
+
+
+def evaluate_accuracy(model: RecurrentEncoder, data: SequenceDataset) -> float:
+    return run_epoch(model, data, batch_size=128)[1]
+
+
+def plot_learning_curves(history: list[EpochMetrics], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m.epoch for m in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [m.train_loss for m in history], label="train")
+    ax_loss.plot(epochs, [m.val_loss for m in history], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
+    ax_acc.plot(epochs, [m.train_acc for m in history], label="train")
+    ax_acc.plot(epochs, [m.val_acc for m in history], label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.01), title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(config: EncoderConfig, tc: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Train with early stopping on validation loss; keep the best checkpoint."""
+    torch.set_num_threads(tc.threads)
+    generator = seed_everything(tc.seed)
+    full_train, test = load_split("train"), load_split("test")
+    if config.input_size != full_train.num_features:
+        raise SeqserveModelError(
+            f"input_size: config says {config.input_size}, the data has {full_train.num_features} features"
+        )
+    train_idx, val_idx = stratified_split(full_train.targets, tc.val_fraction, tc.seed)
+    train_set, val_set = full_train.subset(train_idx), full_train.subset(val_idx)
+    mean, std = train_set.feature_stats()
+    config = config.replace(
+        num_classes=len(full_train.class_labels),
+        class_labels=list(full_train.class_labels),
+        feature_mean=mean,
+        feature_std=std,
+    )
+    model = RecurrentEncoder(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / "checkpoint.pt"
+    history: list[EpochMetrics] = []
+    best: tuple[float, float] | None = None  # (-val_loss, val_acc)
+    since_best = 0
+    bar = tqdm(range(1, tc.epochs + 1), desc=out_dir.name, disable=not progress, file=sys.stderr)
+    with (out_dir / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(EpochMetrics.__dataclass_fields__))
+        writer.writeheader()
+        for epoch in bar:
+            train_loss, train_acc = run_epoch(model, train_set, tc.batch_size, optimizer, tc, generator)
+            val_loss, val_acc = run_epoch(model, val_set, batch_size=128)
+            scheduler.step()
+            metrics = EpochMetrics(epoch, train_loss, train_acc, val_loss, val_acc)
+            history.append(metrics)
+            writer.writerow(asdict(metrics))
+            f.flush()
+            score = (-val_loss, val_acc)
+            if best is None or score > best:
+                best, since_best = score, 0
+                save_checkpoint(checkpoint, model, {"epoch": epoch, "train_config": asdict(tc)})
+            else:
+                since_best += 1
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", best_val_loss=f"{-best[0]:.3f}")
+            if since_best >= tc.patience:
+                break
+
+    best_model, extra = load_checkpoint(checkpoint)
+    summary = {
+        "dataset": "JapaneseVowels",
+        "seed": tc.seed,
+        "best_epoch": extra["epoch"],
+        "epochs_run": len(history),
+        "val_loss": -best[0],
+        "val_accuracy": best[1],
+        "test_accuracy": evaluate_accuracy(best_model, test),
+        "train_sequences": len(train_set),
+        "val_sequences": len(val_set),
+        "test_sequences": len(test),
+    }
+    save_checkpoint(checkpoint, best_model, {**extra, "metrics": summary})
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_learning_curves(history, out_dir / "learning_curves.png", f"{out_dir.name} (seed {tc.seed})")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a default model's architecture")
+    p.add_argument("--cell", choices=CELLS, help="recurrent cell")
+    p.add_argument("--hidden-size", type=int, help="hidden units per direction")
+    p.add_argument("--layers", type=int, help="stacked recurrent layers")
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, help="add a backward direction")
+    p.add_argument("--attention", choices=ATTENTIONS, help="pooling over time")
+    p.add_argument("--dropout", type=float, help="dropout between layers and before the head")
+    p.add_argument("--step-logits", action=argparse.BooleanOptionalAction, help="train a running prediction")
+    defaults = TrainConfig()
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
+    p.add_argument("--patience", type=int, default=defaults.patience, help="early-stopping patience (epochs)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per step")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
+    p.add_argument("--input-noise", type=float, default=defaults.input_noise,
+                   help="training input noise, in units of each feature's std")
+    p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="training label smoothing")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of data split, init and shuffling")
+    p.add_argument("--threads", type=int, default=defaults.threads, help="torch intra-op threads")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EncoderConfig:
+    base = PRESETS[args.preset].config if args.preset else EncoderConfig()
+    overrides = {
+        "cell": args.cell,
+        "hidden_size": args.hidden_size,
+        "num_layers": args.layers,
+        "bidirectional": args.bidirectional,
+        "attention": args.attention,
+        "dropout": args.dropout,
+        "step_logits": args.step_logits,
+    }
+    return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        tc = TrainConfig(
+            epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+            lr=args.lr, seed=args.seed, threads=args.threads,
+            input_noise=args.input_noise, label_smoothing=args.label_smoothing,
+        )
+        summary = train(config, tc, args.out, progress=not args.no_progress)
+    except SeqserveModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The default models of `model_repository/`: architecture presets, trained on JapaneseVowels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.config import EncoderConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    config: EncoderConfig
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "jv_bilstm_attn",
+            "2-layer bidirectional LSTM with additive attention: speaker of a JapaneseVowels utterance",
+            EncoderConfig(cell="lstm", hidden_size=64, num_layers=2, bidirectional=True,
+                          dropout=0.2, attention="additive"),
+        ),
+        Preset(
+            "jv_bigru_attn",
+            "2-layer bidirectional GRU with additive attention: speaker of a JapaneseVowels utterance",
+            EncoderConfig(cell="gru", hidden_size=64, num_layers=2, bidirectional=True,
+                          dropout=0.2, attention="additive"),
+        ),
+        Preset(
+            "jv_lstm_stream",
+            "2-layer unidirectional LSTM with per-step logits: a running speaker prediction while streaming",
+            EncoderConfig(cell="lstm", hidden_size=64, num_layers=2, bidirectional=False,
+                          dropout=0.2, attention="none", step_logits=True),
+        ),
+    )
+}

@@ -1,0 +1,1 @@
+"""seqserve: torch-free pieces shared by the server, the client and the batch job."""

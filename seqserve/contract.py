@@ -1,0 +1,114 @@
+"""The model I/O contract: the tensor names, dtypes and shapes every exported model has.
+
+The exporter, the server, the batch job and the tests all derive the contract from here,
+given a model's architecture (the `architecture` block of its metadata.json).
+
+Symbolic dimensions are the strings "batch" and "time"; the rest are fixed by the architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+BATCH, TIME = "batch", "time"
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: float32 | int64
+    shape: tuple[Dim, ...]
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "description": self.description}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The fields of an encoder's config that decide its I/O contract."""
+
+    cell: str
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    attention: str
+    num_classes: int
+    step_logits: bool = False
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any]) -> Architecture:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def streaming(self) -> bool:
+        """Unidirectional models take an initial state, so a sequence can continue chunk by chunk."""
+        return not self.bidirectional
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self.cell == "lstm"
+
+    @property
+    def has_attention(self) -> bool:
+        return self.attention != "none"
+
+
+def input_specs(a: Architecture) -> list[TensorSpec]:
+    specs = [
+        TensorSpec("x", "float32", (BATCH, TIME, a.input_size), "raw features, right-padded"),
+        TensorSpec("lengths", "int64", (BATCH,), "real length of each row"),
+    ]
+    state_shape = (a.num_layers, BATCH, a.hidden_size)
+    if a.streaming:
+        specs.append(TensorSpec("h0", "float32", state_shape, "initial hidden state (zeros to start)"))
+        if a.has_cell_state:
+            specs.append(TensorSpec("c0", "float32", state_shape, "initial cell state (zeros to start)"))
+    return specs
+
+
+def output_specs(a: Architecture) -> list[TensorSpec]:
+    width = a.directions * a.hidden_size
+    state_shape = (a.num_layers * a.directions, BATCH, a.hidden_size)
+    specs = [
+        TensorSpec("outputs", "float32", (BATCH, TIME, width),
+                   "last layer's per-step outputs, 0 on padding; [..., :H] forward, [..., H:] backward"),
+        TensorSpec("h_n", "float32", state_shape,
+                   "final hidden state per layer and direction; h_n[-2], h_n[-1] the last layer's two"),
+    ]
+    if a.has_cell_state:
+        specs.append(TensorSpec("c_n", "float32", state_shape, "final cell state per layer and direction"))
+    if a.has_attention:
+        specs += [
+            TensorSpec("context", "float32", (BATCH, width), "attention-weighted sum of outputs"),
+            TensorSpec("attention", "float32", (BATCH, TIME), "attention weights, rows sum to 1, 0 on padding"),
+        ]
+    specs.append(TensorSpec("logits", "float32", (BATCH, a.num_classes), "class scores"))
+    if a.step_logits:
+        specs.append(TensorSpec("step_logits", "float32", (BATCH, TIME, a.num_classes),
+                                "running prediction after each step, 0 on padding"))
+    return specs
+
+
+def input_names(a: Architecture) -> list[str]:
+    return [s.name for s in input_specs(a)]
+
+
+def output_names(a: Architecture) -> list[str]:
+    return [s.name for s in output_specs(a)]
+
+
+def dynamic_axes(a: Architecture) -> dict[str, dict[int, str]]:
+    """The symbolic dimensions of every input and output, as torch.onnx.export wants them."""
+    return {
+        s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
+        for s in input_specs(a) + output_specs(a)
+    }

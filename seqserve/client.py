@@ -1,0 +1,178 @@
+"""Typed Python client for seqserve: numpy in, numpy out.
+
+    with SeqserveClient("localhost:50051") as client:
+        [result] = client.encode("jv_bilstm_attn", [steps])        # steps: (T, F) float32
+        print(result.label, result.probabilities)
+        for update in client.stream_sequence("jv_lstm_stream", chunks):
+            print(update.steps_seen, update.result.label)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from seqserve.tensors import from_tensor, to_tensor
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+OUTPUTS = {
+    "outputs": pb.OUTPUT_OUTPUTS,
+    "hidden": pb.OUTPUT_HIDDEN,
+    "attention": pb.OUTPUT_ATTENTION,
+    "logits": pb.OUTPUT_LOGITS,
+    "step_logits": pb.OUTPUT_STEP_LOGITS,
+}
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """One sequence's results; tensors not requested are None."""
+
+    id: str
+    label: str
+    label_index: int
+    probabilities: np.ndarray  # (C,)
+    logits: np.ndarray | None = None  # (C,)
+    outputs: np.ndarray | None = None  # (T, D*H)
+    h_n: np.ndarray | None = None  # (L*D, H)
+    c_n: np.ndarray | None = None  # (L*D, H)
+    attention: np.ndarray | None = None  # (T,)
+    context: np.ndarray | None = None  # (D*H,)
+    step_logits: np.ndarray | None = None  # (T, C)
+
+    @classmethod
+    def from_proto(cls, msg: pb.SequenceResult) -> EncodeResult:
+        def tensor(name: str) -> np.ndarray | None:
+            return from_tensor(getattr(msg, name), name) if msg.HasField(name) else None
+
+        return cls(
+            id=msg.id, label=msg.label, label_index=msg.label_index,
+            probabilities=from_tensor(msg.probabilities, "probabilities"),
+            logits=tensor("logits"), outputs=tensor("outputs"), h_n=tensor("h_n"), c_n=tensor("c_n"),
+            attention=tensor("attention"), context=tensor("context"), step_logits=tensor("step_logits"),
+        )
+
+
+@dataclass(frozen=True)
+class StreamUpdate:
+    """The answer to one chunk of a StreamSequence."""
+
+    result: EncodeResult
+    steps_seen: int
+    final: bool
+    state: pb.State | None  # pass as initial_state to continue the sequence (unidirectional models)
+
+
+class StreamError(Exception):
+    """A request of an EncodeStream failed; the stream itself goes on."""
+
+    def __init__(self, request_id: str, code: str, message: str) -> None:
+        super().__init__(f"{request_id}: {code}: {message}")
+        self.request_id, self.code, self.message = request_id, code, message
+
+
+def output_values(outputs: Iterable[str] | None) -> list[int]:
+    if outputs is None:
+        return []
+    unknown = sorted(set(outputs) - set(OUTPUTS))
+    if unknown:
+        raise ValueError(f"outputs: unknown {unknown}; choose from {sorted(OUTPUTS)}")
+    return [OUTPUTS[o] for o in outputs]
+
+
+def encode_request(
+    model: str, sequences: Sequence[np.ndarray], ids: Sequence[str] | None = None,
+    outputs: Iterable[str] | None = None, version: int = 0, request_id: str = "",
+) -> pb.EncodeRequest:
+    request = pb.EncodeRequest(model=model, version=version, outputs=output_values(outputs), request_id=request_id)
+    for i, steps in enumerate(sequences):
+        seq = request.sequences.add()
+        seq.id = ids[i] if ids is not None else str(i)
+        to_tensor(steps, seq.steps)
+    return request
+
+
+class SeqserveClient:
+    def __init__(self, target: str, timeout: float | None = 30.0, channel: grpc.Channel | None = None) -> None:
+        self.timeout = timeout
+        self.channel = channel or grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.stub = pb_grpc.SeqserveStub(self.channel)
+
+    def __enter__(self) -> SeqserveClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+
+    def get_model(self, model: str, version: int = 0) -> pb.ModelInfo:
+        return self.stub.GetModel(pb.GetModelRequest(model=model, version=version), timeout=self.timeout)
+
+    def encode(
+        self, model: str, sequences: Sequence[np.ndarray], ids: Sequence[str] | None = None,
+        outputs: Iterable[str] | None = None, version: int = 0,
+    ) -> list[EncodeResult]:
+        """Encode sequences (each (T, F)) in one call; results in input order."""
+        response = self.stub.Encode(encode_request(model, sequences, ids, outputs, version), timeout=self.timeout)
+        return [EncodeResult.from_proto(r) for r in response.results]
+
+    def encode_stream(
+        self, requests: Iterable[pb.EncodeRequest]
+    ) -> Iterator[tuple[str, list[EncodeResult] | StreamError]]:
+        """Send many requests over one stream; yields (request_id, results or StreamError) as each completes."""
+        for answer in self.stub.EncodeStream(iter(requests), timeout=self.timeout):
+            if answer.HasField("error"):
+                yield answer.request_id, StreamError(answer.request_id, answer.error.code, answer.error.message)
+            else:
+                yield answer.request_id, [EncodeResult.from_proto(r) for r in answer.response.results]
+
+    def stream_sequence(
+        self, model: str, chunks: Iterable[np.ndarray], initial_state: pb.State | None = None,
+        outputs: Iterable[str] | None = None, version: int = 0,
+    ) -> Iterator[StreamUpdate]:
+        """Send one sequence chunk by chunk (each (t, F)); the last chunk is marked as the end."""
+        values = output_values(outputs)
+
+        def requests() -> Iterator[pb.StreamRequest]:
+            first = True
+            previous = None
+            for chunk in chunks:
+                if previous is not None:
+                    yield previous
+                previous = pb.StreamRequest(steps=to_tensor(chunk))
+                if first:
+                    previous.model, previous.version = model, version
+                    previous.outputs[:] = values
+                    if initial_state is not None:
+                        previous.initial_state.CopyFrom(initial_state)
+                    first = False
+            if previous is not None:
+                previous.end = True
+                yield previous
+
+        for answer in self.stub.StreamSequence(requests(), timeout=self.timeout):
+            yield StreamUpdate(
+                result=EncodeResult.from_proto(answer.result),
+                steps_seen=answer.steps_seen,
+                final=answer.final,
+                state=answer.state if answer.HasField("state") else None,
+            )

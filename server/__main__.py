@@ -1,0 +1,34 @@
+"""`python -m server`: serve a model repository until SIGTERM/SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+from server.app import SeqserveServer
+from server.config import parse_config
+from server.logs import configure
+
+
+async def serve(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    server = SeqserveServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def main() -> int:
+    configure(os.environ.get("SEQSERVE_LOG_LEVEL", "INFO"))
+    return asyncio.run(serve(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Assemble and run the service: models, batchers, gRPC server, health, reflection, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from server.config import ServerConfig
+from server.dataplane import DataPlane
+from server.metrics import Metrics
+from server.registry import ModelRegistry
+from server.service import SeqserveService
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Seqserve"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class SeqserveServer:
+    """A running seqserve instance. `await start()`, then `await stop()` (graceful)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.registry = ModelRegistry(config, self.executor, self.metrics)
+        self.health = health.aio.HealthServicer()
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.grpc = grpc.aio.server(options=options)
+        self.port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> int:
+        """Bind, load and warm up every model, then report SERVING; returns the gRPC port."""
+        await self._set_health(NOT_SERVING)
+        pb_grpc.add_SeqserveServicer_to_server(
+            SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        await self.grpc.start()
+        if self.config.metrics_port:
+            self.metrics_port = self.metrics.serve(self.config.metrics_port)
+        await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
+        self.registry.start()
+        await self._set_health(SERVING)
+        log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port,
+                                   "models": [f"{m.name}/{m.version}" for m in self.registry.all()],
+                                   "skipped": len(self.registry.problems)})
+        return self.port
+
+    async def _set_health(self, status: int) -> None:
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish (up to `grace` s), drain the batchers."""
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("shutting down", extra={"grace_seconds": grace})
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(grace)
+        await self.registry.stop()
+        self.executor.shutdown(wait=True)
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self.grpc.wait_for_termination()

@@ -1,0 +1,103 @@
+"""Server settings: one dataclass, filled from command-line flags with SEQSERVE_* environment defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: hyper-threads of one core count once."""
+    cpus = os.sched_getaffinity(0)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            return len(cpus)
+    return max(1, len(cores))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_repository: Path = Path("model_repository")
+    host: str = "[::]"
+    port: int = 50051
+    metrics_port: int = 8000  # Prometheus /metrics over HTTP; 0 disables it
+    intra_op_threads: int = 0  # onnxruntime threads per session; 0 = physical cores
+    batching: bool = True  # dynamic batching of concurrent requests
+    max_batch_size: int = 64  # sequences per onnxruntime run
+    max_queue_delay_ms: float = 0.0  # extra wait to fill a batch; 0 = take what is queued
+    padding_waste: float = 0.5  # split a batch when padding would exceed this fraction of real steps
+    max_sequence_length: int = 4096  # steps in one sequence
+    max_sequences_per_request: int = 256
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_streams: int = 256
+    max_stream_buffer_steps: int = 16384  # steps buffered for a bidirectional StreamSequence
+    grace_seconds: float = 10.0  # time in-flight calls get to finish on shutdown
+    warmup: bool = True
+
+    @property
+    def threads(self) -> int:
+        return min(self.intra_op_threads or physical_cores(), physical_cores())
+
+
+_HELP = {
+    "model_repository": "model repository root (<model>/<version>/model.onnx + metadata.json)",
+    "host": "address to bind",
+    "port": "gRPC port (0 picks a free one)",
+    "metrics_port": "Prometheus metrics HTTP port (0 disables)",
+    "intra_op_threads": "onnxruntime intra-op threads per session (0 = physical cores; never more)",
+    "batching": "gather concurrent requests into one onnxruntime run",
+    "max_batch_size": "most sequences in one onnxruntime run",
+    "max_queue_delay_ms": "how long a request may wait for others to fill its batch",
+    "padding_waste": "split a batch by length when padding exceeds this fraction of real steps",
+    "max_sequence_length": "most steps in one sequence",
+    "max_sequences_per_request": "most sequences in one Encode request",
+    "max_message_bytes": "largest gRPC message accepted or sent",
+    "max_concurrent_streams": "most open streaming calls",
+    "max_stream_buffer_steps": "most steps a bidirectional StreamSequence may buffer",
+    "grace_seconds": "time in-flight calls get to finish on SIGTERM/SIGINT",
+    "warmup": "run each model once before reporting SERVING",
+}
+
+
+def _env_name(field_name: str) -> str:
+    return "SEQSERVE_" + field_name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="seqserve gRPC service on onnxruntime. Every flag also reads SEQSERVE_<FLAG> from the environment.",
+    )
+    for f in fields(ServerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        kind = type(default)
+        raw = env.get(_env_name(f.name))
+        help_text = f"{_HELP[f.name]} [env {_env_name(f.name)}]"
+        if kind is bool:
+            value = _parse_bool(raw) if raw is not None else default
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=help_text)
+        else:
+            value = kind(raw) if raw is not None else default
+            parser.add_argument(flag, type=kind, default=value, help=help_text)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ServerConfig:
+    args = build_parser(env).parse_args(argv)
+    return ServerConfig(**vars(args))

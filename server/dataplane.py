@@ -1,0 +1,163 @@
+"""What the service does, free of gRPC plumbing: describe models, encode sequences, run streams.
+
+The gRPC servicer (server/service.py) only moves messages and maps errors to status codes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqserve.tensors import to_tensor
+from seqserve.v1 import seqserve_pb2 as pb
+from server.batching import SequenceOutputs, WorkItem
+from server.codec import decode_outputs, decode_state, decode_steps, encode_result
+from server.config import ServerConfig
+from server.errors import FailedPrecondition, InvalidInput, LimitExceeded
+from server.registry import ModelRegistry, ServedModel
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, config: ServerConfig) -> None:
+        self.registry = registry
+        self.config = config
+
+    def model_info(self, model: ServedModel) -> pb.ModelInfo:
+        meta = model.runtime.version.metadata
+        arch = model.runtime.arch
+        parity = meta.get("parity", {})
+
+        def tensor_info(spec) -> pb.TensorInfo:
+            return pb.TensorInfo(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape],
+                                 description=spec.description)
+
+        return pb.ModelInfo(
+            name=model.name,
+            version=model.version,
+            versions=self.registry.versions(model.name),
+            description=meta.get("description", ""),
+            cell=arch.cell,
+            bidirectional=arch.bidirectional,
+            layers=arch.num_layers,
+            hidden_size=arch.hidden_size,
+            input_features=arch.input_size,
+            attention=arch.attention,
+            streaming=arch.streaming,
+            class_labels=model.runtime.version.class_labels,
+            inputs=[tensor_info(s) for s in model.runtime.version.inputs],
+            outputs=[tensor_info(s) for s in model.runtime.version.outputs],
+            parity=pb.ParitySummary(
+                passed=parity.get("passed", False), max_abs_error=parity.get("max_abs_error", 0.0),
+                atol=parity.get("atol", 0.0), rtol=parity.get("rtol", 0.0), cases=parity.get("cases", 0),
+            ),
+            test_accuracy=meta.get("training", {}).get("test_accuracy", 0.0),
+        )
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[self.model_info(self.registry.get(n)) for n in self.registry.names()])
+
+    def get_model(self, request: pb.GetModelRequest) -> pb.ModelInfo:
+        return self.model_info(self.registry.get(request.model, request.version))
+
+    async def encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
+        model = self.registry.get(request.model, request.version)
+        arch = model.runtime.arch
+        count = len(request.sequences)
+        if count == 0:
+            raise InvalidInput("sequences", "no sequences in the request")
+        if count > self.config.max_sequences_per_request:
+            raise LimitExceeded("sequences", count, self.config.max_sequences_per_request,
+                                "max_sequences_per_request")
+        outputs = decode_outputs(request.outputs, arch)
+        items = [
+            WorkItem(decode_steps(seq.steps, f"sequences[{i}].steps", arch, self.config))
+            for i, seq in enumerate(request.sequences)
+        ]
+        results = await model.batcher.submit(items)
+        response = pb.EncodeResponse(model=model.name, version=model.version, request_id=request.request_id)
+        labels = model.runtime.version.class_labels
+        for seq, result in zip(request.sequences, results):
+            encode_result(result, outputs, labels, seq.id, response.results.add())
+        return response
+
+
+class SequenceStream:
+    """One StreamSequence call: a long sequence arriving in chunks.
+
+    Unidirectional models answer each chunk from the state the previous one left (or the
+    client's initial_state), so state can live with the client. Bidirectional models buffer
+    the chunks (up to max_stream_buffer_steps) and answer once, when the client marks the end.
+    """
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.config = plane.config
+        self.model: ServedModel | None = None
+        self.outputs: frozenset[int] = frozenset()
+        self.h: np.ndarray | None = None  # (L, H)
+        self.c: np.ndarray | None = None  # (L, H)
+        self.steps_seen = 0
+        self.buffer: list[np.ndarray] = []
+        self.ended = False
+        self.chunks = 0
+
+    def _open(self, request: pb.StreamRequest) -> None:
+        if not request.model:
+            raise InvalidInput("model", "the first message of a stream must name the model")
+        self.model = self.plane.registry.get(request.model, request.version)
+        arch = self.model.runtime.arch
+        default = {pb.OUTPUT_HIDDEN, pb.OUTPUT_LOGITS} | ({pb.OUTPUT_ATTENTION} if not arch.streaming else set())
+        self.outputs = decode_outputs(request.outputs or default, arch)
+        if request.HasField("initial_state"):
+            state = request.initial_state
+            if state.model and state.model != self.model.name:
+                raise InvalidInput("initial_state.model",
+                                   f"state belongs to model {state.model!r}, not {self.model.name!r}")
+            self.h, self.c = decode_state(state, arch, "initial_state")
+            self.steps_seen = state.steps_seen
+
+    async def handle(self, request: pb.StreamRequest) -> pb.StreamResponse | None:
+        """Process one chunk; returns the answer, or None while a bidirectional model buffers."""
+        if self.ended:
+            raise FailedPrecondition("end: the stream's sequence already ended; open a new stream")
+        if self.model is None:
+            self._open(request)
+        elif request.model and request.model != self.model.name:
+            raise InvalidInput("model", f"stream is for {self.model.name!r}, chunk names {request.model!r}")
+        elif request.HasField("initial_state"):
+            raise InvalidInput("initial_state", "only the first message of a stream may carry a state")
+        field = f"chunk[{self.chunks}].steps"
+        self.chunks += 1
+        arch = self.model.runtime.arch
+        steps = decode_steps(request.steps, field, arch, self.config, allow_empty=True)
+        self.ended = request.end
+        self.steps_seen += steps.shape[0]
+        if arch.streaming:
+            return await self._answer_chunk(steps)
+        buffered = sum(len(b) for b in self.buffer) + len(steps)
+        if buffered > self.config.max_stream_buffer_steps:
+            raise LimitExceeded("buffered steps", buffered, self.config.max_stream_buffer_steps,
+                                "max_stream_buffer_steps")
+        self.buffer.append(steps)
+        if not self.ended:
+            return None
+        sequence = np.concatenate(self.buffer, axis=0)  # (T, F)
+        if len(sequence) == 0:
+            raise InvalidInput(field, "empty sequence: the stream ended with no steps")
+        [result] = await self.model.batcher.submit([WorkItem(sequence)])
+        return self._response(result)
+
+    async def _answer_chunk(self, steps: np.ndarray) -> pb.StreamResponse:
+        [result] = await self.model.batcher.submit([WorkItem(steps, self.h, self.c)])
+        self.h, self.c = result["h_n"], result.get("c_n")
+        response = self._response(result)
+        state = response.state
+        state.model, state.version, state.steps_seen = self.model.name, self.model.version, self.steps_seen
+        to_tensor(self.h, state.h)
+        if self.c is not None:
+            to_tensor(self.c, state.c)
+        return response
+
+    def _response(self, result: SequenceOutputs) -> pb.StreamResponse:
+        response = pb.StreamResponse(steps_seen=self.steps_seen, final=self.ended)
+        encode_result(result, self.outputs, self.model.runtime.version.class_labels, out=response.result)
+        return response

@@ -1,0 +1,46 @@
+"""Prometheus metrics, kept in a registry per server (no module globals), served over HTTP."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "seqserve_requests", "RPCs answered, by method and status code", ["method", "code"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "seqserve_request_seconds", "RPC latency (streams: per message)", ["method"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "seqserve_queue_seconds", "time a sequence waited for its batch", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "seqserve_inference_seconds", "onnxruntime time per batch", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "seqserve_batch_size", "sequences per onnxruntime run", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.sequences = Counter("seqserve_sequences", "sequences encoded", ["model"], registry=r)
+        self.open_streams = Gauge("seqserve_open_streams", "streaming calls open now", registry=r)
+        self.models_loaded = Gauge("seqserve_models_loaded", "model versions serving", registry=r)
+        self.models_failed = Gauge("seqserve_models_failed", "model versions that failed to load", registry=r)
+
+    def observe_batch(self, model: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(model).observe(size)
+        self.inference_seconds.labels(model).observe(seconds)
+        self.sequences.labels(model).inc(size)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Start the /metrics HTTP endpoint; returns its port."""
+        server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return server.server_port

@@ -1,0 +1,100 @@
+"""The models being served: every good version in the repository, each with its runtime and batcher."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from seqserve.repository import RepositoryError, scan_repository
+from server.batching import Batcher
+from server.config import ServerConfig
+from server.errors import ModelNotFound, NotReady
+from server.metrics import Metrics
+from server.runtime import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    runtime: ModelRuntime
+    batcher: Batcher
+
+    @property
+    def name(self) -> str:
+        return self.runtime.name
+
+    @property
+    def version(self) -> int:
+        return self.runtime.number
+
+
+class ModelRegistry:
+    def __init__(self, config: ServerConfig, executor: Executor, metrics: Metrics) -> None:
+        self.config = config
+        self.executor = executor
+        self.metrics = metrics
+        self._models: dict[str, dict[int, ServedModel]] = {}
+        self.problems: list[str] = []
+        self.ready = False
+
+    def load(self) -> None:
+        """Load every model version; a broken one is logged, recorded and skipped."""
+        versions, self.problems = scan_repository(self.config.model_repository)
+        for version in versions:
+            try:
+                runtime = ModelRuntime(version, self.config.threads)
+                if self.config.warmup:
+                    runtime.warm_up()
+            except RepositoryError as exc:
+                self.problems.append(str(exc))
+                continue
+            batcher = Batcher(
+                runtime, self.executor, self.metrics,
+                max_batch_size=self.config.max_batch_size,
+                max_queue_delay_ms=self.config.max_queue_delay_ms,
+                max_waste=self.config.padding_waste,
+                enabled=self.config.batching,
+            )
+            self._models.setdefault(version.name, {})[version.version] = ServedModel(runtime, batcher)
+            log.info("model loaded", extra={"model": version.name, "version": version.version})
+        for problem in self.problems:
+            log.error("model skipped", extra={"problem": problem})
+        self.metrics.models_loaded.set(sum(len(v) for v in self._models.values()))
+        self.metrics.models_failed.set(len(self.problems))
+
+    def start(self) -> None:
+        for model in self.all():
+            model.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for model in self.all():
+            await model.batcher.stop()
+
+    def all(self) -> list[ServedModel]:
+        return [m for versions in self._models.values() for m in versions.values()]
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._models.get(name, {}))
+
+    def get(self, name: str, version: int = 0) -> ServedModel:
+        """The model `name` at `version` (0 = latest); raises ModelNotFound, or NotReady while loading."""
+        if not self.ready:
+            raise NotReady("server: models are still loading or the server is shutting down")
+        versions = self._models.get(name)
+        if not versions:
+            known = ", ".join(self.names()) or "none"
+            raise ModelNotFound(f"model: no model named {name!r} (serving: {known})")
+        if version == 0:
+            return versions[max(versions)]
+        if version not in versions:
+            raise ModelNotFound(
+                f"version: model {name!r} has no version {version} (serving: {sorted(versions)})"
+            )
+        return versions[version]

@@ -1,0 +1,141 @@
+"""The gRPC servicer: moves messages between the wire and the DataPlane, maps errors to status codes.
+
+Every failure goes through `server.errors.status_of`, the one place that picks a status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from server.config import ServerConfig
+from server.dataplane import DataPlane, SequenceStream
+from server.errors import LimitExceeded, status_of
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class SeqserveService(pb_grpc.SeqserveServicer):
+    def __init__(self, plane: DataPlane, metrics: Metrics, config: ServerConfig) -> None:
+        self.plane = plane
+        self.metrics = metrics
+        self.config = config
+        self._open_streams = 0
+
+    def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self.metrics.requests.labels(method, code.name).inc()
+        self.metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+
+    async def _unary(self, method: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T] | T]) -> T:
+        started = time.perf_counter()
+        try:
+            result = call()
+            if asyncio.iscoroutine(result):
+                result = await result
+        except asyncio.CancelledError:
+            self._record(method, grpc.StatusCode.CANCELLED, started)
+            raise
+        except Exception as exc:
+            code, message = status_of(exc)
+            self._record(method, code, started)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("internal error", extra={"method": method})
+            await context.abort(code, message)
+        self._record(method, grpc.StatusCode.OK, started)
+        return result
+
+    async def _open_stream(self, context: grpc.aio.ServicerContext) -> None:
+        """Count a streaming call in, or refuse it past max_concurrent_streams."""
+        if self._open_streams >= self.config.max_concurrent_streams:
+            exc = LimitExceeded("streams", self._open_streams + 1, self.config.max_concurrent_streams,
+                                "max_concurrent_streams")
+            await context.abort(*status_of(exc))
+        self._open_streams += 1
+        self.metrics.open_streams.inc()
+
+    def _close_stream(self) -> None:
+        self._open_streams -= 1
+        self.metrics.open_streams.dec()
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return await self._unary("ListModels", context, self.plane.list_models)
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        return await self._unary("GetModel", context, lambda: self.plane.get_model(request))
+
+    async def Encode(self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
+        return await self._unary("Encode", context, lambda: self.plane.encode(request))
+
+    async def _encode_tagged(self, request: pb.EncodeRequest) -> pb.EncodeStreamResponse:
+        """One request of an EncodeStream: its answer or its error, tagged with its id."""
+        started = time.perf_counter()
+        try:
+            response = await self.plane.encode(request)
+        except Exception as exc:
+            code, message = status_of(exc)
+            self._record("EncodeStream", code, started)
+            return pb.EncodeStreamResponse(request_id=request.request_id, error=pb.Error(code=code.name, message=message))
+        self._record("EncodeStream", grpc.StatusCode.OK, started)
+        return pb.EncodeStreamResponse(request_id=request.request_id, response=response)
+
+    async def EncodeStream(
+        self, request_iterator: AsyncIterator[pb.EncodeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EncodeStreamResponse]:
+        await self._open_stream(context)
+        answers: asyncio.Queue[pb.EncodeStreamResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def answer(request: pb.EncodeRequest) -> None:
+            await answers.put(await self._encode_tagged(request))
+
+        async def read_requests() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                await asyncio.gather(*list(pending))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+            await reader  # re-raises a failure to read the requests
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+            self._close_stream()
+
+    async def StreamSequence(
+        self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamResponse]:
+        await self._open_stream(context)
+        stream = SequenceStream(self.plane)
+        try:
+            async for request in request_iterator:
+                started = time.perf_counter()
+                try:
+                    response = await stream.handle(request)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    code, message = status_of(exc)
+                    self._record("StreamSequence", code, started)
+                    await context.abort(code, message)
+                self._record("StreamSequence", grpc.StatusCode.OK, started)
+                if response is not None:
+                    yield response
+        finally:
+            self._close_stream()

@@ -40,7 +40,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
     val_fraction: float = 0.15
-    patience: int = 25
+    patience: int = 25  # early stopping after this many epochs without a better validation loss
+    keep: str = "best"  # which checkpoint to keep: "best" validation loss, or "last" epoch
     seed: int = 0
     threads: int = 2
 
@@ -172,13 +173,13 @@ def train(config: EncoderConfig, tc: TrainConfig, out_dir: Path, progress: bool 
             writer.writerow(asdict(metrics))
             f.flush()
             score = (-val_loss, val_acc)
-            if best is None or score > best:
+            if tc.keep == "last" or best is None or score > best:
                 best, since_best = score, 0
                 save_checkpoint(checkpoint, model, {"epoch": epoch, "train_config": asdict(tc)})
             else:
                 since_best += 1
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", best_val_loss=f"{-best[0]:.3f}")
-            if since_best >= tc.patience:
+            if tc.keep == "best" and since_best >= tc.patience:
                 break
 
     best_model, extra = load_checkpoint(checkpoint)
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
     p.add_argument("--patience", type=int, default=defaults.patience, help="early-stopping patience (epochs)")
+    p.add_argument("--keep", choices=("best", "last"), default=defaults.keep,
+                   help="keep the best-validation checkpoint (with early stopping) or the last epoch's")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per step")
     p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
     p.add_argument("--input-noise", type=float, default=defaults.input_noise,
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         tc = TrainConfig(
-            epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+            epochs=args.epochs, patience=args.patience, keep=args.keep, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, threads=args.threads,
             input_noise=args.input_noise, label_smoothing=args.label_smoothing,
         )

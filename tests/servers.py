@@ -1,0 +1,112 @@
+"""Real seqserve servers for tests: in a background thread of this process, or as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from server.app import SeqserveServer
+from server.config import ServerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+REPOSITORY = ROOT / "model_repository"
+
+
+class ThreadedServer:
+    """A SeqserveServer on its own event loop in a daemon thread, bound to 127.0.0.1 on a free port."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.server: SeqserveServer | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def call(self, coro, timeout: float = 60.0):
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> ThreadedServer:
+        self._thread.start()
+
+        async def create() -> SeqserveServer:
+            return SeqserveServer(self.config)
+
+        self.server = self.call(create())
+        self.call(self.server.start())
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        if self.server is not None:
+            self.call(self.server.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@contextmanager
+def threaded_server(repository: Path = REPOSITORY, **settings) -> Iterator[ThreadedServer]:
+    config = replace(ServerConfig(), model_repository=Path(repository), host="127.0.0.1", port=0,
+                     metrics_port=0, **settings)
+    server = ThreadedServer(config).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class ServerProcess:
+    """`python -m server` in a subprocess; the port is read from its "serving" log line."""
+
+    def __init__(self, repository: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--model-repository", str(repository), "--host", "127.0.0.1",
+             "--port", "0", "--metrics-port", "0", *args],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.logs: list[dict] = []
+        self.port = self._wait_for("serving")["port"]
+        self.target = f"127.0.0.1:{self.port}"
+
+    def _wait_for(self, message: str, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"server exited with {self.proc.wait()} before logging {message!r}: {self.logs}")
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.logs.append(entry)
+            if entry.get("msg") == message:
+                return entry
+        raise TimeoutError(f"server did not log {message!r} in {timeout}s")
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=timeout)
+        for line in out.splitlines():
+            try:
+                self.logs.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -84,12 +84,25 @@ def pad_batch(sequences: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(x), torch.from_numpy(lengths)
 
 
+def random_crop(steps: np.ndarray, min_fraction: float, generator: torch.Generator) -> np.ndarray:
+    """A random contiguous window of at least `min_fraction` of the sequence: (T, F) -> (T', F)."""
+    T = len(steps)
+    shortest = max(1, int(np.ceil(min_fraction * T)))
+    length = int(torch.randint(shortest, T + 1, (1,), generator=generator))
+    start = int(torch.randint(0, T - length + 1, (1,), generator=generator))
+    return steps[start : start + length]
+
+
 def iter_batches(
-    data: SequenceDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    data: SequenceDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
+    crop: float = 1.0,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Yield (x (B, T, F), lengths (B,), targets (B,)) batches."""
+    """Yield (x (B, T, F), lengths (B,), targets (B,)) batches; crop < 1 takes random windows."""
     order = torch.randperm(len(data), generator=generator).tolist() if shuffle else list(range(len(data)))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        x, lengths = pad_batch([data.sequences[i] for i in idx])
+        sequences = [data.sequences[i] for i in idx]
+        if crop < 1.0:
+            sequences = [random_crop(s, crop, generator) for s in sequences]
+        x, lengths = pad_batch(sequences)
         yield x, lengths, torch.from_numpy(data.targets[idx])

@@ -38,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     input_noise: float = 0.1  # Gaussian noise added to training inputs, in units of each feature's std
     label_smoothing: float = 0.1
+    crop: float = 1.0  # train on random windows of at least this fraction of each sequence
     grad_clip: float = 1.0
     val_fraction: float = 0.15
     patience: int = 25  # early stopping after this many epochs without a better validation loss
@@ -90,7 +91,9 @@ def run_epoch(
     model.train(training)
     total_loss, correct = 0.0, 0
     with torch.set_grad_enabled(training):
-        for x, lengths, targets in iter_batches(data, batch_size, shuffle=training, generator=generator):
+        for x, lengths, targets in iter_batches(
+            data, batch_size, shuffle=training, generator=generator, crop=tc.crop if training else 1.0
+        ):
             if training and tc.input_noise > 0:
                 std = 1.0 / model.feature_inv_std  # (F,)
                 x = x + tc.input_noise * std * torch.randn(x.shape, generator=generator)
@@ -221,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-noise", type=float, default=defaults.input_noise,
                    help="training input noise, in units of each feature's std")
     p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="training label smoothing")
+    p.add_argument("--crop", type=float, default=defaults.crop,
+                   help="train on random windows of at least this fraction of each sequence (1 = off)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of data split, init and shuffling")
     p.add_argument("--threads", type=int, default=defaults.threads, help="torch intra-op threads")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         tc = TrainConfig(
             epochs=args.epochs, patience=args.patience, keep=args.keep, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, threads=args.threads,
-            input_noise=args.input_noise, label_smoothing=args.label_smoothing,
+            input_noise=args.input_noise, label_smoothing=args.label_smoothing, crop=args.crop,
         )
         summary = train(config, tc, args.out, progress=not args.no_progress)
     except SeqserveModelError as exc:

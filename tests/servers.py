@@ -98,6 +98,10 @@ class ServerProcess:
 
     def terminate(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit, collecting the rest of its logs; returns its exit status."""
         out, _ = self.proc.communicate(timeout=timeout)
         for line in out.splitlines():
             try:

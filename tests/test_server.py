@@ -1,0 +1,514 @@
+"""The gRPC service end to end: a real server on a free port, real channels, the committed models."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from model.checkpoint import load_checkpoint
+from model.data import load_split
+from seqserve.client import SeqserveClient, encode_request
+from seqserve.contract import input_names, output_names
+from seqserve.repository import latest_version
+from seqserve.tensors import to_tensor
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from servers import REPOSITORY, ServerProcess, threaded_server
+
+BI_MODELS = ["jv_bilstm_attn", "jv_bigru_attn"]
+STREAM_MODEL = "jv_lstm_stream"
+ALL_OUTPUTS = ["outputs", "hidden", "attention", "logits"]
+
+
+@pytest.fixture(scope="module")
+def test_sequences() -> list[np.ndarray]:
+    return load_split("test").sequences
+
+
+@pytest.fixture(scope="module")
+def server():
+    with threaded_server(REPOSITORY, max_sequence_length=600, max_sequences_per_request=64,
+                         max_stream_buffer_steps=100, max_message_bytes=4 * 1024 * 1024) as s:
+        yield s
+
+
+@pytest.fixture()
+def client(server):
+    with SeqserveClient(server.target) as c:
+        yield c
+
+
+def direct_ort(model: str, sequences: list[np.ndarray], h0=None, c0=None) -> dict[str, np.ndarray]:
+    """onnxruntime on the committed model file, one padded batch, no server involved."""
+    version = latest_version(REPOSITORY, model)
+    session = ort.InferenceSession(str(version.model_file), providers=["CPUExecutionProvider"])
+    arch = version.architecture
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    x = np.zeros((len(sequences), max(1, lengths.max()), arch.input_size), np.float32)
+    for i, s in enumerate(sequences):
+        x[i, : len(s)] = s
+    feeds = {"x": x, "lengths": lengths}
+    state = np.zeros((arch.num_layers, len(sequences), arch.hidden_size), np.float32)
+    if "h0" in input_names(arch):
+        feeds["h0"] = state if h0 is None else h0
+    if "c0" in input_names(arch):
+        feeds["c0"] = state if c0 is None else c0
+    return dict(zip(output_names(arch), session.run(None, feeds)))
+
+
+def direct_torch(model: str, sequences: list[np.ndarray]) -> dict[str, np.ndarray]:
+    encoder, _ = load_checkpoint(latest_version(REPOSITORY, model).path / "checkpoint.pt")
+    lengths = torch.tensor([len(s) for s in sequences])
+    x = torch.zeros(len(sequences), int(lengths.max()), encoder.config.input_size)
+    for i, s in enumerate(sequences):
+        x[i, : len(s)] = torch.from_numpy(s)
+    with torch.no_grad():
+        return {k: v.numpy() for k, v in encoder(x, lengths).as_dict().items()}
+
+
+def assert_rpc_error(code: grpc.StatusCode, *fragments: str):
+    class _Check:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, exc, tb):
+            assert exc is not None, f"expected {code.name}, the call succeeded"
+            assert isinstance(exc, grpc.RpcError), exc
+            assert exc.code() == code, (exc.code(), exc.details())
+            for fragment in fragments:
+                assert fragment in exc.details(), (fragment, exc.details())
+            return True
+
+    return _Check()
+
+
+# --- model listing -----------------------------------------------------------------------------
+
+
+def test_list_models_describes_every_committed_model(client):
+    models = {m.name: m for m in client.list_models()}
+    assert set(models) == {"jv_bilstm_attn", "jv_bigru_attn", "jv_lstm_stream"}
+    bilstm = models["jv_bilstm_attn"]
+    assert (bilstm.cell, bilstm.bidirectional, bilstm.layers, bilstm.input_features) == ("lstm", True, 2, 12)
+    assert bilstm.attention == "additive" and not bilstm.streaming
+    assert list(bilstm.class_labels) == [str(i) for i in range(1, 10)]
+    assert bilstm.parity.passed and bilstm.parity.max_abs_error < 1e-4
+    assert [t.name for t in bilstm.outputs] == ["outputs", "h_n", "c_n", "context", "attention", "logits"]
+    assert models["jv_lstm_stream"].streaming
+    assert list(models["jv_lstm_stream"].versions) == [1]
+
+
+def test_get_model_and_not_found(client):
+    assert client.get_model("jv_bigru_attn").cell == "gru"
+    assert client.get_model("jv_bigru_attn", version=1).version == 1
+    with assert_rpc_error(grpc.StatusCode.NOT_FOUND, "model", "nope"):
+        client.get_model("nope")
+    with assert_rpc_error(grpc.StatusCode.NOT_FOUND, "version", "7"):
+        client.get_model("jv_bigru_attn", version=7)
+    with assert_rpc_error(grpc.StatusCode.NOT_FOUND, "model"):
+        client.encode("nope", [np.zeros((3, 12), np.float32)])
+
+
+# --- Encode ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", BI_MODELS + [STREAM_MODEL])
+def test_encode_equals_onnxruntime_and_pytorch(client, test_sequences, model):
+    sequences = [test_sequences[i] for i in (0, 5, 17, 100, 250)]  # unsorted lengths
+    results = client.encode(model, sequences, ids=list("abcde"), outputs=ALL_OUTPUTS + (
+        ["step_logits"] if model == STREAM_MODEL else []))
+    ort_out, torch_out = direct_ort(model, sequences), direct_torch(model, sequences)
+    assert [r.id for r in results] == list("abcde")
+    for i, (seq, r) in enumerate(zip(sequences, results)):
+        T = len(seq)
+        expected = {
+            "outputs": ort_out["outputs"][i, :T], "h_n": ort_out["h_n"][:, i], "logits": ort_out["logits"][i],
+        }
+        if "c_n" in ort_out:
+            expected["c_n"] = ort_out["c_n"][:, i]
+        if "attention" in ort_out:
+            expected |= {"attention": ort_out["attention"][i, :T], "context": ort_out["context"][i]}
+        if "step_logits" in ort_out:
+            expected["step_logits"] = ort_out["step_logits"][i, :T]
+        for name, value in expected.items():
+            np.testing.assert_allclose(getattr(r, name), value, atol=1e-6, rtol=0, err_msg=name)
+        np.testing.assert_allclose(r.logits, torch_out["logits"][i], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(r.probabilities.sum(), 1.0, atol=1e-6)
+        assert r.label_index == int(torch_out["logits"][i].argmax())
+        assert r.label == str(r.label_index + 1)
+
+
+def test_encode_returns_only_what_was_asked(client, test_sequences):
+    [default] = client.encode("jv_bilstm_attn", [test_sequences[0]])
+    assert default.outputs is None and default.step_logits is None  # per-step tensors are opt-in
+    assert default.h_n.shape == (4, 64) and default.c_n.shape == (4, 64)
+    assert default.attention.shape == (len(test_sequences[0]),) and default.context.shape == (128,)
+    [lean] = client.encode("jv_bilstm_attn", [test_sequences[0]], outputs=["logits"])
+    assert lean.h_n is None and lean.attention is None and lean.logits.shape == (9,)
+    assert lean.probabilities.shape == (9,)
+
+
+def test_many_concurrent_clients_with_different_lengths(server, test_sequences):
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(test_sequences), size=96, replace=False)
+    sequences = [test_sequences[i] for i in picks]
+    reference = direct_ort("jv_bigru_attn", sequences)
+
+    def call(i: int):
+        with SeqserveClient(server.target) as c:
+            return c.encode("jv_bigru_attn", [sequences[i]], outputs=["logits"])[0]
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(call, range(len(sequences))))
+    for i, r in enumerate(results):
+        np.testing.assert_allclose(r.logits, reference["logits"][i], atol=1e-5)
+
+
+def test_batching_on_and_off_give_the_same_results(test_sequences):
+    sequences = test_sequences[:48]
+    answers = {}
+    for batching in (True, False):
+        with threaded_server(REPOSITORY, batching=batching, max_queue_delay_ms=2) as s:
+            with SeqserveClient(s.target) as c, ThreadPoolExecutor(max_workers=16) as pool:
+                answers[batching] = list(pool.map(
+                    lambda q, c=c: c.encode("jv_bilstm_attn", [q], outputs=ALL_OUTPUTS)[0], sequences))
+            registry, labels = s.server.metrics.registry, {"model": "jv_bilstm_attn"}
+            runs = registry.get_sample_value("seqserve_batch_size_count", labels)
+            assert registry.get_sample_value("seqserve_batch_size_sum", labels) == len(sequences)
+            if batching:
+                assert runs < len(sequences), "16 concurrent clients should have shared batches"
+            else:
+                assert runs == len(sequences)
+    for on, off in zip(answers[True], answers[False]):
+        assert on.label == off.label
+        for name in ("outputs", "h_n", "c_n", "attention", "context", "logits"):
+            # the head's GEMM may take another kernel at another batch size: last-bit differences only
+            np.testing.assert_allclose(getattr(on, name), getattr(off, name), atol=1e-6, rtol=0, err_msg=name)
+
+
+# --- EncodeStream ------------------------------------------------------------------------------
+
+
+def test_encode_stream_answers_every_request_with_its_id(client, test_sequences):
+    requests = [encode_request("jv_bigru_attn", test_sequences[i : i + 3], request_id=f"r{i}") for i in range(20)]
+    bad = encode_request("jv_bigru_attn", [np.zeros((4, 5), np.float32)], request_id="bad")
+    answers = dict(client.encode_stream(requests[:10] + [bad] + requests[10:]))
+    assert set(answers) == {f"r{i}" for i in range(20)} | {"bad"}
+    assert answers["bad"].code == "INVALID_ARGUMENT" and "sequences[0].steps" in answers["bad"].message
+    reference = direct_ort("jv_bigru_attn", test_sequences[:22])
+    for i in range(20):
+        got = answers[f"r{i}"]
+        assert len(got) == 3
+        for j, r in enumerate(got):
+            assert r.label_index == int(reference["logits"][i + j].argmax())
+
+
+# --- StreamSequence ----------------------------------------------------------------------------
+
+
+def stream_chunks(sequence: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    cuts = np.cumsum(sizes)[:-1]
+    return np.split(sequence, cuts)
+
+
+def test_streaming_chunks_equal_one_full_run(client, test_sequences):
+    sequence = np.concatenate(test_sequences[:3])  # a long utterance, 3 joined
+    chunks = stream_chunks(sequence, [7, 1, 0, 13, len(sequence) - 21])
+    updates = list(client.stream_sequence(STREAM_MODEL, chunks, outputs=["outputs", "hidden", "step_logits"]))
+    [full] = client.encode(STREAM_MODEL, [sequence], outputs=["outputs", "hidden", "step_logits"])
+    assert len(updates) == len(chunks)
+    assert [u.steps_seen for u in updates] == list(np.cumsum([len(c) for c in chunks]))
+    assert [u.final for u in updates] == [False] * (len(chunks) - 1) + [True]
+    np.testing.assert_array_equal(np.concatenate([u.result.outputs for u in updates]), full.outputs)
+    np.testing.assert_array_equal(np.concatenate([u.result.step_logits for u in updates]), full.step_logits)
+    np.testing.assert_array_equal(updates[-1].result.h_n, full.h_n)
+    np.testing.assert_array_equal(updates[-1].result.c_n, full.c_n)
+    assert updates[-1].result.label == full.label
+    # the empty chunk passes the state through and keeps the running prediction
+    np.testing.assert_array_equal(updates[2].result.h_n, updates[1].result.h_n)
+    assert updates[2].result.label == updates[1].result.label
+
+
+def test_stream_state_continues_on_a_second_server(client, test_sequences):
+    sequence = test_sequences[42]
+    head, tail = sequence[:9], sequence[9:]
+    [first] = list(client.stream_sequence(STREAM_MODEL, [head]))
+    assert first.state.steps_seen == 9 and list(first.state.h.shape) == [2, 64]
+    with threaded_server(REPOSITORY) as other, SeqserveClient(other.target) as c2:
+        [rest] = list(c2.stream_sequence(STREAM_MODEL, [tail], initial_state=first.state, outputs=["hidden"]))
+    [full] = client.encode(STREAM_MODEL, [sequence], outputs=["hidden"])
+    assert rest.steps_seen == len(sequence)
+    np.testing.assert_array_equal(rest.result.h_n, full.h_n)
+    assert rest.result.label == full.label
+
+
+def test_bidirectional_stream_is_answered_at_the_end(client, test_sequences):
+    sequence = test_sequences[7]
+    updates = list(client.stream_sequence("jv_bilstm_attn", stream_chunks(sequence, [5, 5, len(sequence) - 10])))
+    [full] = client.encode("jv_bilstm_attn", [sequence], outputs=["hidden", "attention", "logits"])
+    assert len(updates) == 1 and updates[0].final and updates[0].state is None
+    np.testing.assert_allclose(updates[0].result.logits, full.logits, atol=1e-6)
+    np.testing.assert_allclose(updates[0].result.attention, full.attention, atol=1e-7)
+
+
+def test_bidirectional_stream_buffer_limit(client):
+    chunks = [np.zeros((60, 12), np.float32)] * 2  # server fixture allows 100 buffered steps
+    with assert_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "buffered steps", "max_stream_buffer_steps"):
+        list(client.stream_sequence("jv_bilstm_attn", chunks))
+
+
+def test_stream_rejects_a_foreign_state(client, test_sequences):
+    [first] = list(client.stream_sequence(STREAM_MODEL, [test_sequences[0][:4]]))
+    with assert_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "initial_state"):
+        list(client.stream_sequence("jv_bilstm_attn", [test_sequences[0]], initial_state=first.state))
+    bad = pb.State(model=STREAM_MODEL, h=to_tensor(np.zeros((3, 64), np.float32)))
+    with assert_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "initial_state.h", "[2, 64]"):
+        list(client.stream_sequence(STREAM_MODEL, [test_sequences[0]], initial_state=bad))
+
+
+# --- bad input: the right code, the field named, and nothing else breaks ------------------------
+
+
+def raw_sequence(shape: list[int], data: bytes) -> pb.Sequence:
+    return pb.Sequence(steps=pb.Tensor(shape=shape, data=data))
+
+
+BAD_INPUTS = {
+    "wrong feature count": (raw_sequence([5, 11], np.zeros((5, 11), np.float32).tobytes()),
+                            grpc.StatusCode.INVALID_ARGUMENT, ["sequences[0].steps", "11 features", "12"]),
+    "empty sequence": (raw_sequence([0, 12], b""), grpc.StatusCode.INVALID_ARGUMENT,
+                       ["sequences[0].steps", "empty"]),
+    "NaN": (raw_sequence([3, 12], np.full((3, 12), np.nan, np.float32).tobytes()),
+            grpc.StatusCode.INVALID_ARGUMENT, ["sequences[0].steps", "NaN"]),
+    "Inf": (raw_sequence([3, 12], np.full((3, 12), np.inf, np.float32).tobytes()),
+            grpc.StatusCode.INVALID_ARGUMENT, ["sequences[0].steps", "Inf"]),
+    "bad shape": (raw_sequence([36], np.zeros(36, np.float32).tobytes()), grpc.StatusCode.INVALID_ARGUMENT,
+                  ["sequences[0].steps", "shape"]),
+    "byte count": (raw_sequence([3, 12], b"\0" * 10), grpc.StatusCode.INVALID_ARGUMENT,
+                   ["sequences[0].steps", "10 bytes", "144 bytes"]),
+    "too long": (raw_sequence([601, 12], np.zeros((601, 12), np.float32).tobytes()),
+                 grpc.StatusCode.RESOURCE_EXHAUSTED, ["sequences[0].steps", "601", "600", "max_sequence_length"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_fails_alone(server, client, test_sequences, case):
+    sequence, code, fragments = BAD_INPUTS[case]
+    stub = pb_grpc.SeqserveStub(client.channel)
+    good = test_sequences[:40]
+    reference = direct_ort("jv_bilstm_attn", good)
+    stop = threading.Event()
+
+    def good_traffic(i: int):
+        results = []
+        with SeqserveClient(server.target) as c:
+            while not stop.is_set() or not results:
+                results.append(c.encode("jv_bilstm_attn", [good[i]], outputs=["logits"])[0])
+        return results
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(good_traffic, i) for i in range(8)]
+        with assert_rpc_error(code, *fragments):
+            stub.Encode(pb.EncodeRequest(model="jv_bilstm_attn", sequences=[sequence]), timeout=10)
+        time.sleep(0.05)
+        stop.set()
+        for i, future in enumerate(futures):
+            for r in future.result():
+                np.testing.assert_allclose(r.logits, reference["logits"][i], atol=1e-5)
+
+
+def test_limits_on_sequences_and_message_size(client, test_sequences):
+    with assert_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "sequences", "65", "64", "max_sequences_per_request"):
+        client.encode("jv_bigru_attn", test_sequences[:65])
+    with assert_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "sequences", "no sequences"):
+        client.encode("jv_bigru_attn", [])
+    huge = [np.zeros((500, 12), np.float32)] * 60  # ~1.4 MB per 10 sequences, 4 MiB limit
+    with assert_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED):
+        client.encode("jv_bigru_attn", huge * 3)
+    with assert_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "OUTPUT_STEP_LOGITS"):
+        client.encode("jv_bigru_attn", [test_sequences[0]], outputs=["step_logits"])
+
+
+def test_concurrent_stream_limit():
+    with threaded_server(REPOSITORY, max_concurrent_streams=1) as s, SeqserveClient(s.target) as c:
+        held = threading.Event()
+        release = threading.Event()
+
+        def slow_chunks():
+            yield np.zeros((3, 12), np.float32)
+            held.set()
+            release.wait(10)
+            yield np.zeros((3, 12), np.float32)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(lambda: list(c.stream_sequence(STREAM_MODEL, slow_chunks())))
+            assert held.wait(10)
+            time.sleep(0.2)  # let the first chunk reach the server
+            with assert_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "streams", "max_concurrent_streams"):
+                list(c.stream_sequence(STREAM_MODEL, [np.zeros((3, 12), np.float32)]))
+            release.set()
+            assert len(first.result(10)) == 2
+        # the slot is free again
+        assert len(list(c.stream_sequence(STREAM_MODEL, [np.zeros((3, 12), np.float32)]))) == 1
+
+
+# --- deadlines, cancellation, health, reflection, metrics -------------------------------------
+
+
+def test_deadline_and_cancellation_leave_the_server_healthy(server, client, test_sequences):
+    stub = pb_grpc.SeqserveStub(client.channel)
+    big = encode_request("jv_bilstm_attn", [np.random.default_rng(0).standard_normal((600, 12), np.float32)] * 64,
+                         outputs=["outputs"])
+    with assert_rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED):
+        stub.Encode(big, timeout=0.001)
+    future = stub.Encode.future(big, timeout=30)
+    time.sleep(0.01)
+    future.cancel()
+    assert future.cancelled() or future.done()
+    [r] = client.encode("jv_bilstm_attn", [test_sequences[3]], outputs=["logits"])
+    np.testing.assert_allclose(r.logits, direct_ort("jv_bilstm_attn", [test_sequences[3]])["logits"][0], atol=1e-6)
+
+
+def test_health_and_reflection(client):
+    health = health_pb2_grpc.HealthStub(client.channel)
+    for service in ("", "seqserve.v1.Seqserve"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    [answer] = list(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"seqserve.v1.Seqserve", "grpc.health.v1.Health"} <= names
+
+
+def test_metrics_endpoint_counts_requests_by_code(test_sequences):
+    with threaded_server(REPOSITORY) as s, SeqserveClient(s.target) as c:
+        port = s.server.metrics.serve(0, addr="127.0.0.1")
+        c.encode("jv_bigru_attn", test_sequences[:3])
+        with pytest.raises(grpc.RpcError):
+            c.encode("jv_bigru_attn", [np.zeros((3, 2), np.float32)])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'seqserve_requests_total{code="OK",method="Encode"} 1.0' in text
+    assert 'seqserve_requests_total{code="INVALID_ARGUMENT",method="Encode"} 1.0' in text
+    assert 'seqserve_batch_size_count{model="jv_bigru_attn"}' in text
+    assert "seqserve_queue_seconds_bucket" in text and "seqserve_request_seconds_bucket" in text
+
+
+def test_broken_models_are_skipped_and_the_rest_serve(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(REPOSITORY, repo)
+    (repo / "jv_bigru_attn" / "1" / "model.onnx").write_bytes(b"not an onnx file")  # sha256 mismatch
+    (repo / "jv_lstm_stream" / "2").mkdir()
+    (repo / "jv_lstm_stream" / "2" / "model.onnx").write_bytes(b"x")  # no metadata.json
+    with threaded_server(repo) as s, SeqserveClient(s.target) as c:
+        assert [m.name for m in c.list_models()] == ["jv_bilstm_attn", "jv_lstm_stream"]
+        assert len(s.server.registry.problems) == 2
+        assert any("sha256" in p for p in s.server.registry.problems)
+        assert any("metadata.json" in p for p in s.server.registry.problems)
+        with assert_rpc_error(grpc.StatusCode.NOT_FOUND, "jv_bigru_attn"):
+            c.encode("jv_bigru_attn", [np.zeros((3, 12), np.float32)])
+
+
+def test_health_and_requests_while_models_load(monkeypatch):
+    """Until every model is loaded and warmed up: health NOT_SERVING, requests UNAVAILABLE."""
+    from server.app import SeqserveServer
+    from server.config import ServerConfig
+    from server.registry import ModelRegistry
+    from servers import ThreadedServer
+
+    loading = threading.Event()
+    release = threading.Event()
+    real_load = ModelRegistry.load
+
+    def slow_load(self):
+        loading.set()
+        release.wait(30)
+        real_load(self)
+
+    monkeypatch.setattr(ModelRegistry, "load", slow_load)
+    threaded = ThreadedServer(ServerConfig(model_repository=REPOSITORY, host="127.0.0.1", port=0, metrics_port=0))
+    threaded._thread.start()
+    server = threaded.call(_construct(SeqserveServer, threaded.config))
+    threaded.server = server
+    starting = asyncio_future(threaded, server.start())
+    try:
+        assert loading.wait(30)
+        with SeqserveClient(f"127.0.0.1:{server.port}") as c:
+            health = health_pb2_grpc.HealthStub(c.channel)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                health_pb2.HealthCheckResponse.NOT_SERVING
+            with assert_rpc_error(grpc.StatusCode.UNAVAILABLE, "loading"):
+                c.encode("jv_bigru_attn", [np.zeros((3, 12), np.float32)])
+            release.set()
+            starting.result(30)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            assert c.encode("jv_bigru_attn", [np.zeros((3, 12), np.float32)])[0].label
+    finally:
+        release.set()
+        threaded.stop()
+
+
+async def _construct(cls, *args):
+    return cls(*args)
+
+
+def asyncio_future(threaded, coro):
+    import asyncio
+
+    return asyncio.run_coroutine_threadsafe(coro, threaded.loop)
+
+
+# --- process lifecycle: health transitions and graceful shutdown ------------------------------
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(test_sequences):
+    proc = ServerProcess(REPOSITORY, "--max-queue-delay-ms", "50", "--grace-seconds", "20")
+    try:
+        channel = grpc.insecure_channel(proc.target)
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        stub = pb_grpc.SeqserveStub(channel)
+        long_request = encode_request("jv_bilstm_attn", [np.zeros((2000, 12), np.float32)] * 32, outputs=["logits"])
+        futures = [stub.Encode.future(long_request, timeout=60) for _ in range(4)]
+        time.sleep(0.3)  # the requests are in flight
+        proc.proc.send_signal(15)
+        results = [f.result() for f in futures]  # every in-flight call completes
+        assert all(len(r.results) == 32 for r in results)
+        assert proc.wait() == 0
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Encode(long_request, timeout=2)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        proc.kill()
+
+
+def test_health_turns_not_serving_on_shutdown():
+    proc = ServerProcess(REPOSITORY)
+    try:
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(proc.target))
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="seqserve.v1.Seqserve"), timeout=30)
+        statuses = [next(watch).status]
+        proc.proc.send_signal(15)
+        try:
+            for reply in watch:
+                statuses.append(reply.status)
+        except grpc.RpcError:
+            pass  # the server closed the watch as it stopped
+        assert proc.wait() == 0
+        assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
+        assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert [e["msg"] for e in proc.logs][-2:] == ["shutting down", "stopped"]
+    finally:
+        proc.kill()

@@ -81,7 +81,7 @@ def build_metadata(
 
 def publish(
     checkpoint: Path, repository: Path, name: str, version: int, description: str = "",
-    overwrite: bool = False, long_length: int = 500,
+    overwrite: bool = False, long_length: int = 500, extra_metadata: dict | None = None,
 ) -> ParityReport:
     """Export, check and publish atomically; raises SeqserveModelError without touching the repository."""
     model, extra = load_checkpoint(checkpoint)
@@ -98,7 +98,7 @@ def publish(
         if not report.passed:
             raise ParityError(f"parity check failed, {name} not published:\n{report.summary()}")
         shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
-        metadata = build_metadata(name, version, description, model, extra, report, staging)
+        metadata = build_metadata(name, version, description, model, extra, report, staging) | (extra_metadata or {})
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)

@@ -103,3 +103,21 @@ class EncoderConfig:
 
     def replace(self, **changes: Any) -> EncoderConfig:
         return EncoderConfig.from_dict({**self.to_dict(), **changes})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 80
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    input_noise: float = 0.1  # Gaussian noise added to training inputs, in units of each feature's std
+    label_smoothing: float = 0.1
+    crop: float = 1.0  # train on random windows of at least this fraction of each sequence
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and kept; 0 = off
+    grad_clip: float = 1.0
+    val_fraction: float = 0.15
+    patience: int = 25  # early stopping after this many epochs without a better validation loss
+    keep: str = "best"  # which checkpoint to keep: "best" validation loss, or "last" epoch
+    seed: int = 0
+    threads: int = 2

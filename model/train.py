@@ -11,40 +11,26 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import ATTENTIONS, CELLS, EncoderConfig
+from model.config import ATTENTIONS, CELLS, EncoderConfig, TrainConfig
 from model.data import SequenceDataset, iter_batches, load_split, stratified_split
 from model.encoder import EncoderOutput, RecurrentEncoder
 from model.errors import SeqserveModelError
 from model.zoo import PRESETS
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 80
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-2
-    input_noise: float = 0.1  # Gaussian noise added to training inputs, in units of each feature's std
-    label_smoothing: float = 0.1
-    crop: float = 1.0  # train on random windows of at least this fraction of each sequence
-    grad_clip: float = 1.0
-    val_fraction: float = 0.15
-    patience: int = 25  # early stopping after this many epochs without a better validation loss
-    keep: str = "best"  # which checkpoint to keep: "best" validation loss, or "last" epoch
-    seed: int = 0
-    threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -84,6 +70,7 @@ def run_epoch(
     optimizer: torch.optim.Optimizer | None = None,
     tc: TrainConfig | None = None,
     generator: torch.Generator | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over `data`; trains when an optimizer is given. Returns (mean loss, accuracy)."""
     training = optimizer is not None
@@ -104,6 +91,8 @@ def run_epoch(
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optimizer.step()
+                if after_step is not None:
+                    after_step()
             total_loss += loss.item() * len(targets)
             correct += (out.logits.argmax(-1) == targets).sum().item()
     return total_loss / len(data), correct / len(data)
@@ -156,6 +145,9 @@ def train(config: EncoderConfig, tc: TrainConfig, out_dir: Path, progress: bool 
     )
     model = RecurrentEncoder(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True) if tc.ema else None
+    kept = averaged.module if averaged is not None else model  # the weights evaluated and saved
+    after_step = (lambda: averaged.update_parameters(model)) if averaged is not None else None
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,8 +160,8 @@ def train(config: EncoderConfig, tc: TrainConfig, out_dir: Path, progress: bool 
         writer = csv.DictWriter(f, fieldnames=list(EpochMetrics.__dataclass_fields__))
         writer.writeheader()
         for epoch in bar:
-            train_loss, train_acc = run_epoch(model, train_set, tc.batch_size, optimizer, tc, generator)
-            val_loss, val_acc = run_epoch(model, val_set, batch_size=128)
+            train_loss, train_acc = run_epoch(model, train_set, tc.batch_size, optimizer, tc, generator, after_step)
+            val_loss, val_acc = run_epoch(kept, val_set, batch_size=128)
             scheduler.step()
             metrics = EpochMetrics(epoch, train_loss, train_acc, val_loss, val_acc)
             history.append(metrics)
@@ -178,7 +170,7 @@ def train(config: EncoderConfig, tc: TrainConfig, out_dir: Path, progress: bool 
             score = (-val_loss, val_acc)
             if tc.keep == "last" or best is None or score > best:
                 best, since_best = score, 0
-                save_checkpoint(checkpoint, model, {"epoch": epoch, "train_config": asdict(tc)})
+                save_checkpoint(checkpoint, kept, {"epoch": epoch, "train_config": asdict(tc)})
             else:
                 since_best += 1
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", best_val_loss=f"{-best[0]:.3f}")
@@ -214,48 +206,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=ATTENTIONS, help="pooling over time")
     p.add_argument("--dropout", type=float, help="dropout between layers and before the head")
     p.add_argument("--step-logits", action=argparse.BooleanOptionalAction, help="train a running prediction")
-    defaults = TrainConfig()
-    p.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
-    p.add_argument("--patience", type=int, default=defaults.patience, help="early-stopping patience (epochs)")
-    p.add_argument("--keep", choices=("best", "last"), default=defaults.keep,
-                   help="keep the best-validation checkpoint (with early stopping) or the last epoch's")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per step")
-    p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
-    p.add_argument("--input-noise", type=float, default=defaults.input_noise,
-                   help="training input noise, in units of each feature's std")
-    p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="training label smoothing")
-    p.add_argument("--crop", type=float, default=defaults.crop,
-                   help="train on random windows of at least this fraction of each sequence (1 = off)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of data split, init and shuffling")
-    p.add_argument("--threads", type=int, default=defaults.threads, help="torch intra-op threads")
+    training = p.add_argument_group("training (defaults: the preset's, else TrainConfig's)")
+    training.add_argument("--epochs", type=int, help="maximum epochs")
+    training.add_argument("--patience", type=int, help="early-stopping patience (epochs)")
+    training.add_argument("--keep", choices=("best", "last"),
+                          help="keep the best-validation checkpoint (with early stopping) or the last epoch's")
+    training.add_argument("--batch-size", type=int, help="sequences per step")
+    training.add_argument("--lr", type=float, help="AdamW learning rate")
+    training.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    training.add_argument("--input-noise", type=float, help="training input noise, in units of each feature's std")
+    training.add_argument("--label-smoothing", type=float, help="training label smoothing")
+    training.add_argument("--crop", type=float,
+                          help="train on random windows of at least this fraction of each sequence (1 = off)")
+    training.add_argument("--ema", type=float,
+                          help="keep an exponential moving average of the weights with this decay (0 = off)")
+    training.add_argument("--seed", type=int, help="seed of data split, init and shuffling")
+    training.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> EncoderConfig:
-    base = PRESETS[args.preset].config if args.preset else EncoderConfig()
-    overrides = {
-        "cell": args.cell,
-        "hidden_size": args.hidden_size,
-        "num_layers": args.layers,
-        "bidirectional": args.bidirectional,
-        "attention": args.attention,
-        "dropout": args.dropout,
-        "step_logits": args.step_logits,
-    }
-    return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
+    """The flags the user gave, keyed by config field name."""
+    return {field: getattr(args, flag) for field, flag in names.items() if getattr(args, flag) is not None}
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[EncoderConfig, TrainConfig]:
+    """The preset's (or default) configs, overridden by every flag given."""
+    preset = PRESETS[args.preset] if args.preset else None
+    config = preset.config if preset else EncoderConfig()
+    tc = preset.train if preset else TrainConfig()
+    config = config.replace(**_given(args, {
+        "cell": "cell", "hidden_size": "hidden_size", "num_layers": "layers", "bidirectional": "bidirectional",
+        "attention": "attention", "dropout": "dropout", "step_logits": "step_logits",
+    }))
+    tc = dataclasses.replace(tc, **_given(args, {name: name for name in TrainConfig.__dataclass_fields__
+                                                  if hasattr(args, name)}))
+    return config, tc
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
-        tc = TrainConfig(
-            epochs=args.epochs, patience=args.patience, keep=args.keep, batch_size=args.batch_size,
-            lr=args.lr, seed=args.seed, threads=args.threads,
-            input_noise=args.input_noise, label_smoothing=args.label_smoothing, crop=args.crop,
-        )
+        config, tc = configs_from_args(args)
         summary = train(config, tc, args.out, progress=not args.no_progress)
     except SeqserveModelError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.config import EncoderConfig
+from model.config import EncoderConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -12,6 +12,7 @@ class Preset:
     name: str
     description: str
     config: EncoderConfig
+    train: TrainConfig = TrainConfig()
 
 
 PRESETS: dict[str, Preset] = {

@@ -39,6 +39,9 @@ def load_checkpoint(path: str | Path) -> tuple[RecurrentEncoder, dict[str, Any]]
         raise CheckpointError(f"checkpoint: cannot read {path}: {type(exc).__name__}: {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint: {path} is not a seqserve checkpoint (expected format {FORMAT})")
+    for key, kind in (("config", dict), ("state_dict", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(f"checkpoint: {path} has no {key!r} mapping")
     try:
         config = EncoderConfig.from_dict(payload["config"])
     except (ConfigError, TypeError) as exc:

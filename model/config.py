@@ -57,6 +57,9 @@ class EncoderConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+        for name in ("bidirectional", "step_logits"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.step_logits and self.bidirectional:

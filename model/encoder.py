@@ -107,18 +107,29 @@ class RecurrentEncoder(nn.Module):
         h0 = torch.zeros(shape, dtype=dtype)
         return h0, (torch.zeros(shape, dtype=dtype) if c.cell == "lstm" else None)
 
-    def check_inputs(self, x: Tensor, lengths: Tensor) -> None:
-        F = self.config.input_size
-        if x.dim() != 3 or x.shape[-1] != F:
-            raise InputShapeError(f"x: expected shape (batch, time, {F}), got {tuple(x.shape)}")
-        if lengths.shape != (x.shape[0],):
-            raise InputShapeError(f"lengths: expected shape ({x.shape[0]},), got {tuple(lengths.shape)}")
+    def check_inputs(self, x: Tensor, lengths: Tensor, h0: Tensor | None, c0: Tensor | None) -> None:
+        cfg = self.config
+        if x.dim() != 3 or x.shape[-1] != cfg.input_size:
+            raise InputShapeError(f"x: expected shape (batch, time, {cfg.input_size}), got {tuple(x.shape)}")
+        B, T = x.shape[0], x.shape[1]
+        if lengths.shape != (B,):
+            raise InputShapeError(f"lengths: expected shape ({B},), got {tuple(lengths.shape)}")
+        if B and (lengths.min() < 0 or lengths.max() > T):
+            raise InputShapeError(f"lengths: every length must be in [0, {T}] (the time dimension of x)")
+        state_shape = (cfg.num_layers * cfg.num_directions, B, cfg.hidden_size)
+        if h0 is None and c0 is not None:
+            raise InputShapeError("h0: c0 was given without h0")
+        if cfg.cell == "lstm" and h0 is not None and c0 is None:
+            raise InputShapeError("c0: an LSTM needs both h0 and c0")
+        for name, state in (("h0", h0), ("c0", c0)):
+            if state is not None and tuple(state.shape) != state_shape:
+                raise InputShapeError(f"{name}: expected shape {state_shape}, got {tuple(state.shape)}")
 
     def forward(
         self, x: Tensor, lengths: Tensor, h0: Tensor | None = None, c0: Tensor | None = None
     ) -> EncoderOutput:
         if not torch.jit.is_tracing():
-            self.check_inputs(x, lengths)
+            self.check_inputs(x, lengths, h0, c0)
         cfg = self.config
         B, T = x.shape[0], x.shape[1]
         if h0 is None:

@@ -75,6 +75,8 @@ def read_version(path: Path, verify_hash: bool = True) -> ModelVersion:
         raise RepositoryError(f"{path}: missing {METADATA_FILE}") from None
     except json.JSONDecodeError as exc:
         raise RepositoryError(f"{meta_path}: not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise RepositoryError(f"{meta_path}: must hold a JSON object, got {type(metadata).__name__}")
     if metadata.get("format") != METADATA_FORMAT:
         raise RepositoryError(f"{meta_path}: format is {metadata.get('format')!r}, expected {METADATA_FORMAT!r}")
     for key in ("name", "version", "architecture", "onnx_sha256"):
@@ -84,6 +86,8 @@ def read_version(path: Path, verify_hash: bool = True) -> ModelVersion:
         Architecture.from_mapping(metadata["architecture"])
     except TypeError as exc:
         raise RepositoryError(f"{meta_path}: architecture: {exc}") from None
+    if not isinstance(metadata["onnx_sha256"], str):
+        raise RepositoryError(f"{meta_path}: onnx_sha256 must be a hex string")
     if verify_hash:
         actual = sha256_of(model_path)
         if actual != metadata["onnx_sha256"]:

@@ -307,12 +307,6 @@ def test_wrong_lengths_shape_names_lengths():
         model(torch.randn(2, 4, F), torch.tensor([4]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG model/encoder.py RecurrentEncoder.check_inputs (line ~110) does not check the range of "
-    "`lengths`: a length > T raises a bare RuntimeError from pack_padded_sequence, and a negative length "
-    "is silently treated as an empty row, instead of InputShapeError naming `lengths`",
-)
 @pytest.mark.parametrize("bad", [[5, 2], [-1, 2]], ids=["longer_than_T", "negative"])
 def test_lengths_out_of_range_names_lengths(bad):
     model = make_model(cell="lstm", bidirectional=True)
@@ -320,12 +314,6 @@ def test_lengths_out_of_range_names_lengths(bad):
         model(torch.randn(2, 4, F), torch.tensor(bad))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG model/encoder.py RecurrentEncoder.check_inputs does not check h0/c0: an LSTM given h0 without c0 "
-    "fails with AttributeError (\"'NoneType' object has no attribute 'index_select'\"), a wrongly shaped h0 "
-    "with a bare RuntimeError, instead of InputShapeError naming h0/c0",
-)
 @pytest.mark.parametrize("case", ["h0_without_c0", "h0_wrong_layers"])
 def test_bad_initial_state_names_the_state(case):
     model = make_model(cell="lstm", layers=2, bidirectional=False, attention="none")

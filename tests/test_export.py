@@ -1,0 +1,456 @@
+"""ONNX export: graph structure, parity with PyTorch, streaming through onnxruntime, the publish gate, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import export
+import model.onnx_export as onnx_export
+from conftest import (
+    CELLS,
+    LABELS,
+    H,
+    ort_run,
+    random_batch,
+    random_state,
+    run_cli,
+    staging_leftovers,
+    torch_outputs,
+    write_checkpoint,
+)
+from model.checkpoint import load_checkpoint
+from model.errors import CheckpointError, ParityError, SeqserveModelError
+from model.onnx_export import export_onnx, graph_problems
+from model.parity import OutputError, ParityReport, check_parity
+from seqserve.contract import BATCH, TIME, input_names, input_specs, output_names, output_specs
+from seqserve.repository import read_version, sha256_of
+
+LONG = 200  # longest sequence of the parity grid here (the CLI default is 500)
+
+# (cell, layers, bidirectional): bidirectional models pool with attention, unidirectional ones stream
+# with step logits, like the presets.
+GRID = list(itertools.product(CELLS, (1, 2), (False, True)))
+
+
+def _id(g) -> str:
+    cell, layers, bi = g
+    return f"{cell}-L{layers}-{'bi' if bi else 'uni'}"
+
+
+def _config(cell, layers, bi) -> dict:
+    if bi:
+        return dict(cell=cell, layers=layers, bidirectional=True, attention="additive")
+    return dict(cell=cell, layers=layers, bidirectional=False, attention="none", step_logits=True)
+
+
+@pytest.fixture(params=GRID, ids=_id)
+def exp(request, exported):
+    return exported(**_config(*request.param))
+
+
+def _ancestors(graph: onnx.GraphProto, value: str) -> set[str]:
+    """Every value the given value is computed from (walking node inputs back)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    seen, todo = set(), [value]
+    while todo:
+        v = todo.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v in producer:
+            todo.extend(i for i in producer[v].input if i)
+    return seen
+
+
+# ---------------------------------------------------------------- 5. graph and parity
+
+
+def test_graph_problems_is_empty(exp):
+    assert graph_problems(exp.path, exp.model) == []
+
+
+def test_graph_structure(exp):
+    """The graph checks, done independently of graph_problems."""
+    cfg = exp.model.config
+    onnx.checker.check_model(str(exp.path))
+    graph = onnx.load(str(exp.path)).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["Loop"] == 0 and ops["Scan"] == 0
+    rnn_nodes = [n for n in graph.node if n.op_type in ("RNN", "LSTM", "GRU")]
+    assert [n.op_type for n in rnn_nodes] == [cfg.cell.upper()] * cfg.num_layers
+    graph_inputs = {i.name for i in graph.input}
+    for node in rnn_nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["hidden_size"] == H
+        direction = attrs.get("direction", b"forward")
+        assert direction == (b"bidirectional" if cfg.bidirectional else b"forward")
+        # sequence_lens (input 4) is wired, and computed from the `lengths` graph input
+        assert len(node.input) > 4 and node.input[4], f"{node.name}: no sequence_lens"
+        assert "lengths" in _ancestors(graph, node.input[4]) & graph_inputs
+        if node.op_type == "GRU":
+            assert attrs.get("linear_before_reset") == 1
+        if cfg.streaming:  # initial_h comes from the h0 input
+            assert "h0" in _ancestors(graph, node.input[5])
+            if node.op_type == "LSTM":
+                assert "c0" in _ancestors(graph, node.input[6])
+
+
+def test_graph_dims_are_symbolic(exp):
+    """Every batch/time dim of every graph input/output is a dim_param; the rest fixed dim_values."""
+    arch = exp.model.config.architecture
+    graph = onnx.load(str(exp.path)).graph
+    assert [i.name for i in graph.input] == input_names(arch)
+    assert [o.name for o in graph.output] == output_names(arch)
+    declared = {v.name: v for v in list(graph.input) + list(graph.output)}
+    dtypes = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
+    for spec in input_specs(arch) + output_specs(arch):
+        ttype = declared[spec.name].type.tensor_type
+        assert ttype.elem_type == dtypes[spec.dtype], spec.name
+        dims = list(ttype.shape.dim)
+        assert len(dims) == len(spec.shape), spec.name
+        for dim, want in zip(dims, spec.shape):
+            if want in (BATCH, TIME):
+                assert dim.WhichOneof("value") == "dim_param", f"{spec.name}: {want} is fixed to {dim.dim_value}"
+                assert dim.dim_param == want
+            else:
+                assert dim.WhichOneof("value") == "dim_value" and dim.dim_value == want, spec.name
+
+
+def test_graph_independent_of_example_length(exp, tmp_path, monkeypatch):
+    """Exporting from a longer, wider example gives the same ops: the recurrence was not unrolled over T."""
+    monkeypatch.setattr(
+        onnx_export, "example_inputs", functools.partial(onnx_export.example_inputs, batch=3, time=13)
+    )
+    other = tmp_path / "other.onnx"
+    export_onnx(exp.model, other)
+    a, b = onnx.load(str(exp.path)).graph, onnx.load(str(other)).graph
+    assert Counter(n.op_type for n in a.node) == Counter(n.op_type for n in b.node)
+    assert graph_problems(other, exp.model) == []
+
+
+def test_parity_passes(exp):
+    report = check_parity(exp.model, exp.path, long_length=LONG)
+    assert report.passed, report.summary()
+    assert report.max_abs_error < 1e-5
+    assert set(report.outputs) == set(output_names(exp.model.config.architecture))
+    assert f"b1_len{LONG}" in report.cases and "b8_unsorted" in report.cases
+    if exp.model.config.streaming:
+        assert "b3_empty_row" in report.cases
+
+
+def test_ort_runs_longer_and_wider_than_any_example(exp):
+    """T = 300 and batch 32 (export example was T = 5, B = 2), mixed unsorted lengths incl. 1 and T."""
+    rng = np.random.default_rng(0)
+    lengths = [300, 1] + rng.integers(1, 301, size=30).tolist()
+    model = exp.model
+    x, lengths_t = random_batch(model, lengths, time=300, seed=21)
+    args = [x, lengths_t]
+    if model.config.streaming:
+        h0, c0 = random_state(model, 32, seed=5)
+        args += [h0, c0]
+    ort_out = ort_run(exp.session, model, *[None if a is None else a.numpy() for a in args])
+    ref = torch_outputs(model, *args)
+    assert set(ort_out) == set(ref)
+    for name, value in ort_out.items():
+        assert value.shape == ref[name].shape, name
+        assert np.isfinite(value).all(), name
+        np.testing.assert_allclose(value, ref[name], atol=1e-5, rtol=1e-4, err_msg=name)
+    assert ort_out["outputs"].shape == (32, 300, model.config.num_directions * H)
+    pad = np.arange(300)[None, :] >= np.array(lengths)[:, None]
+    assert not ort_out["outputs"][pad].any()
+    if "attention" in ort_out:
+        assert not ort_out["attention"][pad].any()
+        np.testing.assert_allclose(ort_out["attention"].sum(-1), 1.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- 4. streaming through onnxruntime
+
+CHUNKS = (7, 1, 13)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_ort_streaming_chunks_equal_full_run(exported, cell, layers):
+    exp = exported(**_config(cell, layers, False))
+    model, session = exp.model, exp.session
+    B, T = 3, sum(CHUNKS)
+    x, lengths = random_batch(model, [T] * B, seed=17)
+    h0, c0 = random_state(model, B, seed=8)
+    x, lengths = x.numpy(), lengths.numpy()
+    h0_np, c0_np = h0.numpy(), None if c0 is None else c0.numpy()
+
+    full = ort_run(session, model, x, lengths, h0_np, c0_np)
+    h, c, outs, steps, start = h0_np, c0_np, [], [], 0
+    for size in CHUNKS:
+        out = ort_run(session, model, x[:, start : start + size], np.full(B, size), h, c)
+        outs.append(out["outputs"])
+        steps.append(out["step_logits"])
+        h, c = out["h_n"], out.get("c_n")
+        start += size
+    chunked = {"outputs": np.concatenate(outs, 1), "step_logits": np.concatenate(steps, 1), "h_n": h}
+    if cell == "lstm":
+        chunked["c_n"] = c
+    ref = torch_outputs(model, torch.from_numpy(x), torch.from_numpy(lengths), h0, c0)
+    for name, value in chunked.items():
+        np.testing.assert_array_equal(value, full[name], err_msg=f"{name}: chunked vs full ORT")
+        np.testing.assert_allclose(value, ref[name], atol=1e-5, rtol=1e-4, err_msg=f"{name}: ORT vs torch")
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_ort_streaming_row_with_no_steps_keeps_its_state(exported, cell, layers):
+    exp = exported(**_config(cell, layers, False))
+    model = exp.model
+    x, lengths = random_batch(model, [4, 0, 6], time=6, seed=2)
+    h0, c0 = random_state(model, 3, seed=6)
+    out = ort_run(exp.session, model, x.numpy(), lengths.numpy(), h0.numpy(), None if c0 is None else c0.numpy())
+    np.testing.assert_array_equal(out["h_n"][:, 1], h0[:, 1].numpy())
+    if cell == "lstm":
+        np.testing.assert_array_equal(out["c_n"][:, 1], c0[:, 1].numpy())
+    assert not out["outputs"][1].any()
+    assert not out["step_logits"][1].any()
+    ref = torch_outputs(model, x, lengths, h0, c0)
+    for name, value in out.items():
+        np.testing.assert_allclose(value, ref[name], atol=1e-5, rtol=1e-4, err_msg=name)
+
+
+# ---------------------------------------------------------------- 6. the parity gate refuses to publish
+
+
+def _assert_nothing_published(repository: Path, name: str) -> None:
+    assert not (repository / name).exists()
+    assert staging_leftovers(repository) == []
+    if repository.exists():
+        assert [p.name for p in repository.iterdir()] == []
+
+
+def test_publish_refuses_a_failing_parity_report(tiny_checkpoint, tmp_path, monkeypatch):
+    failing = ParityReport(outputs={"logits": OutputError(max_abs=0.5, failures=3)})
+    monkeypatch.setattr(export, "check_parity", lambda *a, **k: failing)
+    repository = tmp_path / "repo"
+    with pytest.raises(ParityError, match="tiny"):
+        export.publish(tiny_checkpoint, repository, "tiny", 1, long_length=LONG)
+    _assert_nothing_published(repository, "tiny")
+
+
+def test_publish_refuses_an_onnx_model_that_drifted(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """A model.onnx exported from slightly different weights: the real parity check fails, the CLI exits 1."""
+    real_export = export.export_onnx
+
+    def export_perturbed(model, path):
+        drifted = copy.deepcopy(model)
+        with torch.no_grad():
+            drifted.head.bias.add_(1e-3)
+        real_export(drifted, path)
+
+    monkeypatch.setattr(export, "export_onnx", export_perturbed)
+    repository = tmp_path / "repo"
+    argv = [str(tiny_checkpoint), "--name", "tiny", "--repository", str(repository), "--long-length", str(LONG)]
+    assert export.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "parity check failed" in err and "logits" in err
+    _assert_nothing_published(repository, "tiny")
+
+
+def test_publish_refuses_a_broken_graph(tiny_checkpoint, tmp_path, monkeypatch):
+    """A graph whose batch/time dims are fixed fails check_graph before any parity run."""
+    real_export = export.export_onnx
+
+    def export_static(model, path):
+        real_export(model, path)
+        m = onnx.load(str(path))
+        for dim in m.graph.input[0].type.tensor_type.shape.dim[:2]:
+            dim.dim_value = 2
+        onnx.save(m, str(path))
+
+    monkeypatch.setattr(export, "export_onnx", export_static)
+    repository = tmp_path / "repo"
+    with pytest.raises(ParityError, match="x: declared shape"):
+        export.publish(tiny_checkpoint, repository, "tiny", 1, long_length=LONG)
+    _assert_nothing_published(repository, "tiny")
+
+
+def test_publish_keeps_an_existing_version_when_parity_fails(tiny_checkpoint, tmp_path, monkeypatch):
+    repository = tmp_path / "repo"
+    export.publish(tiny_checkpoint, repository, "tiny", 1, long_length=LONG)
+    before = sha256_of(repository / "tiny" / "1" / "model.onnx")
+    failing = ParityReport(outputs={"logits": OutputError(max_abs=0.5, failures=3)})
+    monkeypatch.setattr(export, "check_parity", lambda *a, **k: failing)
+    with pytest.raises(ParityError):
+        export.publish(tiny_checkpoint, repository, "tiny", 1, overwrite=True, long_length=LONG)
+    assert sha256_of(repository / "tiny" / "1" / "model.onnx") == before
+    assert read_version(repository / "tiny" / "1").metadata["parity"]["passed"] is True
+    assert staging_leftovers(repository) == []
+
+
+# ---------------------------------------------------------------- 7. export.py end to end
+
+
+@pytest.fixture(scope="module")
+def published(tiny_stream_checkpoint, tmp_path_factory):
+    """`python export.py` run once on a tiny streaming checkpoint; (process, repository, checkpoint)."""
+    repository = tmp_path_factory.mktemp("cli") / "repo"
+    proc = run_cli(
+        "export.py", str(tiny_stream_checkpoint), "--name", "tiny_stream", "--version", "3",
+        "--repository", str(repository), "--description", "a tiny test model", "--long-length", str(LONG),
+    )
+    return proc, repository, tiny_stream_checkpoint
+
+
+def test_cli_publishes(published):
+    proc, repository, checkpoint = published
+    assert proc.returncode == 0, proc.stderr
+    assert "published" in proc.stdout
+    folder = repository / "tiny_stream" / "3"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "metadata.json", "model.onnx", "parity.json"]
+    assert staging_leftovers(repository) == []
+    assert (folder / "checkpoint.pt").read_bytes() == checkpoint.read_bytes()
+
+
+def test_cli_metadata(published):
+    proc, repository, checkpoint = published
+    assert proc.returncode == 0, proc.stderr
+    folder = repository / "tiny_stream" / "3"
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["onnx_sha256"] == hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    assert meta["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    model, _ = load_checkpoint(checkpoint)
+    arch = model.config.architecture
+    assert meta["inputs"] == [s.to_dict() for s in input_specs(arch)]
+    assert meta["outputs"] == [s.to_dict() for s in output_specs(arch)]
+    assert [i["name"] for i in meta["inputs"]] == ["x", "lengths", "h0"]  # GRU: no c0
+    assert meta["name"] == "tiny_stream" and meta["version"] == 3
+    assert meta["description"] == "a tiny test model"
+    assert meta["streaming"] is True
+    assert meta["class_labels"] == list(LABELS)
+    assert meta["architecture"]["cell"] == "gru" and meta["architecture"]["num_layers"] == 2
+    assert meta["parity"]["passed"] is True and meta["parity"]["max_abs_error"] < 1e-5
+    assert meta["training"]["test_accuracy"] == 0.25
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] is True and f"b1_len{LONG}" in parity["cases"]
+    # the published model is the checkpoint's model
+    assert graph_problems(folder / "model.onnx", model) == []
+
+
+def test_cli_output_reads_back(published):
+    proc, repository, _ = published
+    assert proc.returncode == 0, proc.stderr
+    version = read_version(repository / "tiny_stream" / "3")
+    assert (version.name, version.version) == ("tiny_stream", 3)
+    assert version.class_labels == list(LABELS)
+    assert [s.name for s in version.inputs] == ["x", "lengths", "h0"]
+    assert version.architecture.streaming
+
+
+def test_cli_refuses_to_overwrite_without_flag(published):
+    proc, repository, checkpoint = published
+    assert proc.returncode == 0, proc.stderr
+    model_file = repository / "tiny_stream" / "3" / "model.onnx"
+    before = sha256_of(model_file)
+    again = run_cli("export.py", str(checkpoint), "--name", "tiny_stream", "--version", "3",
+                    "--repository", str(repository), "--long-length", str(LONG))
+    assert again.returncode == 1
+    assert "exists" in again.stderr and "--overwrite" in again.stderr
+    assert str(repository / "tiny_stream" / "3") in again.stderr
+    assert sha256_of(model_file) == before
+    assert staging_leftovers(repository) == []
+
+
+def test_publish_overwrite_replaces_the_version(tiny_checkpoint, tiny_stream_checkpoint, tmp_path):
+    repository = tmp_path / "repo"
+    export.publish(tiny_stream_checkpoint, repository, "m", 1, long_length=LONG)
+    with pytest.raises(SeqserveModelError, match="--overwrite"):
+        export.publish(tiny_checkpoint, repository, "m", 1, long_length=LONG)
+    export.publish(tiny_checkpoint, repository, "m", 1, overwrite=True, long_length=LONG)
+    version = read_version(repository / "m" / "1")
+    assert version.architecture.bidirectional and version.architecture.cell == "lstm"
+    assert staging_leftovers(repository) == []
+
+
+# ---------------------------------------------------------------- 8. bad input, clear errors
+
+
+def test_cli_missing_checkpoint(tmp_path):
+    missing = tmp_path / "nowhere" / "checkpoint.pt"
+    proc = run_cli("export.py", str(missing), "--name", "x", "--repository", str(tmp_path / "repo"))
+    assert proc.returncode == 1
+    assert str(missing) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_corrupt_checkpoint_is_a_checkpoint_error(tmp_path, capsys):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError, match="cannot read") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert export.main([str(path), "--name", "x", "--repository", str(tmp_path / "repo")]) == 1
+    assert str(path) in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_truncated_checkpoint_is_a_checkpoint_error(tiny_checkpoint, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+
+
+def test_foreign_checkpoint_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="not a seqserve checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change", [{"hidden_size": 32}, {"cell": "gru"}, {"num_layers": 2}, {"bidirectional": False}])
+def test_checkpoint_weights_not_fitting_config(tiny_checkpoint, tmp_path, change):
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    payload["config"] = {**payload["config"], **change}
+    path = tmp_path / "checkpoint.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="do not fit its config") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_checkpoint_with_invalid_config(tiny_checkpoint, tmp_path):
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    payload["config"] = {**payload["config"], "cell": "foo"}
+    path = tmp_path / "checkpoint.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="invalid config: cell:"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("key", ["config", "state_dict"])
+def test_checkpoint_missing_a_key(tiny_checkpoint, tmp_path, key):
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    del payload[key]
+    path = tmp_path / "checkpoint.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=key):
+        load_checkpoint(path)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    path = tmp_path / "sub" / "checkpoint.pt"
+    model = write_checkpoint(path, cell="rnn", layers=2, bidirectional=False, attention="additive")
+    loaded, extra = load_checkpoint(path)
+    assert loaded.config == model.config and not loaded.training
+    assert extra["epoch"] == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert not list(path.parent.glob("*.tmp"))

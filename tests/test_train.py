@@ -1,0 +1,103 @@
+"""Training: a one-epoch smoke run of the CLI, its outputs, the loss and the CLI's argument errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import make_model, random_batch, run_cli
+from model.checkpoint import load_checkpoint
+from model.data import load_split, pad_batch, stratified_split
+from model.train import EpochMetrics, build_parser, sequence_loss
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "jv_lstm_stream"
+    proc = run_cli(
+        "-m", "model.train", "--preset", "jv_lstm_stream", "--epochs", "1", "--hidden-size", "16",
+        "--layers", "1", "--out", str(out), "--no-progress",
+    )
+    return proc, out
+
+
+def test_train_smoke_run_writes_everything(smoke_run):
+    proc, out = smoke_run
+    assert proc.returncode == 0, proc.stderr
+    written = {p.name for p in out.iterdir()}
+    assert {"checkpoint.pt", "learning_curves.png", "metrics.csv", "summary.json"} <= written
+    assert not [n for n in written if n.endswith(".tmp")]
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    assert list(rows[0]) == list(EpochMetrics.__dataclass_fields__)
+    assert int(rows[0]["epoch"]) == 1
+    assert 0.0 <= float(rows[0]["val_acc"]) <= 1.0 and float(rows[0]["train_loss"]) > 0
+    assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1
+    assert summary["dataset"] == "JapaneseVowels"
+
+
+def test_train_smoke_checkpoint_loads(smoke_run):
+    proc, out = smoke_run
+    assert proc.returncode == 0, proc.stderr
+    # plain data only: loadable with weights_only=True (what load_checkpoint uses)
+    payload = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert payload["format"] == "seqserve.checkpoint/1"
+    model, extra = load_checkpoint(out / "checkpoint.pt")
+    cfg = model.config
+    assert (cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.bidirectional) == ("lstm", 16, 1, False)
+    assert cfg.step_logits and cfg.attention == "none"
+    assert cfg.input_size == 12 and cfg.num_classes == 9 and len(cfg.class_labels) == 9
+    assert len(cfg.feature_mean) == 12 and len(cfg.feature_std) == 12
+    assert extra["epoch"] == 1
+    assert extra["metrics"]["test_accuracy"] == json.loads((out / "summary.json").read_text())["test_accuracy"]
+    # the checkpoint's model runs on the real data
+    test = load_split("test")
+    x, lengths = pad_batch(test.sequences[:8])
+    with torch.no_grad():
+        out_ = model(x, lengths)
+    assert out_.logits.shape == (8, 9) and torch.isfinite(out_.logits).all()
+
+
+def test_train_rejects_unknown_cell():
+    proc = run_cli("-m", "model.train", "--cell", "foo", "--out", "/nonexistent/never-written")
+    assert proc.returncode == 2
+    assert "--cell" in proc.stderr and "invalid choice" in proc.stderr and "'foo'" in proc.stderr
+
+
+def test_train_requires_out():
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--preset", "jv_lstm_stream"])
+    assert info.value.code == 2
+
+
+def test_sequence_loss_ignores_padded_steps():
+    model = make_model(cell="lstm", layers=1, bidirectional=False, attention="none", step_logits=True)
+    x, lengths = random_batch(model, [5, 2, 3], time=5)
+    targets = torch.tensor([0, 3, 1])
+    out = model(x, lengths)
+    loss = sequence_loss(out, lengths, targets)
+    # garbage in the padded step logits must not change the loss
+    pad = (torch.arange(5).unsqueeze(0) >= lengths.unsqueeze(1)).unsqueeze(-1)
+    out.step_logits = out.step_logits + 100.0 * pad
+    torch.testing.assert_close(sequence_loss(out, lengths, targets), loss)
+    # and the final prediction's cross-entropy is part of it
+    assert loss > torch.nn.functional.cross_entropy(out.logits, targets)
+
+
+def test_data_split_and_padding():
+    train = load_split("train")
+    assert train.num_features == 12 and len(train.class_labels) == 9
+    tr, val = stratified_split(train.targets, 0.15, seed=0)
+    assert not set(tr) & set(val) and len(tr) + len(val) == len(train)
+    assert set(train.targets[val].tolist()) == set(range(9))  # every class in validation
+    x, lengths = pad_batch([train.sequences[i] for i in (0, 1, 2)])
+    assert x.shape == (3, int(lengths.max()), 12) and lengths.dtype == torch.int64
+    for i, n in enumerate(lengths.tolist()):
+        assert torch.count_nonzero(x[i, n:]) == 0

@@ -35,7 +35,7 @@ class TsCase:
     label: str | None
 
 
-def _parse_header(lines: Iterator[tuple[int, str]], path: Path) -> TsHeader:
+def parse_header(lines: Iterator[tuple[int, str]], path: Path) -> TsHeader:
     attributes: dict[str, str] = {}
     for number, raw in lines:
         line = raw.strip()
@@ -60,7 +60,7 @@ def _parse_header(lines: Iterator[tuple[int, str]], path: Path) -> TsHeader:
     raise TsFormatError(f"{path}: no @data line")
 
 
-def _parse_case(line: str, index: int, header: TsHeader, where: str) -> TsCase:
+def parse_case(line: str, index: int, header: TsHeader, where: str) -> TsCase:
     fields = line.split(":")
     label = None
     if header.has_labels:
@@ -81,7 +81,7 @@ def _parse_case(line: str, index: int, header: TsHeader, where: str) -> TsCase:
 def read_ts_header(path: str | Path) -> TsHeader:
     path = Path(path)
     with path.open(encoding="utf-8") as f:
-        return _parse_header(enumerate(f, start=1), path)
+        return parse_header(enumerate(f, start=1), path)
 
 
 def iter_ts(path: str | Path) -> Iterator[TsCase]:
@@ -89,13 +89,13 @@ def iter_ts(path: str | Path) -> Iterator[TsCase]:
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         lines = enumerate(f, start=1)
-        header = _parse_header(lines, path)
+        header = parse_header(lines, path)
         index = 0
         for number, raw in lines:
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            yield _parse_case(line, index, header, f"{path}:{number}")
+            yield parse_case(line, index, header, f"{path}:{number}")
             index += 1
 
 

@@ -7,7 +7,6 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -474,18 +473,18 @@ def asyncio_future(threaded, coro):
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(test_sequences):
-    proc = ServerProcess(REPOSITORY, "--max-queue-delay-ms", "50", "--grace-seconds", "20")
+    proc = ServerProcess(REPOSITORY, "--max-queue-delay-ms", "50", "--grace-seconds", "60")
     try:
         channel = grpc.insecure_channel(proc.target)
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
         stub = pb_grpc.SeqserveStub(channel)
-        long_request = encode_request("jv_bilstm_attn", [np.zeros((2000, 12), np.float32)] * 32, outputs=["logits"])
-        futures = [stub.Encode.future(long_request, timeout=60) for _ in range(4)]
-        time.sleep(0.3)  # the requests are in flight
+        long_request = encode_request("jv_bilstm_attn", [np.zeros((1000, 12), np.float32)] * 16, outputs=["logits"])
+        futures = [stub.Encode.future(long_request, timeout=120) for _ in range(4)]
+        time.sleep(0.5)  # the requests are in flight
         proc.proc.send_signal(15)
         results = [f.result() for f in futures]  # every in-flight call completes
-        assert all(len(r.results) == 32 for r in results)
+        assert all(len(r.results) == 16 for r in results)
         assert proc.wait() == 0
         with pytest.raises(grpc.RpcError) as refused:
             stub.Encode(long_request, timeout=2)

@@ -1,0 +1,10 @@
+"""Batch inference: files of sequences in, predictions out (`batch_infer.py` is the CLI).
+
+    readers   one lazy reader per input format (JSON Lines, Parquet, .npz, UEA .ts)
+    writers   JSON Lines / Parquet writers that commit whole records per flush, and resume support
+    backends  where the model runs: in-process onnxruntime (local) or the gRPC service (remote)
+    pipeline  chunked reading, length bucketing, errors file, resume, summary
+    ray_job   the same job as a Ray Data pipeline (optional `ray` extra)
+
+Nothing here imports torch; pyarrow (Parquet) and tqdm (progress bar) are imported only when used.
+"""

@@ -1,0 +1,328 @@
+"""Where the model runs: one `Backend` interface, two implementations.
+
+    LocalBackend   onnxruntime in this process, reading the model repository
+    RemoteBackend  the seqserve gRPC service: up to N concurrent Encode calls, retried with
+                   exponential backoff when the server is UNAVAILABLE (and only then)
+
+Both turn a batch of records into `Predictions` (a row per record) with the same labels,
+probabilities (softmax of the logits, in float32) and requested tensors, so a job's output does
+not depend on the backend.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+from seqserve.batch.errors import BackendError, RecordRejected
+from seqserve.batch.readers import Record
+from seqserve.client import EncodeResult, SeqserveClient, encode_request
+from seqserve.contract import Architecture, output_names
+from seqserve.cpu import physical_cores
+from seqserve.repository import ModelVersion, RepositoryError, latest_version, read_version
+
+T = TypeVar("T")
+# Tensors a job may add to each prediction (contract output names) and their shape per sequence.
+TENSORS = {
+    "context": "(D*H,) attention-weighted sum of outputs",
+    "attention": "(T,) attention weights",
+    "h_n": "(L*D, H) final hidden states",
+    "c_n": "(L*D, H) final cell states (LSTM)",
+    "outputs": "(T, D*H) last layer's per-step outputs",
+    "logits": "(C,) class scores",
+    "step_logits": "(T, C) running prediction per step",
+}
+PER_STEP = frozenset({"outputs", "attention", "step_logits"})  # (B, T, ...) in a batch
+PER_STATE = frozenset({"h_n", "c_n"})  # (L*D, B, H) in a batch
+# What to ask the server for, per tensor.
+REMOTE_OUTPUT = {"context": "attention", "attention": "attention", "h_n": "hidden", "c_n": "hidden",
+                 "outputs": "outputs", "logits": "logits", "step_logits": "step_logits"}
+# onnxruntime's errors for a batch it cannot run.
+ORT_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+              ort.capi.onnxruntime_pybind11_state.RuntimeException)
+# The server rejects the sequences of a call (not the call's transport) with these codes.
+REJECTING_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             grpc.StatusCode.OUT_OF_RANGE})
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    input_size: int
+    class_labels: tuple[str, ...]
+    tensors: frozenset[str]  # the TENSORS this model has
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One sequence's prediction (a row of `Predictions`)."""
+
+    id: str
+    label: str
+    label_index: int
+    probabilities: np.ndarray  # (C,) float32
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # the requested TENSORS
+    true_label: str | None = None  # from the input, when it has one
+
+
+@dataclass
+class Predictions:
+    """The predictions for a batch of records, column by column (no Python object per sequence
+    on the hot path: writers format or convert whole columns)."""
+
+    ids: list[str]
+    labels: list[str]
+    label_index: np.ndarray  # (B,) int64
+    probabilities: np.ndarray  # (B, C) float32
+    true_labels: list[str | None]  # from the input, None where it has none
+    tensors: dict[str, list[np.ndarray]] = field(default_factory=dict)  # requested TENSORS, one array per row
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[Prediction]:
+        for i, rid in enumerate(self.ids):
+            yield Prediction(rid, self.labels[i], int(self.label_index[i]), self.probabilities[i],
+                             {t: v[i] for t, v in self.tensors.items()}, self.true_labels[i])
+
+    def slice(self, start: int, stop: int) -> Predictions:
+        return Predictions(self.ids[start:stop], self.labels[start:stop], self.label_index[start:stop],
+                           self.probabilities[start:stop], self.true_labels[start:stop],
+                           {t: v[start:stop] for t, v in self.tensors.items()})
+
+    @classmethod
+    def concat(cls, parts: Sequence[Predictions]) -> Predictions:
+        """One Predictions of several (at least one)."""
+        return cls(
+            [i for p in parts for i in p.ids], [label for p in parts for label in p.labels],
+            np.concatenate([p.label_index for p in parts]), np.concatenate([p.probabilities for p in parts]),
+            [t for p in parts for t in p.true_labels],
+            {t: [a for p in parts for a in p.tensors[t]] for t in parts[0].tensors},
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.probabilities.nbytes + sum(a.nbytes for v in self.tensors.values() for a in v)
+
+
+class Backend(Protocol):
+    info: ModelInfo
+    concurrency: int  # how many `infer` calls the pipeline may have in flight at once
+
+    def infer(self, records: Sequence[Record]) -> Predictions:
+        """One prediction per record, in order; thread-safe. Raises RecordRejected or BackendError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, as the server computes it."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def model_tensors(arch: Architecture) -> frozenset[str]:
+    return frozenset(output_names(arch)) & frozenset(TENSORS)
+
+
+def check_tensors(requested: Iterable[str], info: ModelInfo) -> tuple[str, ...]:
+    requested = tuple(dict.fromkeys(requested))
+    unknown = [t for t in requested if t not in TENSORS]
+    if unknown:
+        raise BackendError(f"--include: unknown {unknown}; choose from {', '.join(TENSORS)}")
+    missing = [t for t in requested if t not in info.tensors]
+    if missing:
+        raise BackendError(f"--include: model {info.name} v{info.version} has no {', '.join(missing)} output")
+    return requested
+
+
+def resolve_version(repository: str | Path, model: str, version: int = 0) -> ModelVersion:
+    try:
+        if version:
+            return read_version(Path(repository) / model / str(version))
+        return latest_version(repository, model)
+    except (RepositoryError, FileNotFoundError) as exc:
+        raise BackendError(f"model {model!r} in {repository}: {exc}") from None
+
+
+def pad(records: Sequence[Record], features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad with zeros: x (B, T, F) float32, lengths (B,) int64."""
+    lengths = np.fromiter((r.length for r in records), dtype=np.int64, count=len(records))
+    x = np.zeros((len(records), max(1, int(lengths.max())), features), dtype=np.float32)  # (B, T, F)
+    for i, r in enumerate(records):
+        x[i, : r.length] = r.steps
+    return x, lengths
+
+
+class OrtModel:
+    """One onnxruntime session for one model version: padded batches in, per-sequence results out."""
+
+    def __init__(self, version: ModelVersion, tensors: Iterable[str] = (), threads: int = 0,
+                 model_bytes: bytes | None = None) -> None:
+        """`model_bytes`: the model.onnx contents, for a process that cannot read `version.path` (a Ray actor)."""
+        self.version = version
+        self.arch = version.architecture
+        labels = tuple(version.class_labels) or tuple(str(i) for i in range(self.arch.num_classes))
+        self.info = ModelInfo(version.name, version.version, self.arch.input_size, labels, model_tensors(self.arch))
+        self.tensors = check_tensors(tensors, self.info)
+        self.threads = min(threads or physical_cores(), physical_cores())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between calls: the job's own thread reads and writes meanwhile, and on a shared
+        # machine spinning pool threads halved throughput (bench/batch_bench.py, 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            source = model_bytes if model_bytes is not None else str(version.model_file)
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BackendError(f"{version.model_file}: onnxruntime cannot load it: {exc}") from None
+        self.fetch = ["logits", *(t for t in self.tensors if t != "logits")]
+
+    def run(self, x: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs for a padded batch: logits and the requested tensors, batch-shaped."""
+        feeds = {"x": x, "lengths": lengths}
+        if self.arch.streaming:
+            state = np.zeros((self.arch.num_layers, x.shape[0], self.arch.hidden_size), dtype=np.float32)
+            feeds["h0"] = state
+            if self.arch.has_cell_state:
+                feeds["c0"] = state
+        return dict(zip(self.fetch, self.session.run(self.fetch, feeds)))
+
+    def predict(self, records: Sequence[Record]) -> Predictions:
+        """One prediction per record; RecordRejected when onnxruntime fails on the batch."""
+        x, lengths = pad(records, self.info.input_size)
+        try:
+            out = self.run(x, lengths)
+        except ORT_ERRORS as exc:
+            raise RecordRejected(f"onnxruntime: {exc}") from None
+        logits = out["logits"]  # (B, C)
+        indices = logits.argmax(axis=1)  # (B,)
+        names = self.info.class_labels
+        tensors = {}
+        for name in self.tensors:
+            value = out[name]
+            if name in PER_STEP:
+                tensors[name] = [value[i, :length] for i, length in enumerate(lengths.tolist())]  # (T, ...)
+            elif name in PER_STATE:
+                tensors[name] = list(value.transpose(1, 0, 2))  # (L*D, H) each
+            else:
+                tensors[name] = list(value)
+        return Predictions(
+            [r.id for r in records], [names[k] if k < len(names) else str(k) for k in indices.tolist()], indices,
+            softmax(logits), [r.label for r in records], tensors,
+        )
+
+
+class LocalBackend:
+    """onnxruntime in this process. One call at a time, on a worker thread, so reading the next
+    records overlaps with inference (onnxruntime releases the GIL)."""
+
+    concurrency = 1
+
+    def __init__(self, repository: str | Path, model: str, version: int = 0, tensors: Iterable[str] = (),
+                 threads: int = 0) -> None:
+        self.model = OrtModel(resolve_version(repository, model, version), tensors, threads)
+        self.info = self.model.info
+
+    def infer(self, records: Sequence[Record]) -> Predictions:
+        return self.model.predict(records)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, for UNAVAILABLE only."""
+
+    retries: int = 5
+    initial: float = 0.2  # seconds before the first retry
+    maximum: float = 10.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return min(self.maximum, self.initial * self.multiplier**attempt) * rng.uniform(0.5, 1.0)
+
+
+_JITTER = random.Random()
+
+
+def call_with_retry(fn: Callable[[], T], what: str, policy: RetryPolicy = RetryPolicy(),
+                    rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep) -> T:
+    """fn(), retried with backoff while it fails with UNAVAILABLE. Other failures are not retried:
+    INVALID_ARGUMENT, RESOURCE_EXHAUSTED and OUT_OF_RANGE raise RecordRejected (the sequences are
+    at fault), anything else BackendError."""
+    for attempt in range(policy.retries + 1):
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNAVAILABLE and attempt < policy.retries:
+                sleep(policy.delay(attempt, rng or _JITTER))
+                continue
+            message = f"{what}: {code.name}: {exc.details()}"
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise BackendError(f"{message} (after {policy.retries} retries)") from None
+            if code in REJECTING_CODES:
+                raise RecordRejected(message) from None
+            raise BackendError(message) from None
+    raise AssertionError("unreachable")
+
+
+class RemoteBackend:
+    """The seqserve gRPC service. The model version is pinned when the job starts, so a server that
+    loads a newer version mid-run does not mix versions in one output."""
+
+    def __init__(self, target: str, model: str, version: int = 0, tensors: Iterable[str] = (),
+                 streams: int = 4, retry: RetryPolicy = RetryPolicy(), timeout: float = 120.0) -> None:
+        if streams < 1:
+            raise BackendError(f"--streams must be at least 1, got {streams}")
+        self.target = target
+        self.concurrency = streams
+        self.retry = retry
+        self.client = SeqserveClient(target, timeout=timeout)
+        try:
+            meta = call_with_retry(lambda: self.client.get_model(model, version), f"{target}: GetModel", retry)
+        except RecordRejected as exc:
+            self.client.close()
+            raise BackendError(str(exc)) from None
+        except BackendError:
+            self.client.close()
+            raise
+        labels = tuple(meta.class_labels)
+        available = frozenset(t.name for t in meta.outputs) & frozenset(TENSORS)
+        self.info = ModelInfo(meta.name, meta.version, meta.input_features, labels, available)
+        self.tensors = check_tensors(tensors, self.info)
+        self.outputs = sorted({REMOTE_OUTPUT[t] for t in self.tensors}) or ["logits"]  # empty would mean the default
+
+    def infer(self, records: Sequence[Record]) -> Predictions:
+        request = encode_request(self.info.name, [r.steps for r in records], [r.id for r in records],
+                                 self.outputs, self.info.version)
+        response = call_with_retry(lambda: self.client.stub.Encode(request, timeout=self.client.timeout),
+                                   f"{self.target}: Encode", self.retry)
+        if len(response.results) != len(records):
+            raise BackendError(f"{self.target}: Encode answered {len(response.results)} results for {len(records)}")
+        results = [EncodeResult.from_proto(msg) for msg in response.results]
+        return Predictions(
+            [r.id for r in records], [res.label for res in results],
+            np.array([res.label_index for res in results], dtype=np.int64),
+            np.stack([res.probabilities for res in results]), [r.label for r in records],
+            {t: [getattr(res, t) for res in results] for t in self.tensors},
+        )
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,410 @@
+"""The batch job: read records lazily, predict them in length-sorted batches, write as they finish.
+
+Memory stays bounded whatever the input size. Records are read one at a time into a chunk (at
+most `chunk_size` records or `chunk_bytes` of steps; the first chunks are smaller, so the backend
+starts early). A full chunk is sorted by length and cut into batches, so padding stays small; the
+batches go to the backend while the next chunk is read, and their results are written, and
+flushed, in the order they were sent. About two chunks are in memory at once; what grows with the
+input is only the set of ids seen (to catch duplicate ids, and to skip finished ones on --resume).
+
+Records that cannot be predicted go to the errors file with their reason and the run goes on:
+unparseable records, duplicate ids, empty sequences, a wrong feature count, NaN or Inf, and
+sequences the backend rejects (a rejected batch is retried one sequence at a time, so only the
+bad ones fail).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seqserve.batch.backends import Backend, ModelInfo, Predictions
+from seqserve.batch.errors import BatchError, RecordRejected
+from seqserve.batch.readers import BadRecord, Fields, Item, Record, detect_format, read_records
+from seqserve.batch.writers import ErrorLog, Writer, detect_output_format, open_writer
+
+BATCH_SIZE = 64
+CHUNK_SIZE = 8192
+CHUNK_BYTES = 32 << 20
+FIRST_CHUNK = 1024  # the first chunks ramp up from this, so the backend starts early
+MAX_BATCH_STEPS = 1 << 16  # padded steps (B x T) in one call, so long sequences make smaller batches
+EXIT_OK, EXIT_FATAL, EXIT_FAILED_RECORDS, EXIT_INTERRUPTED = 0, 1, 3, 130
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    input: Path
+    output: Path
+    input_format: str | None = None  # default: from the input's suffix
+    output_format: str | None = None  # default: from the output's suffix
+    errors: Path | None = None  # default: <output without suffix>.errors.jsonl
+    fields: Fields = Fields()
+    tensors: tuple[str, ...] = ()  # extra outputs per prediction (backends.TENSORS)
+    batch_size: int = BATCH_SIZE
+    chunk_size: int = CHUNK_SIZE
+    chunk_bytes: int = CHUNK_BYTES
+    max_batch_steps: int = MAX_BATCH_STEPS
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = False
+    rows_per_file: int = 100_000  # Parquet output: rows per part file
+
+    @property
+    def errors_path(self) -> Path:
+        return self.errors or self.output.with_name(self.output.stem + ".errors.jsonl")
+
+
+@dataclass
+class Summary:
+    input: str
+    output: str
+    errors: str
+    backend: str
+    model: str = ""
+    version: int = 0
+    read: int = 0  # records in the input, good or bad
+    skipped: int = 0  # already in the output (--resume)
+    written: int = 0
+    failed: int = 0
+    labelled: int = 0  # written predictions whose input had a label
+    correct: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    error: str | None = None
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    @property
+    def sequences_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_status(self) -> int:
+        if self.error is not None:
+            return EXIT_FATAL
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED_RECORDS if self.failed else EXIT_OK
+
+    def line(self) -> str:
+        text = (f"{self.written} written, {self.failed} failed, {self.skipped} skipped (already in the output) "
+                f"of {self.read} read in {self.seconds:.1f}s ({self.sequences_per_second:.0f} seq/s)")
+        if self.accuracy is not None:
+            text += f"; accuracy {self.accuracy:.4f} ({self.correct}/{self.labelled})"
+        if self.failed:
+            text += f"; failures in {self.errors}"
+        if self.interrupted:
+            text += "; interrupted: run again with --resume to finish"
+        if self.error is not None:
+            text += f"; stopped by an error: {self.error}"
+        return text
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "accuracy": self.accuracy, "sequences_per_second": self.sequences_per_second,
+                "exit_status": self.exit_status}
+
+
+def bad_from(record: Record, reason: str) -> BadRecord:
+    return BadRecord(record.index, record.id, reason, record.line)
+
+
+def check_shape(record: Record, features: int) -> str | None:
+    """Why the model cannot take this record's shape, or None."""
+    time_steps, width = record.steps.shape
+    if time_steps == 0:
+        return "empty sequence: at least 1 step is needed"
+    if width != features:
+        return f"has {width} features per step, the model expects {features}"
+    return None
+
+
+def split_nonfinite(records: list[Record]) -> tuple[list[Record], list[BadRecord]]:
+    """(records with only finite values, the others as BadRecords), in one vectorised pass."""
+    if not records:
+        return records, []
+    finite = np.isfinite(np.concatenate([r.steps for r in records])).all(axis=1)  # (sum of T,)
+    if finite.all():
+        return records, []
+    starts = np.cumsum([0] + [r.length for r in records[:-1]])  # every record has at least 1 step
+    good, bad = [], []
+    for record, ok in zip(records, np.logical_and.reduceat(finite, starts).tolist()):
+        if ok:
+            good.append(record)
+        else:
+            step = int(np.flatnonzero(~np.isfinite(record.steps).all(axis=1))[0])
+            bad.append(bad_from(record, f"contains NaN or Inf (first at step {step})"))
+    return good, bad
+
+
+class Screen:
+    """For each item read: a Record to predict, None to skip (already in the output), or a BadRecord.
+
+    Values are checked afterwards, a chunk at a time (split_nonfinite)."""
+
+    def __init__(self, features: int, done: set[str]) -> None:
+        self.features = features
+        self.done = done
+        self.seen: set[str] = set()
+
+    def __call__(self, item: Item) -> Item | None:
+        # `__class__ is` and the set's length rather than isinstance and `in` + add: this runs per record.
+        if item.__class__ is BadRecord:
+            return item
+        seen = self.seen
+        before = len(seen)
+        seen.add(item.id)
+        if len(seen) == before:
+            return BadRecord(item.index, item.id, "duplicate id: an earlier record has the same id", item.line)
+        if item.id in self.done:
+            return None
+        shape = item.steps.shape
+        if shape[0] and shape[1] == self.features:
+            return item
+        return BadRecord(item.index, item.id, check_shape(item, self.features), item.line)
+
+
+def plan_batches(records: Sequence[Record], batch_size: int,
+                 max_batch_steps: int = MAX_BATCH_STEPS) -> list[list[Record]]:
+    """Sort by length and cut into batches of at most batch_size records and max_batch_steps padded steps."""
+    batches: list[list[Record]] = []
+    current: list[Record] = []
+    for r in sorted(records, key=lambda r: r.length):
+        if current and (len(current) >= batch_size or (len(current) + 1) * r.length > max_batch_steps):
+            batches.append(current)
+            current = []
+        current.append(r)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Progress:
+    """A tqdm bar counting sequences (with seq/s); a line every 10 s without tqdm; nothing when off."""
+
+    def __init__(self, enabled: bool, description: str) -> None:
+        self.bar = None
+        self.enabled = enabled
+        self.count = 0
+        self.started = self.last = time.perf_counter()
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(desc=description, unit="seq", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, written: int, failed: int, skipped: int) -> None:
+        if not self.enabled:
+            return
+        done = written + failed + skipped
+        if self.bar is not None:
+            self.bar.update(done - self.count)
+            self.bar.set_postfix(failed=failed, skipped=skipped, refresh=False)
+        elif time.perf_counter() - self.last >= 10.0:
+            self.last = time.perf_counter()
+            rate = written / (self.last - self.started)
+            print(f"{done} sequences ({written} written, {failed} failed, {skipped} skipped), {rate:.0f} seq/s",
+                  file=sys.stderr, flush=True)
+        self.count = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class JobOutput:
+    """The output side of a job, shared by the local/remote and the Ray paths: predictions, the errors
+    file, the counts and the progress bar."""
+
+    def __init__(self, config: JobConfig, info: ModelInfo, backend_name: str) -> None:
+        self.config = config
+        fmt = detect_output_format(config.output, config.output_format)
+        self.writer: Writer
+        self.writer, self.done = open_writer(config.output, fmt, config.tensors, config.resume, config.overwrite,
+                                             config.rows_per_file)
+        self.errors = ErrorLog(config.errors_path)
+        self.summary = Summary(str(config.input), str(config.output), str(config.errors_path), backend_name,
+                               info.name, info.version)
+        self.progress = Progress(config.progress, f"{info.name} v{info.version}")
+        self.started = time.perf_counter()
+
+    def read(self) -> None:
+        self.summary.read += 1
+
+    def skip(self) -> None:
+        self.summary.skipped += 1
+
+    def fail(self, bad: BadRecord) -> None:
+        self.errors.write(bad)
+        self.summary.failed += 1
+        self._progress()
+
+    def commit(self, predictions: Predictions) -> None:
+        self.writer.write(predictions)
+        s = self.summary
+        s.written += len(predictions)
+        for label, truth in zip(predictions.labels, predictions.true_labels):
+            if truth is not None:
+                s.labelled += 1
+                s.correct += label == truth
+        self._progress()
+
+    def _progress(self) -> None:
+        s = self.summary
+        self.progress.update(s.written, s.failed, s.skipped)
+
+    def close(self) -> Summary:
+        try:
+            self.writer.close()
+        finally:
+            self.errors.close()
+            self.progress.close()
+            self.summary.seconds = time.perf_counter() - self.started
+        return self.summary
+
+
+def one_by_one(infer: Callable[[Sequence[Record]], Predictions], batch: Sequence[Record],
+               rejection: RecordRejected) -> tuple[list[Predictions], list[BadRecord]]:
+    """After a batch was rejected: predict its records one at a time, so only the bad ones fail."""
+    if len(batch) == 1:
+        return [], [bad_from(batch[0], str(rejection))]
+    predictions, failures = [], []
+    for record in batch:
+        try:
+            predictions.append(infer([record]))
+        except RecordRejected as exc:
+            failures.append(bad_from(record, str(exc)))
+    return predictions, failures
+
+
+def chunks(items: Iterable[Item], screen: Callable[[Item], Item | None], output: JobOutput,
+           chunk_size: int, chunk_bytes: int, first_chunk: int = FIRST_CHUNK,
+           on_item: Callable[[], None] = lambda: None) -> Iterable[list[Record]]:
+    """Screen every item and group the records to predict into chunks. The first chunk is small and
+    each next one twice as big, up to chunk_size, so the backend starts early. `on_item` runs every
+    32 items (the pipeline writes finished batches there)."""
+    chunk: list[Record] = []
+    size = count = 0
+    limit = min(first_chunk, chunk_size)
+    for count, item in enumerate(items, start=1):
+        screened = screen(item)
+        if screened.__class__ is Record:
+            chunk.append(screened)
+            size += screened.steps.nbytes
+            if len(chunk) >= limit or size >= chunk_bytes:
+                output.summary.read = count
+                yield _finite(chunk, output)
+                chunk, size = [], 0
+                limit = min(2 * limit, chunk_size)
+        elif screened is None:
+            output.skip()
+        else:
+            output.fail(screened)
+        if count % 32 == 0:
+            output.summary.read = count
+            on_item()
+    output.summary.read = count
+    if chunk:
+        yield _finite(chunk, output)
+
+
+def _finite(chunk: list[Record], output: JobOutput) -> list[Record]:
+    good, bad = split_nonfinite(chunk)
+    for b in bad:
+        output.fail(b)
+    return good
+
+
+def _infer_each(infer: Callable[[Sequence[Record]], Predictions],
+                batches: list[list[Record]]) -> list[Predictions | RecordRejected]:
+    results: list[Predictions | RecordRejected] = []
+    for batch in batches:
+        try:
+            results.append(infer(batch))
+        except RecordRejected as exc:
+            results.append(exc)
+    return results
+
+
+class _InFlight:
+    """Work sent to the backend, finished and written in the order it was sent.
+
+    A backend that takes one call at a time gets a chunk's batches as one task (few thread
+    hand-offs); one that takes N calls at once gets one task per batch, up to N running.
+    """
+
+    def __init__(self, backend: Backend, output: JobOutput, max_records: int) -> None:
+        self.backend = backend
+        self.output = output
+        self.max_records = max_records
+        self.executor = ThreadPoolExecutor(max_workers=backend.concurrency, thread_name_prefix="infer")
+        self.queue: deque[tuple[list[list[Record]], int, Future]] = deque()
+        self.records = 0
+
+    def submit(self, batches: list[list[Record]]) -> None:
+        if not batches:
+            return
+        tasks = [batches] if self.backend.concurrency == 1 else [[b] for b in batches]
+        for task in tasks:
+            size = sum(map(len, task))
+            while self.queue and self.records + size > self.max_records:
+                self._finish_one()
+            self.queue.append((task, size, self.executor.submit(_infer_each, self.backend.infer, task)))
+            self.records += size
+
+    def harvest(self) -> None:
+        """Write whatever has finished at the head of the queue, without waiting."""
+        while self.queue and self.queue[0][2].done():
+            self._finish_one()
+
+    def drain(self) -> None:
+        while self.queue:
+            self._finish_one()
+
+    def _finish_one(self) -> None:
+        task, size, future = self.queue.popleft()
+        self.records -= size
+        for batch, result in zip(task, future.result()):
+            if isinstance(result, RecordRejected):
+                parts, failures = one_by_one(self.backend.infer, batch, result)
+                for bad in failures:
+                    self.output.fail(bad)
+                for part in parts:
+                    self.output.commit(part)
+            else:
+                self.output.commit(result)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def run_job(config: JobConfig, backend: Backend, backend_name: str = "local") -> Summary:
+    """Run the whole job; returns the summary (also when interrupted or stopped by an error)."""
+    fmt = detect_format(config.input, config.input_format)
+    items = read_records(config.input, fmt, config.fields)
+    output = JobOutput(config, backend.info, backend_name)
+    screen = Screen(backend.info.input_size, output.done)
+    # Room for one chunk in flight while the next one is read, and for every stream to stay busy.
+    inflight = _InFlight(backend, output, max(config.chunk_size, 2 * backend.concurrency * config.batch_size))
+    try:
+        for chunk in chunks(items, screen, output, config.chunk_size, config.chunk_bytes,
+                            on_item=inflight.harvest):
+            inflight.submit(plan_batches(chunk, config.batch_size, config.max_batch_steps))
+        inflight.drain()
+    except KeyboardInterrupt:
+        output.summary.interrupted = True
+    except (BatchError, OSError) as exc:  # OSError: the disk is full, a file went away
+        output.summary.error = str(exc)
+    finally:
+        inflight.close()
+        output.close()
+    return output.summary

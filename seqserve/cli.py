@@ -1,0 +1,111 @@
+"""Command-line client for a seqserve server.
+
+    python -m seqserve.cli list
+    python -m seqserve.cli info jv_bilstm_attn
+    python -m seqserve.cli encode jv_bilstm_attn sequences.jsonl --limit 5
+    python -m seqserve.cli stream jv_lstm_stream JapaneseVowels_TEST.ts --index 3 --chunk 4
+
+Input files: JSON Lines, Parquet, .npz or UEA .ts (see seqserve/batch/readers.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+
+from seqserve.batch.readers import Record, read_records
+from seqserve.client import OUTPUTS, SeqserveClient
+
+
+def good_records(path: str, limit: int | None) -> Iterator[Record]:
+    records = (r for r in read_records(path) if isinstance(r, Record))
+    return itertools.islice(records, limit)
+
+
+def cmd_list(client: SeqserveClient, args: argparse.Namespace) -> None:
+    print(f"{'model':<18} {'ver':>3} {'cell':<5} {'dirs':>4} {'layers':>6} {'hidden':>6} {'attention':<9} "
+          f"{'streaming':<9} {'test acc':>8} {'parity err':>10}")
+    for m in client.list_models():
+        print(f"{m.name:<18} {m.version:>3} {m.cell:<5} {2 if m.bidirectional else 1:>4} {m.layers:>6} "
+              f"{m.hidden_size:>6} {m.attention:<9} {str(m.streaming).lower():<9} {m.test_accuracy:>8.4f} "
+              f"{m.parity.max_abs_error:>10.1e}")
+
+
+def cmd_info(client: SeqserveClient, args: argparse.Namespace) -> None:
+    print(client.get_model(args.model, args.version))
+
+
+def cmd_encode(client: SeqserveClient, args: argparse.Namespace) -> None:
+    records = list(good_records(args.file, args.limit))
+    results = client.encode(args.model, [r.steps for r in records], ids=[r.id for r in records],
+                            outputs=args.outputs, version=args.version)
+    for record, result in zip(records, results):
+        truth = f"  (true {record.label})" if record.label is not None else ""
+        print(f"{result.id:>6}  T={len(record.steps):<4} -> {result.label:<4} p={result.probabilities.max():.3f}{truth}")
+        for name in ("h_n", "c_n", "context", "attention", "outputs", "step_logits", "logits"):
+            value = getattr(result, name)
+            if value is not None and args.show_tensors:
+                print(f"        {name} {list(value.shape)}: {np.array2string(value.ravel()[:6], precision=3)} ...")
+
+
+def cmd_stream(client: SeqserveClient, args: argparse.Namespace) -> None:
+    record = next(itertools.islice(good_records(args.file, None), args.index, None))
+    chunks = [record.steps[i : i + args.chunk] for i in range(0, len(record.steps), args.chunk)]
+    print(f"streaming sequence {record.id} ({len(record.steps)} steps) in chunks of {args.chunk}"
+          + (f", true label {record.label}" if record.label is not None else ""))
+    for update in client.stream_sequence(args.model, chunks, version=args.version):
+        bar = "#" * int(round(20 * update.result.probabilities.max()))
+        print(f"  after {update.steps_seen:>4} steps: {update.result.label:<4} "
+              f"p={update.result.probabilities.max():.3f} {bar}{'  (final)' if update.final else ''}")
+
+
+def add_model_args(parser: argparse.ArgumentParser, with_file: bool = True) -> argparse.ArgumentParser:
+    parser.add_argument("model", help="model name")
+    if with_file:
+        parser.add_argument("file", help="JSON Lines, Parquet, .npz or .ts file")
+    parser.add_argument("--version", type=int, default=0, help="version (0 = latest)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m seqserve.cli", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", default=os.environ.get("SEQSERVE_SERVER", "localhost:50051"),
+                   help="host:port of the server [env SEQSERVE_SERVER]")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the models served").set_defaults(run=cmd_list)
+    info = add_model_args(sub.add_parser("info", help="describe one model"), with_file=False)
+    info.set_defaults(run=cmd_info)
+    encode = add_model_args(sub.add_parser("encode", help="encode the sequences of a file in one call"))
+    encode.add_argument("--limit", type=int, default=10, help="most sequences to send")
+    encode.add_argument("--outputs", nargs="+", choices=sorted(OUTPUTS), help="tensors to return")
+    encode.add_argument("--show-tensors", action="store_true", help="print the first values of each tensor")
+    encode.set_defaults(run=cmd_encode)
+    stream = add_model_args(
+        sub.add_parser("stream", help="stream one sequence chunk by chunk, printing the running prediction"))
+    stream.add_argument("--index", type=int, default=0, help="which sequence of the file")
+    stream.add_argument("--chunk", type=int, default=4, help="steps per chunk")
+    stream.set_defaults(run=cmd_stream)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with SeqserveClient(args.server, timeout=args.timeout) as client:
+            args.run(client, args)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

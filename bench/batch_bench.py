@@ -1,0 +1,263 @@
+"""Batch inference throughput: in-process onnxruntime vs batch_infer's local backend vs the server.
+
+    python bench/batch_bench.py            # JapaneseVowels TEST tiled to 7,400 sequences
+    python bench/batch_bench.py --quick    # 1,850 sequences, fewer repeats
+
+On the same sequences, batch size and onnxruntime threads, one run prints side by side:
+
+    ort in-process   sequences/s of session.run on length-sorted, padded batches already in memory
+    local IN -> OUT  sequences/s of the batch job (seqserve.batch.run_job with the local backend)
+                     from an input file to an output of those formats, and its ratio to the above
+                     (goal: >= 0.9); results["local"][IN] for JSON Lines output (what bench/batchscript.py
+                     reports), results["local_parquet_output"][IN] for Parquet
+    remote N         sequences/s of the batch job through a `python -m server` subprocess with N
+                     concurrent Encode calls
+
+Each figure is the best of --repeats runs, the runs of each repeat back to back, so a busy
+machine slows all of them alike; "paired" is the median of each repeat's ratio, and "cpu x ort"
+the ratio of sequences per CPU-second of this process, which other load disturbs less. Results
+also go to --out as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from seqserve.batch.backends import LocalBackend, RemoteBackend, physical_cores  # noqa: E402
+from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
+from seqserve.ts_format import iter_ts  # noqa: E402
+
+GOAL = 0.9
+FORMATS = ("npz", "parquet", "jsonl")
+
+
+def japanese_vowels_test() -> Path:
+    """JapaneseVowels_TEST.ts from the aeon wheel, found without importing aeon (or torch)."""
+    spec = importlib.util.find_spec("aeon")
+    if spec is None or spec.origin is None:
+        raise SystemExit("JapaneseVowels ships with the `aeon` package: pip install -e '.[train]', or pass --ts")
+    return Path(spec.origin).parent / "datasets" / "data" / "JapaneseVowels" / "JapaneseVowels_TEST.ts"
+
+
+def write_inputs(sequences: list[np.ndarray], folder: Path, formats: list[str]) -> dict[str, Path]:
+    ids = [str(i) for i in range(len(sequences))]
+    paths = {}
+    if "npz" in formats:
+        paths["npz"] = folder / "input.npz"
+        np.savez(paths["npz"], steps=np.concatenate(sequences), lengths=np.array([len(s) for s in sequences]),
+                 ids=np.array(ids))
+    if "parquet" in formats:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        paths["parquet"] = folder / "input.parquet"
+        pq.write_table(pa.table({"id": ids, "steps": [s.tolist() for s in sequences]}), paths["parquet"])
+    if "jsonl" in formats:
+        paths["jsonl"] = folder / "input.jsonl"
+        with paths["jsonl"].open("w") as f:
+            for i, s in zip(ids, sequences):
+                f.write(json.dumps({"id": i, "steps": s.tolist()}) + "\n")
+    return paths
+
+
+class Rate(NamedTuple):
+    wall: float  # sequences per second
+    cpu: float  # sequences per CPU-second of this process (all its threads)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def rate(self, count: int) -> Rate:
+        return Rate(count / (time.perf_counter() - self.wall), count / (time.process_time() - self.cpu))
+
+
+def ort_in_process(backend: LocalBackend, sequences: list[np.ndarray], batch_size: int) -> Rate:
+    """The bare session on length-sorted batches (padding included, file I/O not)."""
+    session, features = backend.model.session, backend.info.input_size
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    clock = Clock()
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch_lengths = lengths[rows]
+        x = np.zeros((len(rows), int(batch_lengths.max()), features), dtype=np.float32)  # (B, T, F)
+        for i, j in enumerate(rows):
+            x[i, : batch_lengths[i]] = sequences[j]
+        session.run(["logits"], {"x": x, "lengths": batch_lengths})
+    return clock.rate(len(sequences))
+
+
+def job_rate(backend, source: Path, output: Path, batch_size: int, expected: int) -> Rate:
+    """The whole job: open, read, screen, predict, write, close."""
+    clock = Clock()
+    summary = run_job(JobConfig(input=source, output=output, overwrite=True, batch_size=batch_size), backend)
+    rate = clock.rate(expected)
+    if summary.written != expected or summary.exit_status != 0:
+        raise SystemExit(f"batch job on {source} did not predict every sequence: {summary.line()}")
+    return rate
+
+
+def best_of(repeats: int, runs: dict[str, Callable[[], Rate]]) -> dict[str, list[Rate]]:
+    """Every run of `runs` once per repeat, back to back."""
+    rates: dict[str, list[Rate]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            rates[name].append(run())
+    return rates
+
+
+class Server:
+    """`python -m server` in a subprocess on a free port (its "serving" log line gives the port)."""
+
+    def __init__(self, repository: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--model-repository", str(repository), "--host", "127.0.0.1",
+             "--port", "0", "--metrics-port", "0"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"server exited with {self.proc.wait()} before serving")
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if entry.get("msg") == "serving":
+                self.target = f"127.0.0.1:{entry['port']}"
+                return
+        raise SystemExit("server did not start serving in 120 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1,850 sequences, 2 repeats, remote at 1 and 4 streams")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "batch.json", help="JSON results")
+    parser.add_argument("--ts", type=Path, help="a .ts file to tile (default: JapaneseVowels_TEST.ts from aeon)")
+    parser.add_argument("--sequences", type=int, help="sequences after tiling (default 7,400; --quick 1,850)")
+    parser.add_argument("--model", default="jv_bilstm_attn", help="model name")
+    parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository", help="repository root")
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences per onnxruntime run, everywhere")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime intra-op threads, in-process and local (0 = physical cores, as batch_infer)")
+    parser.add_argument("--repeats", type=int, help="runs of each measurement; the best counts (default 5; --quick 2)")
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS,
+                        help="input formats of the local runs to a JSON Lines output (results['local'][format])")
+    parser.add_argument("--parquet-out", nargs="*", default=["npz", "parquet"], choices=FORMATS,
+                        help="input formats of local runs to a Parquet output (results['local_parquet_output'])")
+    parser.add_argument("--streams", nargs="*", type=int, help="remote concurrency levels (default 1 4 8; --quick 1 4)")
+    args = parser.parse_args(argv)
+    count = args.sequences or (1850 if args.quick else 7400)
+    repeats = args.repeats or (2 if args.quick else 5)
+    streams = args.streams if args.streams is not None else ([1, 4] if args.quick else [1, 4, 8])
+    threads = min(args.threads or physical_cores(), physical_cores())
+
+    cases = [c.steps for c in iter_ts(args.ts or japanese_vowels_test())]
+    sequences = (cases * math.ceil(count / len(cases)))[:count]
+    local = LocalBackend(args.model_repository, args.model, threads=threads)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="batch_bench-") as tmp:
+        folder = Path(tmp)
+        pairs = [(f, "jsonl") for f in args.formats] + [(f, "parquet") for f in args.parquet_out]
+        inputs = write_inputs(sequences, folder, sorted({source for source, _ in pairs}))
+        runs: dict[str, Callable[[], Rate]] = {"ort": lambda: ort_in_process(local, sequences, args.batch_size)}
+        for source, target in pairs:
+            runs[(source, target)] = (lambda p=inputs[source], o=folder / f"out.{target}":
+                                      job_rate(local, p, o, args.batch_size, count))
+        best_of(1, runs)  # warm-up: allocations, page cache
+        rates = best_of(repeats, runs)
+        remote: dict[int, list[Rate]] = {}
+        if streams:
+            server = Server(args.model_repository)
+            try:
+                source = inputs.get("npz") or next(iter(inputs.values()))  # the cheapest input to read
+                for n in streams:
+                    backend = RemoteBackend(server.target, args.model, streams=n)
+                    try:
+                        job_rate(backend, source, folder / "remote.jsonl", args.batch_size, count)  # warm-up
+                        remote[n] = [job_rate(backend, source, folder / "remote.jsonl", args.batch_size, count)
+                                     for _ in range(max(1, repeats // 2))]
+                    finally:
+                        backend.close()
+            finally:
+                server.stop()
+
+    ort = rates["ort"]
+    ort_wall, ort_cpu = max(r.wall for r in ort), max(r.cpu for r in ort)
+    results = {
+        "model": args.model, "sequences": count, "batch_size": args.batch_size, "threads": threads,
+        "repeats": repeats, "goal_ratio": GOAL,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "ort_in_process": {"sequences_per_second": ort_wall, "sequences_per_cpu_second": ort_cpu,
+                           "runs": [r._asdict() for r in ort]},
+        "local": {}, "local_parquet_output": {}, "remote": {},
+    }
+    for name, runs_ in rates.items():
+        if name == "ort":
+            continue
+        source, target = name
+        wall, cpu = max(r.wall for r in runs_), max(r.cpu for r in runs_)
+        results["local" if target == "jsonl" else "local_parquet_output"][source] = {
+            "sequences_per_second": wall, "ratio_to_ort": wall / ort_wall,
+            "paired_ratio_median": statistics.median(a.wall / b.wall for a, b in zip(runs_, ort)),
+            "sequences_per_cpu_second": cpu, "cpu_ratio_to_ort": cpu / ort_cpu,
+            "meets_goal": wall / ort_wall >= GOAL, "runs": [r._asdict() for r in runs_],
+        }
+    for n, runs_ in remote.items():
+        wall = max(r.wall for r in runs_)
+        results["remote"][str(n)] = {"streams": n, "sequences_per_second": wall, "ratio_to_ort": wall / ort_wall,
+                                     "runs": [r._asdict() for r in runs_]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+    print(f"{count} sequences, batch size {args.batch_size}, {threads} onnxruntime thread(s), best of {repeats}; "
+          f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"{'run':<26}{'seq/s':>9}{'x ort':>7}{'paired':>8}{'cpu x ort':>11}")
+    print(f"{'ort in-process':<26}{ort_wall:>9.0f}{1.0:>7.2f}{'':>8}{1.0:>11.2f}")
+    for key, target in (("local", "jsonl"), ("local_parquet_output", "parquet")):
+        for source, r in results[key].items():
+            mark = "" if r["meets_goal"] else f"  (< {GOAL})"
+            print(f"{f'local {source} -> {target}':<26}{r['sequences_per_second']:>9.0f}{r['ratio_to_ort']:>7.2f}"
+                  f"{r['paired_ratio_median']:>8.2f}{r['cpu_ratio_to_ort']:>11.2f}{mark}")
+    for n, r in results["remote"].items():
+        print(f"{f'remote {n} streams (npz)':<26}{r['sequences_per_second']:>9.0f}{r['ratio_to_ort']:>7.2f}")
+    print("x ort: best seq/s over the best of ort in-process; paired: median of each repeat's ratio; "
+          "cpu x ort: the same for sequences per CPU-second of this process (less sensitive to other load)")
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The load generator: a client process that drives a seqserve (real or echo) with N concurrent callers.
+
+    python -m bench.loadgen --plan plan.json --out results.json
+
+The plan names the payloads (an .npz of `steps` (sum T_i, F) and `lengths` (N,)) and a list of
+scenarios, run one after the other:
+
+    {"label", "target": "host:port", "model", "mode": "unary" | "stream",
+     "concurrency": N, "per_call": K, "warmup_s", "duration_s", "pid": server pid (optional)}
+
+`unary`: each of N callers loops on `Encode` (K sequences per call), one call in flight each.
+`stream`: each of N callers opens one `EncodeStream` and loops write -> read on it.
+Requests are built before the clock starts, cycling through the payloads, so the echo and the
+real server get the same messages from the same code. Only calls that start and end inside the
+measuring window count toward latency; every completion inside it counts toward throughput.
+For each scenario: calls/s, sequences/s, latency p50/p90/p99 (ms), errors, and the CPU seconds
+the client and (given its pid) the server spent in the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from seqserve.client import MAX_MESSAGE_BYTES, encode_request
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def load_payloads(path: Path) -> list[np.ndarray]:
+    data = np.load(path)
+    offsets = np.concatenate([[0], np.cumsum(data["lengths"])])
+    return [data["steps"][offsets[i]: offsets[i + 1]] for i in range(len(data["lengths"]))]
+
+
+def build_requests(model: str, sequences: list[np.ndarray], per_call: int) -> list[pb.EncodeRequest]:
+    n = len(sequences)
+    return [
+        encode_request(model, [sequences[(i * per_call + j) % n] for j in range(per_call)],
+                       ids=[str((i * per_call + j) % n) for j in range(per_call)], request_id=str(i))
+        for i in range(n)
+    ]
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) of a process so far, from /proc; None if unreadable."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Window:
+    """The measuring window, and what completed in it."""
+
+    def __init__(self, warmup_s: float, duration_s: float) -> None:
+        self.start = time.perf_counter() + warmup_s
+        self.end = self.start + duration_s
+        self.latencies: list[float] = []
+        self.calls = 0
+        self.errors = 0
+        self.first_error = ""
+
+    def record(self, t0: float, t1: float) -> None:
+        if self.start <= t1 <= self.end:
+            self.calls += 1
+            if t0 >= self.start:
+                self.latencies.append(t1 - t0)
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        self.first_error = self.first_error or message
+
+
+async def unary_caller(stub, requests, first: int, step: int, per_call: int, window: Window) -> None:
+    i = first
+    while (t0 := time.perf_counter()) < window.end:
+        request = requests[i % len(requests)]
+        i += step
+        try:
+            response = await stub.Encode(request)
+        except grpc.aio.AioRpcError as exc:
+            window.error(f"{exc.code().name}: {exc.details()}")
+            continue
+        if len(response.results) != per_call:
+            window.error(f"{len(response.results)} results for {per_call} sequences")
+        window.record(t0, time.perf_counter())
+
+
+async def stream_caller(stub, requests, first: int, step: int, per_call: int, window: Window) -> None:
+    call = stub.EncodeStream()
+    i = first
+    try:
+        while (t0 := time.perf_counter()) < window.end:
+            request = requests[i % len(requests)]
+            i += step
+            await call.write(request)
+            answer = await call.read()
+            if answer is grpc.aio.EOF:
+                window.error("stream ended early")
+                return
+            if answer.HasField("error"):
+                window.error(f"{answer.error.code}: {answer.error.message}")
+            elif len(answer.response.results) != per_call:
+                window.error(f"{len(answer.response.results)} results for {per_call} sequences")
+            window.record(t0, time.perf_counter())
+        await call.done_writing()
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    except grpc.aio.AioRpcError as exc:
+        window.error(f"{exc.code().name}: {exc.details()}")
+
+
+async def run_scenario(scenario: dict[str, Any], sequences: list[np.ndarray]) -> dict[str, Any]:
+    per_call, concurrency = int(scenario.get("per_call", 1)), int(scenario["concurrency"])
+    requests = build_requests(scenario["model"], sequences, per_call)
+    caller = {"unary": unary_caller, "stream": stream_caller}[scenario["mode"]]
+    pid = scenario.get("pid")
+    async with grpc.aio.insecure_channel(scenario["target"], options=CHANNEL_OPTIONS) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        stub = pb_grpc.SeqserveStub(channel)
+        window = Window(float(scenario["warmup_s"]), float(scenario["duration_s"]))
+        tasks = [asyncio.create_task(caller(stub, requests, w, concurrency, per_call, window))
+                 for w in range(concurrency)]
+        await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
+        cpu0 = (cpu_seconds(None), cpu_seconds(pid) if pid else None)
+        await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
+        cpu1 = (cpu_seconds(None), cpu_seconds(pid) if pid else None)
+        await asyncio.gather(*tasks)
+    seconds = window.end - window.start
+    lat_ms = np.asarray(window.latencies) * 1e3
+    pct = (lambda q: float(np.percentile(lat_ms, q))) if len(lat_ms) else (lambda q: float("nan"))
+    return {
+        **scenario,
+        "calls": window.calls, "seconds": seconds,
+        "calls_per_s": window.calls / seconds, "seqs_per_s": window.calls * per_call / seconds,
+        "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "latency_samples": len(lat_ms),
+        "errors": window.errors, "first_error": window.first_error,
+        "client_cpu_s": cpu1[0] - cpu0[0],
+        "server_cpu_s": (cpu1[1] - cpu0[1]) if cpu0[1] is not None and cpu1[1] is not None else None,
+    }
+
+
+async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    sequences = load_payloads(Path(plan["payloads"]))
+    return [await run_scenario(s, sequences) for s in plan["scenarios"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", type=Path, required=True, help="JSON plan: payloads and scenarios")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    results = asyncio.run(run_plan(json.loads(args.plan.read_text())))
+    args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

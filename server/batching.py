@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.metrics import Metrics
+from server.metrics import ModelMetrics
 from server.runtime import BatchInputs, ModelRuntime
 
 # Per-sequence result: contract output name -> that sequence's slice.
@@ -59,8 +59,18 @@ def pad_items(runtime: ModelRuntime, items: Sequence[WorkItem]) -> BatchInputs:
     return BatchInputs(x, lengths, h0, c0)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities along the last axis."""
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
 def split_outputs(outputs: dict[str, np.ndarray], lengths: np.ndarray) -> list[SequenceOutputs]:
-    """Cut batch outputs back into per-sequence results, dropping padding steps."""
+    """Cut batch outputs back into per-sequence results, dropping padding steps.
+
+    Adds `probabilities` (softmax of the logits), computed once for the whole batch.
+    """
+    outputs = {**outputs, "probabilities": softmax(outputs["logits"])}
     per_step = {"outputs", "attention", "step_logits"}  # (B, T, ...)
     per_state = {"h_n", "c_n"}  # (L*D, B, H)
     results = []
@@ -104,7 +114,7 @@ class Batcher:
     """Queues work for one model version and runs it in batches, one batch in flight at a time."""
 
     def __init__(
-        self, runtime: ModelRuntime, executor: Executor, metrics: Metrics,
+        self, runtime: ModelRuntime, executor: Executor, metrics: ModelMetrics,
         max_batch_size: int, max_queue_delay_ms: float, max_waste: float, enabled: bool = True,
     ) -> None:
         self.runtime = runtime
@@ -170,8 +180,7 @@ class Batcher:
             live = [it for it in items if not it.future.done()]  # cancelled callers leave cleanly
             for group in group_by_length(live, self.max_waste):
                 started = time.perf_counter()
-                for it in group:
-                    self.metrics.queue_seconds.labels(self.runtime.name).observe(started - it.enqueued_at)
+                waited = [started - it.enqueued_at for it in group]
                 try:
                     results = await loop.run_in_executor(self.executor, run_items, self.runtime, group)
                 except Exception as exc:  # a failed run fails only its own group
@@ -179,7 +188,7 @@ class Batcher:
                         if not it.future.done():
                             it.future.set_exception(exc)
                     continue
-                self.metrics.observe_batch(self.runtime.name, len(group), time.perf_counter() - started)
+                self.metrics.observe_batch(waited, time.perf_counter() - started)
                 for it, result in zip(group, results):
                     if not it.future.done():
                         it.future.set_result(result)

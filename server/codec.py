@@ -78,12 +78,6 @@ def decode_state(state: pb.State, arch: Architecture, field: str) -> tuple[np.nd
     return h, c
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def encode_result(
     result: SequenceOutputs, outputs: frozenset[int], labels: list[str], seq_id: str = "",
     out: pb.SequenceResult | None = None,
@@ -95,7 +89,7 @@ def encode_result(
     index = int(logits.argmax())
     msg.label_index = index
     msg.label = labels[index] if index < len(labels) else str(index)
-    to_tensor(softmax(logits), msg.probabilities)
+    to_tensor(result["probabilities"], msg.probabilities)
     if pb.OUTPUT_LOGITS in outputs:
         to_tensor(logits, msg.logits)
     if pb.OUTPUT_OUTPUTS in outputs:

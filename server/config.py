@@ -17,6 +17,7 @@ class ServerConfig:
     port: int = 50051
     metrics_port: int = 8000  # Prometheus /metrics over HTTP; 0 disables it
     intra_op_threads: int = 0  # onnxruntime threads per session; 0 = physical cores
+    ort_spinning: bool = False  # let onnxruntime's idle pool threads spin (costs a core between runs)
     batching: bool = True  # dynamic batching of concurrent requests
     max_batch_size: int = 64  # sequences per onnxruntime run
     max_queue_delay_ms: float = 0.0  # extra wait to fill a batch; 0 = take what is queued
@@ -40,6 +41,7 @@ _HELP = {
     "port": "gRPC port (0 picks a free one)",
     "metrics_port": "Prometheus metrics HTTP port (0 disables)",
     "intra_op_threads": "onnxruntime intra-op threads per session (0 = physical cores; never more)",
+    "ort_spinning": "let onnxruntime's idle pool threads spin-wait (faster wake-up, burns CPU between runs)",
     "batching": "gather concurrent requests into one onnxruntime run",
     "max_batch_size": "most sequences in one onnxruntime run",
     "max_queue_delay_ms": "how long a request may wait for others to fill its batch",

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's metric children, resolved once (label lookups cost more than the observations)."""
+
+    queue_seconds: Histogram
+    inference_seconds: Histogram
+    batch_size: Histogram
+    sequences: Counter
+
+    def observe_batch(self, queue_seconds: list[float], seconds: float) -> None:
+        for waited in queue_seconds:
+            self.queue_seconds.observe(waited)
+        self.batch_size.observe(len(queue_seconds))
+        self.inference_seconds.observe(seconds)
+        self.sequences.inc(len(queue_seconds))
 
 
 class Metrics:
@@ -35,10 +55,18 @@ class Metrics:
         self.models_loaded = Gauge("seqserve_models_loaded", "model versions serving", registry=r)
         self.models_failed = Gauge("seqserve_models_failed", "model versions that failed to load", registry=r)
 
-    def observe_batch(self, model: str, size: int, seconds: float) -> None:
-        self.batch_size.labels(model).observe(size)
-        self.inference_seconds.labels(model).observe(seconds)
-        self.sequences.labels(model).inc(size)
+    def for_model(self, model: str) -> ModelMetrics:
+        return ModelMetrics(
+            queue_seconds=self.queue_seconds.labels(model),
+            inference_seconds=self.inference_seconds.labels(model),
+            batch_size=self.batch_size.labels(model),
+            sequences=self.sequences.labels(model),
+        )
+
+    @functools.lru_cache(maxsize=None)
+    def rpc(self, method: str, code: str) -> tuple[Counter, Histogram]:
+        """The (request counter, latency histogram) children of one method and code, looked up once."""
+        return self.requests.labels(method, code), self.request_seconds.labels(method)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint; returns its port."""

@@ -44,14 +44,14 @@ class ModelRegistry:
         versions, self.problems = scan_repository(self.config.model_repository)
         for version in versions:
             try:
-                runtime = ModelRuntime(version, self.config.threads)
+                runtime = ModelRuntime(version, self.config.threads, self.config.ort_spinning)
                 if self.config.warmup:
                     runtime.warm_up()
             except RepositoryError as exc:
                 self.problems.append(str(exc))
                 continue
             batcher = Batcher(
-                runtime, self.executor, self.metrics,
+                runtime, self.executor, self.metrics.for_model(version.name),
                 max_batch_size=self.config.max_batch_size,
                 max_queue_delay_ms=self.config.max_queue_delay_ms,
                 max_waste=self.config.padding_waste,

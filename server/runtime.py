@@ -25,7 +25,7 @@ class BatchInputs:
 class ModelRuntime:
     """Runs one model version; `run` is thread-safe (onnxruntime sessions are)."""
 
-    def __init__(self, version: ModelVersion, threads: int) -> None:
+    def __init__(self, version: ModelVersion, threads: int, spinning: bool = False) -> None:
         self.version = version
         self.arch: Architecture = version.architecture
         self.input_names = input_names(self.arch)
@@ -35,6 +35,8 @@ class ModelRuntime:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning pool threads burn a core between runs, which the gRPC event loop needs (bench/PROFILE.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self.session = ort.InferenceSession(str(version.model_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -32,8 +32,9 @@ class SeqserveService(pb_grpc.SeqserveServicer):
         self._open_streams = 0
 
     def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        self.metrics.requests.labels(method, code.name).inc()
-        self.metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+        requests, seconds = self.metrics.rpc(method, code.name)
+        requests.inc()
+        seconds.observe(time.perf_counter() - started)
 
     async def _unary(self, method: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T] | T]) -> T:
         started = time.perf_counter()

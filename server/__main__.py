@@ -25,8 +25,14 @@ async def serve(argv: list[str] | None = None) -> int:
     return 0
 
 
+# The inference thread needs the GIL back after every onnxruntime run; with the default 5 ms switch
+# interval a busy event loop makes it wait that long each time (bench/PROFILE.md).
+GIL_SWITCH_INTERVAL_S = 0.0002
+
+
 def main() -> int:
     configure(os.environ.get("SEQSERVE_LOG_LEVEL", "INFO"))
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return asyncio.run(serve(sys.argv[1:]))
 
 

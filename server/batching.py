@@ -24,12 +24,37 @@ from server.runtime import BatchInputs, ModelRuntime
 SequenceOutputs = dict[str, np.ndarray]
 
 
-@dataclass(eq=False)
+class Job:
+    """The sequences of one request: one future, resolved when the last of them is done."""
+
+    def __init__(self, count: int) -> None:
+        self.future: asyncio.Future[list[SequenceOutputs]] = asyncio.get_running_loop().create_future()
+        self.results: list[SequenceOutputs | None] = [None] * count
+        self.pending = count
+
+    @property
+    def gone(self) -> bool:
+        """Answered, failed or cancelled by its caller: nothing more to compute."""
+        return self.future.done()
+
+    def deliver(self, index: int, result: SequenceOutputs) -> None:
+        self.results[index] = result
+        self.pending -= 1
+        if self.pending == 0 and not self.future.done():
+            self.future.set_result(self.results)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+@dataclass(eq=False, slots=True)
 class WorkItem:
     steps: np.ndarray  # (T, F) float32
     h0: np.ndarray | None = None  # (L, H) initial state, streaming models
     c0: np.ndarray | None = None  # (L, H)
-    future: asyncio.Future[SequenceOutputs] | None = None
+    job: Job | None = None
+    index: int = 0  # position in its job
     enqueued_at: float = field(default_factory=time.perf_counter)
 
     @property
@@ -116,6 +141,7 @@ class Batcher:
     def __init__(
         self, runtime: ModelRuntime, executor: Executor, metrics: ModelMetrics,
         max_batch_size: int, max_queue_delay_ms: float, max_waste: float, enabled: bool = True,
+        inline_max_steps: int = 0,
     ) -> None:
         self.runtime = runtime
         self.executor = executor
@@ -123,6 +149,7 @@ class Batcher:
         self.max_batch_size = max_batch_size if enabled else 1
         self.max_delay = max_queue_delay_ms / 1000.0 if enabled else 0.0
         self.max_waste = max_waste
+        self.inline_max_steps = inline_max_steps
         self._queue: asyncio.Queue[WorkItem | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
@@ -136,17 +163,21 @@ class Batcher:
             await self._task
             self._task = None
 
-    async def submit(self, items: Sequence[WorkItem]) -> list[SequenceOutputs]:
-        """Queue items and wait for their results; cancelling the caller withdraws them."""
-        loop = asyncio.get_running_loop()
-        for it in items:
-            it.future = loop.create_future()
+    def enqueue(self, items: Sequence[WorkItem]) -> Job:
+        """Queue items; the job's future gets their results in order (cancel it to withdraw them)."""
+        job = Job(len(items))
+        for index, it in enumerate(items):
+            it.job, it.index = job, index
             self._queue.put_nowait(it)
+        return job
+
+    async def submit(self, items: Sequence[WorkItem]) -> list[SequenceOutputs]:
+        """Queue items and wait for their results, in order; cancelling the caller withdraws them."""
+        job = self.enqueue(items)
         try:
-            return list(await asyncio.gather(*(it.future for it in items)))
+            return await job.future
         except asyncio.CancelledError:
-            for it in items:
-                it.future.cancel()
+            job.future.cancel()
             raise
 
     async def _collect(self, first: WorkItem) -> tuple[list[WorkItem], bool]:
@@ -169,26 +200,33 @@ class Batcher:
             items.append(nxt)
         return items, False
 
+    def _runs_inline(self, group: list[WorkItem]) -> bool:
+        """A lone short sequence with nothing queued behind it runs on the event loop: no thread hops."""
+        return len(group) == 1 and group[0].length <= self.inline_max_steps and self._queue.empty()
+
+    async def _run_group(self, group: list[WorkItem]) -> list[SequenceOutputs]:
+        if self._runs_inline(group):
+            return run_items(self.runtime, group)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, run_items, self.runtime, group)
+
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
             first = await self._queue.get()
             if first is None:
                 break
             items, stopping = await self._collect(first)
-            live = [it for it in items if not it.future.done()]  # cancelled callers leave cleanly
+            live = [it for it in items if not it.job.gone]  # cancelled callers leave cleanly
             for group in group_by_length(live, self.max_waste):
                 started = time.perf_counter()
                 waited = [started - it.enqueued_at for it in group]
                 try:
-                    results = await loop.run_in_executor(self.executor, run_items, self.runtime, group)
+                    results = await self._run_group(group)
                 except Exception as exc:  # a failed run fails only its own group
                     for it in group:
-                        if not it.future.done():
-                            it.future.set_exception(exc)
+                        it.job.fail(exc)
                     continue
                 self.metrics.observe_batch(waited, time.perf_counter() - started)
                 for it, result in zip(group, results):
-                    if not it.future.done():
-                        it.future.set_result(result)
+                    if not it.job.gone:
+                        it.job.deliver(it.index, result)

@@ -21,6 +21,7 @@ class ServerConfig:
     batching: bool = True  # dynamic batching of concurrent requests
     max_batch_size: int = 64  # sequences per onnxruntime run
     max_queue_delay_ms: float = 0.0  # extra wait to fill a batch; 0 = take what is queued
+    inline_max_steps: int = 256  # a lone sequence up to this long runs on the event loop (0 = never)
     padding_waste: float = 0.5  # split a batch when padding would exceed this fraction of real steps
     max_sequence_length: int = 4096  # steps in one sequence
     max_sequences_per_request: int = 256
@@ -45,6 +46,7 @@ _HELP = {
     "batching": "gather concurrent requests into one onnxruntime run",
     "max_batch_size": "most sequences in one onnxruntime run",
     "max_queue_delay_ms": "how long a request may wait for others to fill its batch",
+    "inline_max_steps": "run a lone sequence up to this many steps on the event loop, skipping two thread hops",
     "padding_waste": "split a batch by length when padding exceeds this fraction of real steps",
     "max_sequence_length": "most steps in one sequence",
     "max_sequences_per_request": "most sequences in one Encode request",

@@ -5,11 +5,14 @@ The gRPC servicer (server/service.py) only moves messages and maps errors to sta
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
 import numpy as np
 
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
-from server.batching import SequenceOutputs, WorkItem
+from server.batching import Job, SequenceOutputs, WorkItem
 from server.codec import decode_outputs, decode_state, decode_steps, encode_result
 from server.config import ServerConfig
 from server.errors import FailedPrecondition, InvalidInput, LimitExceeded
@@ -58,7 +61,8 @@ class DataPlane:
     def get_model(self, request: pb.GetModelRequest) -> pb.ModelInfo:
         return self.model_info(self.registry.get(request.model, request.version))
 
-    async def encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
+    def start_encode(self, request: pb.EncodeRequest) -> PendingEncode:
+        """Validate a request and queue its sequences; the caller awaits or watches `job.future`."""
         model = self.registry.get(request.model, request.version)
         arch = model.runtime.arch
         count = len(request.sequences)
@@ -72,11 +76,32 @@ class DataPlane:
             WorkItem(decode_steps(seq.steps, f"sequences[{i}].steps", arch, self.config))
             for i, seq in enumerate(request.sequences)
         ]
-        results = await model.batcher.submit(items)
-        response = pb.EncodeResponse(model=model.name, version=model.version, request_id=request.request_id)
-        labels = model.runtime.version.class_labels
-        for seq, result in zip(request.sequences, results):
-            encode_result(result, outputs, labels, seq.id, response.results.add())
+        return PendingEncode(request, model, outputs, model.batcher.enqueue(items))
+
+    async def encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
+        pending = self.start_encode(request)
+        try:
+            return pending.response(await pending.job.future)
+        except asyncio.CancelledError:
+            pending.job.future.cancel()  # the caller went away: its sequences leave the queue
+            raise
+
+
+@dataclass
+class PendingEncode:
+    """An Encode request whose sequences are queued for inference."""
+
+    request: pb.EncodeRequest
+    model: ServedModel
+    outputs: frozenset[int]
+    job: Job
+
+    def response(self, results: list[SequenceOutputs]) -> pb.EncodeResponse:
+        response = pb.EncodeResponse(model=self.model.name, version=self.model.version,
+                                     request_id=self.request.request_id)
+        labels = self.model.runtime.version.class_labels
+        for seq, result in zip(self.request.sequences, results):
+            encode_result(result, self.outputs, labels, seq.id, response.results.add())
         return response
 
 

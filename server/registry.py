@@ -56,6 +56,7 @@ class ModelRegistry:
                 max_queue_delay_ms=self.config.max_queue_delay_ms,
                 max_waste=self.config.padding_waste,
                 enabled=self.config.batching,
+                inline_max_steps=self.config.inline_max_steps,
             )
             self._models.setdefault(version.name, {})[version.version] = ServedModel(runtime, batcher)
             log.info("model loaded", extra={"model": version.name, "version": version.version})

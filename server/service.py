@@ -6,6 +6,7 @@ Every failure goes through `server.errors.status_of`, the one place that picks a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ import grpc
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from server.config import ServerConfig
-from server.dataplane import DataPlane, SequenceStream
+from server.dataplane import DataPlane, PendingEncode, SequenceStream
 from server.errors import LimitExceeded, status_of
 from server.metrics import Metrics
 
@@ -76,37 +77,49 @@ class SeqserveService(pb_grpc.SeqserveServicer):
     async def Encode(self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
         return await self._unary("Encode", context, lambda: self.plane.encode(request))
 
-    async def _encode_tagged(self, request: pb.EncodeRequest) -> pb.EncodeStreamResponse:
-        """One request of an EncodeStream: its answer or its error, tagged with its id."""
-        started = time.perf_counter()
-        try:
-            response = await self.plane.encode(request)
-        except Exception as exc:
-            code, message = status_of(exc)
-            self._record("EncodeStream", code, started)
-            return pb.EncodeStreamResponse(request_id=request.request_id, error=pb.Error(code=code.name, message=message))
-        self._record("EncodeStream", grpc.StatusCode.OK, started)
-        return pb.EncodeStreamResponse(request_id=request.request_id, response=response)
+    def _tagged_error(self, request_id: str, exc: BaseException, started: float) -> pb.EncodeStreamResponse:
+        code, message = status_of(exc)
+        self._record("EncodeStream", code, started)
+        return pb.EncodeStreamResponse(request_id=request_id, error=pb.Error(code=code.name, message=message))
 
     async def EncodeStream(
         self, request_iterator: AsyncIterator[pb.EncodeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EncodeStreamResponse]:
+        """Each request is queued as it arrives and answered from its job's done-callback, as it completes."""
         await self._open_stream(context)
         answers: asyncio.Queue[pb.EncodeStreamResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task] = set()
+        jobs: set[asyncio.Future] = set()
+        reading = True
 
-        async def answer(request: pb.EncodeRequest) -> None:
-            await answers.put(await self._encode_tagged(request))
+        def answer(pending: PendingEncode, started: float, future: asyncio.Future) -> None:
+            jobs.discard(future)
+            if not future.cancelled():
+                request_id = pending.request.request_id
+                if future.exception() is not None:
+                    answers.put_nowait(self._tagged_error(request_id, future.exception(), started))
+                else:
+                    answers.put_nowait(pb.EncodeStreamResponse(
+                        request_id=request_id, response=pending.response(future.result())))
+                    self._record("EncodeStream", grpc.StatusCode.OK, started)
+            if not reading and not jobs:
+                answers.put_nowait(None)
 
         async def read_requests() -> None:
+            nonlocal reading
             try:
                 async for request in request_iterator:
-                    task = asyncio.create_task(answer(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                await asyncio.gather(*list(pending))
+                    started = time.perf_counter()
+                    try:
+                        pending = self.plane.start_encode(request)
+                    except Exception as exc:
+                        answers.put_nowait(self._tagged_error(request.request_id, exc, started))
+                        continue
+                    jobs.add(pending.job.future)
+                    pending.job.future.add_done_callback(functools.partial(answer, pending, started))
             finally:
-                await answers.put(None)
+                reading = False
+                if not jobs:
+                    answers.put_nowait(None)
 
         reader = asyncio.create_task(read_requests())
         try:
@@ -115,8 +128,8 @@ class SeqserveService(pb_grpc.SeqserveServicer):
             await reader  # re-raises a failure to read the requests
         finally:
             reader.cancel()
-            for task in list(pending):
-                task.cancel()
+            for future in list(jobs):
+                future.cancel()
             self._close_stream()
 
     async def StreamSequence(

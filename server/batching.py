@@ -24,8 +24,13 @@ from server.runtime import BatchInputs, ModelRuntime
 SequenceOutputs = dict[str, np.ndarray]
 
 
+INLINE_MIN_IDLE_S = 0.0002  # a client's own round trip on loopback is longer; a saturated loop's is shorter
+
+
 class Job:
     """The sequences of one request: one future, resolved when the last of them is done."""
+
+    after_idle: float = 0.0  # how long the batcher had been idle when this job arrived
 
     def __init__(self, count: int) -> None:
         self.future: asyncio.Future[list[SequenceOutputs]] = asyncio.get_running_loop().create_future()
@@ -150,6 +155,8 @@ class Batcher:
         self.max_delay = max_queue_delay_ms / 1000.0 if enabled else 0.0
         self.max_waste = max_waste
         self.inline_max_steps = inline_max_steps
+        self._open_jobs = 0  # requests queued or running
+        self._idle_since = 0.0  # when the last open request finished
         self._queue: asyncio.Queue[WorkItem | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
@@ -166,6 +173,9 @@ class Batcher:
     def enqueue(self, items: Sequence[WorkItem]) -> Job:
         """Queue items; the job's future gets their results in order (cancel it to withdraw them)."""
         job = Job(len(items))
+        job.after_idle = self._idle_gap()
+        self._open_jobs += 1
+        job.future.add_done_callback(self._job_done)
         for index, it in enumerate(items):
             it.job, it.index = job, index
             self._queue.put_nowait(it)
@@ -183,7 +193,9 @@ class Batcher:
     async def _collect(self, first: WorkItem) -> tuple[list[WorkItem], bool]:
         """Gather up to max_batch_size items; returns (items, stop requested)."""
         items = [first]
-        deadline = time.perf_counter() + self.max_delay
+        # Waiting for more only pays under load; a request after an idle spell runs at once.
+        delay = self.max_delay if first.job.after_idle < INLINE_MIN_IDLE_S else 0.0
+        deadline = time.perf_counter() + delay
         while len(items) < self.max_batch_size:
             if self._queue.empty():
                 remaining = deadline - time.perf_counter()
@@ -200,9 +212,25 @@ class Batcher:
             items.append(nxt)
         return items, False
 
+    def _job_done(self, _: asyncio.Future) -> None:
+        self._open_jobs -= 1
+        if self._open_jobs == 0:
+            self._idle_since = time.perf_counter()
+
+    def _idle_gap(self) -> float:
+        """Seconds the batcher had no open request before now (0 while busy)."""
+        return 0.0 if self._open_jobs else time.perf_counter() - self._idle_since
+
     def _runs_inline(self, group: list[WorkItem]) -> bool:
-        """A lone short sequence with nothing queued behind it runs on the event loop: no thread hops."""
-        return len(group) == 1 and group[0].length <= self.inline_max_steps and self._queue.empty()
+        """A lone caller's short sequence runs on the event loop: no thread hops, nothing to wait for.
+
+        Only after the batcher sat idle: under load the loop must stay free to read the next
+        requests (which then gather into batches), and a request that follows the previous one's
+        answer within INLINE_MIN_IDLE_S is load, not a lone caller.
+        """
+        it = group[0]
+        return (len(group) == 1 and it.length <= self.inline_max_steps and self._open_jobs == 1
+                and it.job.after_idle >= INLINE_MIN_IDLE_S)
 
     async def _run_group(self, group: list[WorkItem]) -> list[SequenceOutputs]:
         if self._runs_inline(group):

@@ -10,17 +10,18 @@ from bench.serving import CONCURRENCY, MODES, PER_CALL, PER_CALL_CONCURRENCY, pi
 # server process, per-thread CPU from /proc, the server's own metrics), see PROFILE.md.
 NOTES = {
     "serving.": (
-        "Not onnxruntime's compute: the server burns 0.79 ms CPU per call against the echo's ~0.16 ms. Under 64 unary "
-        "clients, 44-59% of the server's CPU is onnxruntime's intra-op pool thread spin-waiting between runs; it "
-        "starves the event loop on 2 cores, so batches stay tiny (mean 1.9 sequences at 64 clients). With "
-        "`session.intra_op.allow_spinning=0` (measured with `python -m bench.profile --what-if-no-spin --no-stacks`, "
-        "server code unchanged) the same load gave 3,573 vs 2,072 calls/s, 0.36 ms CPU per call and mean batch 7.6. "
-        "What remains is the event loop's per-sequence Python work (gRPC receive/send, decode + isfinite, WorkItem "
-        "and future, encode_result: softmax and up to 6 tensor copies, Prometheus observations) and the executor hop."
+        "Two cores carry the gRPC stack, the event loop's Python and onnxruntime at once (`python -m bench.profile`, "
+        "no py-spy): at 64 streaming clients the loop thread uses ~0.5 core (~83 us per message against the echo's "
+        "~56 us in all), onnxruntime runs batches of ~20 that take ~3 ms (~80 us CPU per sequence against ~46 us at "
+        "the in-process best batch of 64), and the inference thread waits on the GIL between runs. Fixed so far: "
+        "onnxruntime's spinning pool thread took 44-59% of the server's CPU (now off), the 5 ms GIL switch interval "
+        "made every batch 8x slower under a busy loop (now 0.2 ms), per-sequence futures, per-call metric lookups and "
+        "per-sequence softmax (now once per request or batch). What remains is Python per message: protobuf decode "
+        "and encode of up to 7 tensors, validation, the batch hand-off."
     ),
     "latency.": (
-        "A single call pays two thread hops (event loop -> inference thread -> loop) and the spinning pool thread "
-        "competing with the loop; the echo pays neither."
+        "A lone caller's short sequence runs on the event loop with no thread hop (after an idle spell, so load still "
+        "batches); what is left is decode, validation and the response's tensors."
     ),
     "batch_script.": "Measured by bench/batch_bench.py (its owner's figure): `python bench/batch_bench.py` breaks it down.",
     "runtime.": (

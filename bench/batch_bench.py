@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from seqserve.batch.backends import LocalBackend, RemoteBackend, physical_cores  # noqa: E402
+from bench.procs import real_server  # noqa: E402
+from seqserve.batch.backends import LocalBackend, RemoteBackend  # noqa: E402
+from seqserve.cpu import physical_cores  # noqa: E402
 from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
 from seqserve.ts_format import iter_ts  # noqa: E402
 
@@ -127,39 +128,6 @@ def best_of(repeats: int, runs: dict[str, Callable[[], Rate]]) -> dict[str, list
     return rates
 
 
-class Server:
-    """`python -m server` in a subprocess on a free port (its "serving" log line gives the port)."""
-
-    def __init__(self, repository: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model-repository", str(repository), "--host", "127.0.0.1",
-             "--port", "0", "--metrics-port", "0"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise SystemExit(f"server exited with {self.proc.wait()} before serving")
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if entry.get("msg") == "serving":
-                self.target = f"127.0.0.1:{entry['port']}"
-                return
-        raise SystemExit("server did not start serving in 120 s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1,850 sequences, 2 repeats, remote at 1 and 4 streams")
@@ -199,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = best_of(repeats, runs)
         remote: dict[int, list[Rate]] = {}
         if streams:
-            server = Server(args.model_repository)
+            server = real_server(args.model_repository, folder).wait_ready()
             try:
                 source = inputs.get("npz") or next(iter(inputs.values()))  # the cheapest input to read
                 for n in streams:

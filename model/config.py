@@ -26,6 +26,7 @@ class EncoderConfig:
     dropout: dropout between recurrent layers and before the head (training only).
     attention: `additive` (Bahdanau) pooling over time, or `none` (final hidden states).
     attention_size: width of the additive attention's hidden projection.
+    attention_query: score steps against the last layer's final states (W2 q), or by themselves.
     num_classes: size of the classification head.
     step_logits: unidirectional models only — also emit per-step logits, a running prediction.
     class_labels: the label of each class, in logit order.
@@ -40,6 +41,7 @@ class EncoderConfig:
     dropout: float = 0.0
     attention: Attention = "additive"
     attention_size: int = 64
+    attention_query: bool = True
     num_classes: int = 9
     step_logits: bool = False
     class_labels: tuple[str, ...] = ()
@@ -57,7 +59,7 @@ class EncoderConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-        for name in ("bidirectional", "step_logits"):
+        for name in ("bidirectional", "step_logits", "attention_query"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -55,17 +55,22 @@ class EncoderOutput:
 
 
 class AdditiveAttention(nn.Module):
-    """Bahdanau attention: score_t = v^T tanh(W1 h_t + W2 q), softmax over the valid steps."""
+    """Bahdanau attention: score_t = v^T tanh(W1 h_t [+ W2 q]), softmax over the valid steps.
+
+    Without a query (query_size 0) W1 carries a bias and the scores depend on the steps alone.
+    """
 
     def __init__(self, value_size: int, query_size: int, attention_size: int) -> None:
         super().__init__()
-        self.W1 = nn.Linear(value_size, attention_size, bias=False)
-        self.W2 = nn.Linear(query_size, attention_size)
+        self.W1 = nn.Linear(value_size, attention_size, bias=not query_size)
+        self.W2 = nn.Linear(query_size, attention_size) if query_size else None
         self.v = nn.Linear(attention_size, 1, bias=False)
 
-    def forward(self, values: Tensor, query: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        # values (B, T, V), query (B, Q), mask (B, T) bool, True on real steps
-        keys = self.W1(values) + self.W2(query).unsqueeze(1)  # (B, T, A)
+    def forward(self, values: Tensor, query: Tensor | None, mask: Tensor) -> tuple[Tensor, Tensor]:
+        # values (B, T, V), query (B, Q) or None, mask (B, T) bool, True on real steps
+        keys = self.W1(values)  # (B, T, A)
+        if self.W2 is not None:
+            keys = keys + self.W2(query).unsqueeze(1)  # (B, T, A)
         scores = self.v(torch.tanh(keys)).squeeze(-1)  # (B, T)
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1) * mask  # (B, T), exactly 0 on padding
@@ -93,7 +98,7 @@ class RecurrentEncoder(nn.Module):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
         self.attention = (
-            AdditiveAttention(D * H, D * H, config.attention_size)
+            AdditiveAttention(D * H, D * H if config.attention_query else 0, config.attention_size)
             if config.attention == "additive"
             else None
         )
@@ -155,7 +160,7 @@ class RecurrentEncoder(nn.Module):
 
         result = EncoderOutput(outputs=outputs, h_n=h_n, c_n=c_n, logits=outputs.new_empty(0))
         if self.attention is not None:
-            query = self._last_layer_state(h_n)  # (B, D*H)
+            query = self._last_layer_state(h_n) if cfg.attention_query else None  # (B, D*H)
             result.context, result.attention = self.attention(outputs, query, mask)
             summary = result.context
         else:

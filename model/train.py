@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, help="stacked recurrent layers")
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, help="add a backward direction")
     p.add_argument("--attention", choices=ATTENTIONS, help="pooling over time")
+    p.add_argument("--attention-query", action=argparse.BooleanOptionalAction,
+                   help="score steps against the final states (default) or by themselves")
     p.add_argument("--dropout", type=float, help="dropout between layers and before the head")
     p.add_argument("--step-logits", action=argparse.BooleanOptionalAction, help="train a running prediction")
     training = p.add_argument_group("training (defaults: the preset's, else TrainConfig's)")
@@ -239,7 +241,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[EncoderConfig, TrainCon
     tc = preset.train if preset else TrainConfig()
     config = config.replace(**_given(args, {
         "cell": "cell", "hidden_size": "hidden_size", "num_layers": "layers", "bidirectional": "bidirectional",
-        "attention": "attention", "dropout": "dropout", "step_logits": "step_logits",
+        "attention": "attention", "attention_query": "attention_query", "dropout": "dropout", "step_logits": "step_logits",
     }))
     tc = dataclasses.replace(tc, **_given(args, {name: name for name in TrainConfig.__dataclass_fields__
                                                   if hasattr(args, name)}))

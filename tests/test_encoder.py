@@ -151,6 +151,18 @@ def test_attention_weights(cell, bidirectional, lengths):
             assert w[b, 0].item() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_attention_without_query_scores_steps_alone():
+    model = make_model(cell="gru", layers=2, bidirectional=True, attention_query=False)
+    assert model.attention.W2 is None and model.attention.W1.bias is not None
+    x, lengths = random_batch(model, [6, 1, 4], time=7, seed=3)
+    with torch.no_grad():
+        w = model(x, lengths).attention  # (B, T)
+        alone = model(x[:1, :6], lengths[:1]).attention  # (1, 6)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3), atol=1e-6, rtol=0)
+    assert torch.count_nonzero(w[0, 6:]) == 0 and w[1, 0].item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(w[0, :6], alone[0], atol=1e-6, rtol=0)
+
+
 def test_attention_survives_large_scores():
     """Huge inputs saturate the scores; the masked softmax must not produce NaN or leak onto padding."""
     model = make_model(cell="gru", layers=1, bidirectional=True)

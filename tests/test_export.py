@@ -149,6 +149,13 @@ def test_parity_passes(exp):
         assert "b3_empty_row" in report.cases
 
 
+def test_parity_of_attention_without_query(exported):
+    exp = exported(cell="lstm", layers=2, bidirectional=True, attention="additive", attention_query=False)
+    assert graph_problems(exp.path, exp.model) == []
+    report = check_parity(exp.model, exp.path, long_length=LONG)
+    assert report.passed, report.summary()
+
+
 def test_ort_runs_longer_and_wider_than_any_example(exp):
     """T = 300 and batch 32 (export example was T = 5, B = 2), mixed unsorted lengths incl. 1 and T."""
     rng = np.random.default_rng(0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -54,6 +53,7 @@ class Metrics:
         self.open_streams = Gauge("seqserve_open_streams", "streaming calls open now", registry=r)
         self.models_loaded = Gauge("seqserve_models_loaded", "model versions serving", registry=r)
         self.models_failed = Gauge("seqserve_models_failed", "model versions that failed to load", registry=r)
+        self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(
@@ -63,10 +63,12 @@ class Metrics:
             sequences=self.sequences.labels(model),
         )
 
-    @functools.lru_cache(maxsize=None)
     def rpc(self, method: str, code: str) -> tuple[Counter, Histogram]:
         """The (request counter, latency histogram) children of one method and code, looked up once."""
-        return self.requests.labels(method, code), self.request_seconds.labels(method)
+        key = (method, code)
+        if key not in self._rpc_children:
+            self._rpc_children[key] = (self.requests.labels(method, code), self.request_seconds.labels(method))
+        return self._rpc_children[key]
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint; returns its port."""

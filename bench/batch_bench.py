@@ -22,7 +22,6 @@ also go to --out as JSON.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -44,19 +43,12 @@ if str(ROOT) not in sys.path:
 from bench.procs import real_server  # noqa: E402
 from seqserve.batch.backends import LocalBackend, RemoteBackend  # noqa: E402
 from seqserve.cpu import physical_cores  # noqa: E402
+from seqserve.datasets import japanese_vowels_dir  # noqa: E402
 from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
 from seqserve.ts_format import iter_ts  # noqa: E402
 
 GOAL = 0.9
 FORMATS = ("npz", "parquet", "jsonl")
-
-
-def japanese_vowels_test() -> Path:
-    """JapaneseVowels_TEST.ts from the aeon wheel, found without importing aeon (or torch)."""
-    spec = importlib.util.find_spec("aeon")
-    if spec is None or spec.origin is None:
-        raise SystemExit("JapaneseVowels ships with the `aeon` package: pip install -e '.[train]', or pass --ts")
-    return Path(spec.origin).parent / "datasets" / "data" / "JapaneseVowels" / "JapaneseVowels_TEST.ts"
 
 
 def write_inputs(sequences: list[np.ndarray], folder: Path, formats: list[str]) -> dict[str, Path]:
@@ -151,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     streams = args.streams if args.streams is not None else ([1, 4] if args.quick else [1, 4, 8])
     threads = min(args.threads or physical_cores(), physical_cores())
 
-    cases = [c.steps for c in iter_ts(args.ts or japanese_vowels_test())]
+    cases = [c.steps for c in iter_ts(args.ts or japanese_vowels_dir() / "JapaneseVowels_TEST.ts")]
     sequences = (cases * math.ceil(count / len(cases)))[:count]
     local = LocalBackend(args.model_repository, args.model, threads=threads)
     load_before = os.getloadavg()

@@ -6,7 +6,6 @@ without importing aeon, so no network and no heavy import is needed.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqserve.datasets import JAPANESE_VOWELS, japanese_vowels_dir
 from seqserve.ts_format import load_ts
 
-DATASET = "JapaneseVowels"
+DATASET = JAPANESE_VOWELS
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,7 @@ class SequenceDataset:
         return steps.mean(axis=0).tolist(), (steps.std(axis=0) + 1e-6).tolist()
 
 
-def dataset_dir() -> Path:
-    spec = importlib.util.find_spec("aeon")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("JapaneseVowels ships with the `aeon` package: pip install -e '.[train]'")
-    return Path(spec.origin).parent / "datasets" / "data" / DATASET
+dataset_dir = japanese_vowels_dir  # where the TRAIN / TEST .ts files are
 
 
 def load_split(split: str, directory: Path | None = None) -> SequenceDataset:

@@ -14,9 +14,9 @@ FLOAT32_LE = np.dtype("<f4")
 class TensorDecodeError(ValueError):
     """A Tensor message whose bytes do not match its shape; `field` names it in the request."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field, self.detail = field, detail
 
 
 def to_tensor(array: np.ndarray, out: pb.Tensor | None = None) -> pb.Tensor:

@@ -25,7 +25,7 @@ def decode(tensor: pb.Tensor, field: str) -> np.ndarray:
     try:
         return from_tensor(tensor, field)
     except TensorDecodeError as exc:
-        raise InvalidInput(exc.field, str(exc).split(": ", 1)[1]) from None
+        raise InvalidInput(exc.field, exc.detail) from None
 
 
 def decode_steps(

@@ -65,6 +65,7 @@ def build_metadata(
             "rtol": report.rtol,
             "max_abs_error": report.max_abs_error,
             "max_abs_error_per_output": {k: v.max_abs for k, v in report.outputs.items()},
+            "max_abs_vs_torch32": report.max_abs_vs_torch32,
             "cases": len(report.cases),
         },
         "onnx_sha256": sha256_of(folder / MODEL_FILE),

@@ -89,16 +89,36 @@ def random_crop(steps: np.ndarray, min_fraction: float, generator: torch.Generat
     return steps[start : start + length]
 
 
+def random_stretch(steps: np.ndarray, max_change: float, generator: torch.Generator) -> np.ndarray:
+    """Resample time by a random factor in [1 - max_change, 1 + max_change]: (T, F) -> (T', F).
+
+    A speaker saying the vowel faster or slower: linear interpolation between neighbouring frames.
+    """
+    T = len(steps)
+    factor = 1.0 + max_change * (2.0 * float(torch.rand((), generator=generator)) - 1.0)
+    new_length = max(1, round(T * factor))
+    positions = np.linspace(0.0, T - 1, new_length)  # (T',) fractional source frames
+    below = np.floor(positions).astype(np.int64)
+    above = np.minimum(below + 1, T - 1)
+    weight = (positions - below)[:, None].astype(np.float32)  # (T', 1)
+    return (1.0 - weight) * steps[below] + weight * steps[above]
+
+
 def iter_batches(
     data: SequenceDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
-    crop: float = 1.0,
+    crop: float = 1.0, stretch: float = 0.0,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Yield (x (B, T, F), lengths (B,), targets (B,)) batches; crop < 1 takes random windows."""
+    """Yield (x (B, T, F), lengths (B,), targets (B,)) batches.
+
+    crop < 1 takes random windows; stretch > 0 resamples time by random factors (training only).
+    """
     order = torch.randperm(len(data), generator=generator).tolist() if shuffle else list(range(len(data)))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         sequences = [data.sequences[i] for i in idx]
         if crop < 1.0:
             sequences = [random_crop(s, crop, generator) for s in sequences]
+        if stretch > 0.0:
+            sequences = [random_stretch(s, stretch, generator) for s in sequences]
         x, lengths = pad_batch(sequences)
         yield x, lengths, torch.from_numpy(data.targets[idx])

@@ -63,6 +63,18 @@ def sequence_loss(out: EncoderOutput, lengths: Tensor, targets: Tensor, label_sm
     return loss
 
 
+def augment_features(x: Tensor, model: RecurrentEncoder, tc: TrainConfig, generator: torch.Generator | None) -> Tensor:
+    """Training-time feature noise and masking, in units of each feature's std: (B, T, F) -> (B, T, F)."""
+    std = 1.0 / model.feature_inv_std  # (F,)
+    if tc.input_noise > 0:
+        x = x + tc.input_noise * std * torch.randn(x.shape, generator=generator)
+    if tc.feature_mask > 0:
+        B, _, F = x.shape
+        masked = torch.rand((B, 1, F), generator=generator) < tc.feature_mask  # (B, 1, F): whole coefficients
+        x = torch.where(masked, model.feature_mean, x)  # the mean normalises to 0
+    return x
+
+
 def run_epoch(
     model: RecurrentEncoder,
     data: SequenceDataset,
@@ -79,11 +91,11 @@ def run_epoch(
     total_loss, correct = 0.0, 0
     with torch.set_grad_enabled(training):
         for x, lengths, targets in iter_batches(
-            data, batch_size, shuffle=training, generator=generator, crop=tc.crop if training else 1.0
+            data, batch_size, shuffle=training, generator=generator,
+            crop=tc.crop if training else 1.0, stretch=tc.stretch if training else 0.0,
         ):
-            if training and tc.input_noise > 0:
-                std = 1.0 / model.feature_inv_std  # (F,)
-                x = x + tc.input_noise * std * torch.randn(x.shape, generator=generator)
+            if training:
+                x = augment_features(x, model, tc, generator)
             out = model(x, lengths)
             loss = sequence_loss(out, lengths, targets, tc.label_smoothing if training else 0.0)
             if training:
@@ -220,8 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--label-smoothing", type=float, help="training label smoothing")
     training.add_argument("--crop", type=float,
                           help="train on random windows of at least this fraction of each sequence (1 = off)")
+    training.add_argument("--feature-mask", type=float,
+                          help="probability of blanking each feature of a training sequence (0 = off)")
+    training.add_argument("--stretch", type=float,
+                          help="resample training sequences in time by a random factor within 1 ± this (0 = off)")
     training.add_argument("--ema", type=float,
                           help="keep an exponential moving average of the weights with this decay (0 = off)")
+    training.add_argument("--val-fraction", type=float, help="share of each class held out for validation")
     training.add_argument("--seed", type=int, help="seed of data split, init and shuffling")
     training.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--out", type=Path, required=True, help="output folder")

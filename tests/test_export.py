@@ -142,11 +142,25 @@ def test_graph_independent_of_example_length(exp, tmp_path, monkeypatch):
 def test_parity_passes(exp):
     report = check_parity(exp.model, exp.path, long_length=LONG)
     assert report.passed, report.summary()
-    assert report.max_abs_error < 1e-5
+    assert report.max_abs_error < 1e-5 and report.max_abs_vs_torch32 < 1e-5
     assert set(report.outputs) == set(output_names(exp.model.config.architecture))
     assert f"b1_len{LONG}" in report.cases and "b8_unsorted" in report.cases
     if exp.model.config.streaming:
         assert "b3_empty_row" in report.cases
+
+
+@pytest.mark.parametrize("off_from", ["torch32", "torch64"])
+def test_parity_rule_needs_both_references(off_from):
+    """An element within tolerance of one PyTorch reference but not the other fails."""
+    exact = np.array([0.0, 1.0, -100.0])
+    off = exact + np.array([0.0, 0.0, 1e-5 + 1e-4 * 100.0 + 1e-4])  # just past atol + rtol·|ref| on the last
+    refs = {"torch32": exact, "torch64": exact, off_from: off}
+    error = OutputError()
+    error.update(exact.astype(np.float32), refs["torch32"], refs["torch64"])
+    assert error.failures == 1
+    within = OutputError()
+    within.update(exact.astype(np.float32), exact, exact + 1e-5)
+    assert within.failures == 0 and within.max_abs == pytest.approx(1e-5)
 
 
 def test_parity_of_attention_without_query(exported):

@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import make_model, random_batch, run_cli
 from model.checkpoint import load_checkpoint
-from model.data import load_split, pad_batch, stratified_split
-from model.train import EpochMetrics, build_parser, sequence_loss
+from model.config import TrainConfig
+from model.data import load_split, pad_batch, random_stretch, stratified_split
+from model.train import EpochMetrics, augment_features, build_parser, sequence_loss
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +103,29 @@ def test_data_split_and_padding():
     assert x.shape == (3, int(lengths.max()), 12) and lengths.dtype == torch.int64
     for i, n in enumerate(lengths.tolist()):
         assert torch.count_nonzero(x[i, n:]) == 0
+
+
+def test_random_stretch_resamples_time_between_neighbouring_frames():
+    steps = np.cumsum(np.ones((20, 3), dtype=np.float32), axis=0)  # (20, 3), rising 1..20
+    generator = torch.Generator().manual_seed(0)
+    lengths = set()
+    for _ in range(50):
+        out = random_stretch(steps, 0.3, generator)
+        lengths.add(len(out))
+        assert 14 <= len(out) <= 26 and out.shape[1] == 3
+        np.testing.assert_array_equal(out[[0, -1]], steps[[0, -1]])  # same start and end
+        assert np.all(np.diff(out[:, 0]) > 0)  # still in order
+    assert len(lengths) > 5
+    np.testing.assert_array_equal(random_stretch(steps, 0.0, generator), steps)
+
+
+def test_feature_mask_blanks_whole_features_to_their_mean():
+    model = make_model(cell="gru", bidirectional=True)
+    x, _ = random_batch(model, [7] * 64)
+    generator = torch.Generator().manual_seed(0)
+    masked = augment_features(x, model, TrainConfig(input_noise=0.0, feature_mask=0.3), generator)
+    blank = (masked == model.feature_mean).all(dim=1)  # (B, F): the feature is its mean at every step
+    assert 0.2 < blank.float().mean() < 0.4
+    np.testing.assert_array_equal(masked[~blank.unsqueeze(1).expand_as(x)], x[~blank.unsqueeze(1).expand_as(x)])
+    untouched = augment_features(x, model, TrainConfig(input_noise=0.0, feature_mask=0.0), generator)
+    assert torch.equal(untouched, x)

@@ -119,6 +119,8 @@ class TrainConfig:
     input_noise: float = 0.1  # Gaussian noise added to training inputs, in units of each feature's std
     label_smoothing: float = 0.1
     crop: float = 1.0  # train on random windows of at least this fraction of each sequence
+    mixup: float = 0.0  # manifold mixup of the summaries the head reads: Beta(mixup, mixup) weights; 0 = off
+    offset_noise: float = 0.0  # Gaussian shift of each training sequence, constant over time, in feature stds
     feature_mask: float = 0.0  # probability of blanking each feature (to its mean) for a whole training sequence
     stretch: float = 0.0  # resample training sequences in time by a random factor within 1 ± stretch
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and kept; 0 = off

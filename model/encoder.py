@@ -162,14 +162,19 @@ class RecurrentEncoder(nn.Module):
         if self.attention is not None:
             query = self._last_layer_state(h_n) if cfg.attention_query else None  # (B, D*H)
             result.context, result.attention = self.attention(outputs, query, mask)
-            summary = result.context
-        else:
-            summary = self._last_layer_state(h_n)  # (B, D*H)
-        result.logits = self.head(self.dropout(summary))  # (B, C)
+        result.logits = self.classify(self.summary(result))  # (B, C)
         if cfg.step_logits:
             step_logits = self.head(self.dropout(outputs))  # (B, T, C)
             result.step_logits = step_logits * mask.unsqueeze(-1).to(step_logits.dtype)
         return result
+
+    def summary(self, result: EncoderOutput) -> Tensor:
+        """What the head reads: the attention context, else the last layer's final states: (B, D*H)."""
+        return result.context if result.context is not None else self._last_layer_state(result.h_n)
+
+    def classify(self, summary: Tensor) -> Tensor:
+        """The classification head: (B, D*H) -> (B, C)."""
+        return self.head(self.dropout(summary))
 
     def _last_layer_state(self, h_n: Tensor) -> Tensor:
         """Concatenate the last layer's final states over directions: (L*D, B, H) -> (B, D*H)."""

@@ -49,18 +49,43 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def step_loss(out: EncoderOutput, lengths: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy of every prefix's prediction over the real steps; 0 without step logits."""
+    if out.step_logits is None:
+        return out.logits.new_zeros(())
+    B, T, C = out.step_logits.shape
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+    per_step = nn.functional.cross_entropy(
+        out.step_logits.reshape(B * T, C), targets.repeat_interleave(T),
+        reduction="none", label_smoothing=label_smoothing,
+    ).view(B, T)
+    return (per_step * mask).sum() / mask.sum()
+
+
 def sequence_loss(out: EncoderOutput, lengths: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of the final prediction; with step logits, also of every prefix's prediction."""
-    loss = nn.functional.cross_entropy(out.logits, targets, label_smoothing=label_smoothing)
-    if out.step_logits is not None:
-        B, T, C = out.step_logits.shape
-        mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-        per_step = nn.functional.cross_entropy(
-            out.step_logits.reshape(B * T, C), targets.repeat_interleave(T),
-            reduction="none", label_smoothing=label_smoothing,
-        ).view(B, T)
-        loss = loss + (per_step * mask).sum() / mask.sum()
-    return loss
+    final = nn.functional.cross_entropy(out.logits, targets, label_smoothing=label_smoothing)
+    return final + step_loss(out, lengths, targets, label_smoothing)
+
+
+def sample_beta(concentration: float, generator: torch.Generator | None) -> float:
+    """One draw from Beta(concentration, concentration), reproducible through `generator`."""
+    seed = int(torch.randint(2**31 - 1, (), generator=generator))
+    return float(np.random.default_rng(seed).beta(concentration, concentration))
+
+
+def mixup_loss(
+    model: RecurrentEncoder, out: EncoderOutput, targets: Tensor, tc: TrainConfig, generator: torch.Generator | None
+) -> Tensor:
+    """Manifold mixup: the head reads each sequence's summary blended with another sequence's, and
+    the final prediction's loss is blended with the same weight."""
+    weight = sample_beta(tc.mixup, generator)
+    partner = torch.randperm(len(targets), generator=generator)  # (B,)
+    summary = model.summary(out)  # (B, D*H)
+    logits = model.classify(weight * summary + (1.0 - weight) * summary[partner])  # (B, C)
+    loss = nn.functional.cross_entropy(logits, targets, label_smoothing=tc.label_smoothing)
+    partner_loss = nn.functional.cross_entropy(logits, targets[partner], label_smoothing=tc.label_smoothing)
+    return weight * loss + (1.0 - weight) * partner_loss
 
 
 def augment_features(x: Tensor, model: RecurrentEncoder, tc: TrainConfig, generator: torch.Generator | None) -> Tensor:
@@ -68,6 +93,9 @@ def augment_features(x: Tensor, model: RecurrentEncoder, tc: TrainConfig, genera
     std = 1.0 / model.feature_inv_std  # (F,)
     if tc.input_noise > 0:
         x = x + tc.input_noise * std * torch.randn(x.shape, generator=generator)
+    if tc.offset_noise > 0:
+        B, _, F = x.shape
+        x = x + tc.offset_noise * std * torch.randn((B, 1, F), generator=generator)  # one shift per sequence
     if tc.feature_mask > 0:
         B, _, F = x.shape
         masked = torch.rand((B, 1, F), generator=generator) < tc.feature_mask  # (B, 1, F): whole coefficients
@@ -97,7 +125,10 @@ def run_epoch(
             if training:
                 x = augment_features(x, model, tc, generator)
             out = model(x, lengths)
-            loss = sequence_loss(out, lengths, targets, tc.label_smoothing if training else 0.0)
+            if training and tc.mixup > 0:
+                loss = mixup_loss(model, out, targets, tc, generator) + step_loss(out, lengths, targets, tc.label_smoothing)
+            else:
+                loss = sequence_loss(out, lengths, targets, tc.label_smoothing if training else 0.0)
             if training:
                 optimizer.zero_grad()
                 loss.backward()
@@ -232,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--label-smoothing", type=float, help="training label smoothing")
     training.add_argument("--crop", type=float,
                           help="train on random windows of at least this fraction of each sequence (1 = off)")
+    training.add_argument("--mixup", type=float,
+                          help="manifold mixup of the pooled summaries, Beta(a, a) weights (0 = off)")
+    training.add_argument("--offset-noise", type=float,
+                          help="training noise constant over each sequence, in units of each feature's std")
     training.add_argument("--feature-mask", type=float,
                           help="probability of blanking each feature of a training sequence (0 = off)")
     training.add_argument("--stretch", type=float,

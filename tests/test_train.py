@@ -13,7 +13,8 @@ from conftest import make_model, random_batch, run_cli
 from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
 from model.data import load_split, pad_batch, random_stretch, stratified_split
-from model.train import EpochMetrics, augment_features, build_parser, sequence_loss
+from model import train as training
+from model.train import EpochMetrics, augment_features, build_parser, mixup_loss, sequence_loss
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,22 @@ def test_feature_mask_blanks_whole_features_to_their_mean():
     np.testing.assert_array_equal(masked[~blank.unsqueeze(1).expand_as(x)], x[~blank.unsqueeze(1).expand_as(x)])
     untouched = augment_features(x, model, TrainConfig(input_noise=0.0, feature_mask=0.0), generator)
     assert torch.equal(untouched, x)
+
+
+def test_mixup_blends_summaries_and_losses(monkeypatch):
+    model = make_model(cell="lstm", bidirectional=True)  # eval mode: the head's dropout is off
+    x, lengths = random_batch(model, [5, 9, 3, 7])
+    targets = torch.tensor([0, 1, 2, 3])
+    out = model(x, lengths)
+    torch.testing.assert_close(model.classify(model.summary(out)), out.logits)
+    generator = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(training, "sample_beta", lambda *_: 1.0)  # all weight on the sequence itself
+    plain = torch.nn.functional.cross_entropy(out.logits, targets, label_smoothing=0.1)
+    torch.testing.assert_close(mixup_loss(model, out, targets, TrainConfig(mixup=0.4), generator), plain)
+    monkeypatch.setattr(training, "sample_beta", lambda *_: 0.5)
+    same = torch.zeros(4, dtype=torch.long)  # one class: the blended loss is the loss of the blend
+    replay = torch.Generator().set_state(generator.get_state())
+    half = mixup_loss(model, out, same, TrainConfig(mixup=0.4, label_smoothing=0.0), generator)
+    partner = torch.randperm(4, generator=replay)
+    blended_logits = 0.5 * out.logits + 0.5 * out.logits[partner]  # the head is affine
+    torch.testing.assert_close(half, torch.nn.functional.cross_entropy(blended_logits, same))

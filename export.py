@@ -7,6 +7,11 @@ Steps: rebuild the model from the checkpoint -> export (native RNN/LSTM/GRU node
 (float32 and float64) -> only if everything passes, write
 `<repository>/<name>/<version>/{model.onnx, metadata.json, parity.json, checkpoint.pt}`.
 On any failure nothing is written to the repository and the exit status is non-zero.
+
+With --int8, the published model is then dynamically quantized (int8 weights) and both are
+run on the JapaneseVowels test split; if the accuracy drops by at most --int8-max-drop, the
+variant is written to `<repository>/<name>_int8/<version>/{model.onnx, metadata.json}`,
+otherwise nothing more is written and the exit status is non-zero.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -24,19 +31,34 @@ import onnxruntime
 import torch
 
 from model.checkpoint import load_checkpoint
+from model.data import DATASET
 from model.encoder import RecurrentEncoder
-from model.errors import ParityError, SeqserveModelError
+from model.errors import AccuracyDropError, ParityError, SeqserveModelError
 from model.onnx_export import OPSET, check_graph, export_onnx
 from model.parity import ParityReport, check_parity
+from model.quantize import (
+    SCHEME,
+    Int8Comparison,
+    compare_on_test_split,
+    int8_name,
+    quantize_int8,
+    recurrent_layers_quantized,
+)
 from seqserve.contract import input_specs, output_specs
 from seqserve.repository import (
     CHECKPOINT_FILE,
+    FP32,
+    INT8,
     METADATA_FILE,
     METADATA_FORMAT,
     MODEL_FILE,
     PARITY_FILE,
+    ModelVersion,
+    read_version,
     sha256_of,
 )
+
+DEFAULT_INT8_MAX_DROP = 0.01  # test accuracy an int8 variant may lose against its float32 model
 
 
 def build_metadata(
@@ -52,6 +74,7 @@ def build_metadata(
         "description": description,
         "architecture": {k: v for k, v in cfg.to_dict().items() if k not in ("class_labels", "feature_mean", "feature_std")},
         "streaming": arch.streaming,
+        "precision": FP32,
         "inputs": [s.to_dict() for s in input_specs(arch)],
         "outputs": [s.to_dict() for s in output_specs(arch)],
         "class_labels": list(cfg.class_labels) or [str(i) for i in range(cfg.num_classes)],
@@ -80,6 +103,56 @@ def build_metadata(
     }
 
 
+def build_int8_metadata(
+    source: ModelVersion, name: str, ops: dict[str, int], comparison: Int8Comparison, max_drop: float, folder: Path,
+) -> dict:
+    """The float32 version's metadata, less its parity summary, for the int8 file in `folder`."""
+    inherited = {k: v for k, v in source.metadata.items() if k != "parity"}
+    description = source.metadata.get("description", "")
+    return inherited | {
+        "name": name,
+        "description": f"int8 dynamic quantization of {source.name} v{source.version}"
+                       + (f": {description}" if description else ""),
+        "precision": INT8,
+        "onnx_sha256": sha256_of(folder / MODEL_FILE),
+        "quantization": {
+            "scheme": SCHEME,
+            "source": {"name": source.name, "version": source.version, "onnx_sha256": source.metadata["onnx_sha256"]},
+            "test_split": f"{DATASET} test",
+            "test_sequences": comparison.sequences,
+            "fp32_test_accuracy": comparison.fp32_accuracy,
+            "int8_test_accuracy": comparison.int8_accuracy,
+            "accuracy_drop": comparison.accuracy_drop,
+            "max_accuracy_drop": max_drop,
+            "max_abs_logits_difference_vs_fp32": comparison.max_abs_logits_difference,
+            "recurrent_layers_quantized": recurrent_layers_quantized(ops),
+            "ops": ops,
+            "onnxruntime": onnxruntime.__version__,
+        },
+    }
+
+
+def refuse_existing(target: Path, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        raise SeqserveModelError(f"{target} exists; pass --overwrite to replace it")
+
+
+@contextmanager
+def staged_version(repository: Path, target: Path) -> Iterator[Path]:
+    """A private folder under `repository` to build a version in: renamed to `target` if the block
+    succeeds (replacing it), deleted if the block raises."""
+    repository.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=repository, prefix=".staging-") as tmp:
+        staging = Path(tmp)
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.chmod(0o755)  # mkdtemp makes it private; the serving user must read it
+        staging.rename(target)
+        staging.mkdir()  # TemporaryDirectory cleans up the (now empty) staging path
+
+
 def publish(
     checkpoint: Path, repository: Path, name: str, version: int, description: str = "",
     overwrite: bool = False, long_length: int = 500, extra_metadata: dict | None = None,
@@ -87,11 +160,8 @@ def publish(
     """Export, check and publish atomically; raises SeqserveModelError without touching the repository."""
     model, extra = load_checkpoint(checkpoint)
     target = repository / name / str(version)
-    if target.exists() and not overwrite:
-        raise SeqserveModelError(f"{target} exists; pass --overwrite to replace it")
-    repository.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=repository, prefix=".staging-") as tmp:
-        staging = Path(tmp)
+    refuse_existing(target, overwrite)
+    with staged_version(repository, target) as staging:
         export_onnx(model, staging / MODEL_FILE)
         check_graph(staging / MODEL_FILE, model)
         report = check_parity(model, staging / MODEL_FILE, long_length)
@@ -101,13 +171,30 @@ def publish(
         shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
         metadata = build_metadata(name, version, description, model, extra, report, staging) | (extra_metadata or {})
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging.chmod(0o755)  # mkdtemp makes it private; the serving user must read it
-        staging.rename(target)
-        staging.mkdir()  # TemporaryDirectory cleans up the (now empty) staging path
     return report
+
+
+def publish_int8(
+    source: ModelVersion, repository: Path, overwrite: bool = False, max_drop: float = DEFAULT_INT8_MAX_DROP,
+) -> Int8Comparison:
+    """Quantize a published version and publish it as `<name>_int8/<version>` if its test accuracy drops
+    by at most `max_drop`; raises AccuracyDropError (or another SeqserveModelError) without writing."""
+    name = int8_name(source.name)
+    target = repository / name / str(source.version)
+    refuse_existing(target, overwrite)
+    with staged_version(repository, target) as staging:
+        ops = quantize_int8(source.model_file, staging / MODEL_FILE)
+        comparison = compare_on_test_split(source.model_file, staging / MODEL_FILE, source.architecture,
+                                           source.class_labels)
+        if comparison.accuracy_drop > max_drop:
+            raise AccuracyDropError(
+                f"int8: test accuracy drops by {comparison.accuracy_drop:.4f} "
+                f"({comparison.fp32_accuracy:.4f} -> {comparison.int8_accuracy:.4f}), more than the limit "
+                f"{max_drop:.4f} (--int8-max-drop); {name} not published"
+            )
+        metadata = build_int8_metadata(source, name, ops, comparison, max_drop, staging)
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return comparison
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,20 +206,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default="", help="one line saved in metadata.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     p.add_argument("--long-length", type=int, default=500, help="longest sequence in the parity grid")
+    p.add_argument("--int8", action="store_true",
+                   help="also publish a dynamically quantized variant as <name>_int8, judged on test accuracy")
+    p.add_argument("--int8-max-drop", type=float, default=DEFAULT_INT8_MAX_DROP,
+                   help="largest test accuracy drop (float32 - int8, a fraction) for which the variant is published")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    target = args.repository / args.name / str(args.version)
     try:
+        if args.int8:
+            refuse_existing(args.repository / int8_name(args.name) / str(args.version), args.overwrite)
         report = publish(args.checkpoint, args.repository, args.name, args.version,
                          args.description, args.overwrite, args.long_length)
+        print(report.summary())
+        print(f"published {target} (parity passed, max abs error {report.max_abs_error:.2e})")
+        if args.int8:
+            comparison = publish_int8(read_version(target), args.repository, args.overwrite, args.int8_max_drop)
+            print(f"published {args.repository / int8_name(args.name) / str(args.version)} "
+                  f"(int8 test accuracy {comparison.int8_accuracy:.4f}, float32 {comparison.fp32_accuracy:.4f}, "
+                  f"drop {comparison.accuracy_drop:.4f} <= {args.int8_max_drop:.4f})")
     except SeqserveModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(report.summary())
-    print(f"published {args.repository / args.name / str(args.version)} "
-          f"(parity passed, max abs error {report.max_abs_error:.2e})")
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from seqserve.contract import zero_state_feeds
 from server.config import physical_cores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,20 +126,12 @@ def test_sequences() -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
     return [np.ascontiguousarray(s, dtype=np.float32) for s in data.sequences], data.targets, data.class_labels
 
 
-def pad(sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad to (B, T_max, F) float32 with lengths (B,) int64."""
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    x = np.zeros((len(sequences), int(lengths.max()), sequences[0].shape[1]), dtype=np.float32)
-    for i, s in enumerate(sequences):
-        x[i, : len(s)] = s
-    return x, lengths
-
-
 def model_names(repository: Path = REPOSITORY) -> list[str]:
-    from seqserve.repository import scan_repository
+    """The repository's float32 models (each section derives whatever variant it compares from them)."""
+    from seqserve.repository import FP32, scan_repository
 
     versions, _ = scan_repository(repository)
-    return sorted({v.name for v in versions})
+    return sorted({v.name for v in versions if v.precision == FP32})
 
 
 def runtime_for(name: str, repository: Path = REPOSITORY, folder: Path | None = None):
@@ -156,12 +149,7 @@ def runtime_for(name: str, repository: Path = REPOSITORY, folder: Path | None = 
 
 
 def feeds_for(runtime, x: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
-    feeds = {"x": x, "lengths": lengths}
-    if runtime.arch.streaming:
-        feeds["h0"] = runtime.zero_state(x.shape[0])
-        if runtime.arch.has_cell_state:
-            feeds["c0"] = runtime.zero_state(x.shape[0])
-    return feeds
+    return zero_state_feeds(runtime.arch, x, lengths)
 
 
 def machine_info() -> dict[str, Any]:

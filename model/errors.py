@@ -19,3 +19,7 @@ class InputShapeError(SeqserveModelError, ValueError):
 
 class ParityError(SeqserveModelError):
     """The exported ONNX model disagrees with the PyTorch module beyond tolerance."""
+
+
+class AccuracyDropError(SeqserveModelError):
+    """A quantized model loses more test accuracy than the limit allows."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from seqserve.batch.readers import Record, read_records
 from seqserve.client import OUTPUTS, SeqserveClient
+from seqserve.v1 import seqserve_pb2 as pb
 
 
 def good_records(path: str, limit: int | None) -> Iterator[Record]:
@@ -28,13 +29,18 @@ def good_records(path: str, limit: int | None) -> Iterator[Record]:
     return itertools.islice(records, limit)
 
 
+def parity_column(m: pb.ModelInfo) -> str:
+    """The parity check's max abs error; an int8 model has none (it is judged on test accuracy): its precision."""
+    return f"{m.parity.max_abs_error:.1e}" if m.HasField("parity") else m.precision or "-"
+
+
 def cmd_list(client: SeqserveClient, args: argparse.Namespace) -> None:
-    print(f"{'model':<18} {'ver':>3} {'cell':<5} {'dirs':>4} {'layers':>6} {'hidden':>6} {'attention':<9} "
+    print(f"{'model':<23} {'ver':>3} {'cell':<5} {'dirs':>4} {'layers':>6} {'hidden':>6} {'attention':<9} "
           f"{'streaming':<9} {'test acc':>8} {'parity err':>10}")
     for m in client.list_models():
-        print(f"{m.name:<18} {m.version:>3} {m.cell:<5} {2 if m.bidirectional else 1:>4} {m.layers:>6} "
+        print(f"{m.name:<23} {m.version:>3} {m.cell:<5} {2 if m.bidirectional else 1:>4} {m.layers:>6} "
               f"{m.hidden_size:>6} {m.attention:<9} {str(m.streaming).lower():<9} {m.test_accuracy:>8.4f} "
-              f"{m.parity.max_abs_error:>10.1e}")
+              f"{parity_column(m):>10}")
 
 
 def cmd_info(client: SeqserveClient, args: argparse.Namespace) -> None:

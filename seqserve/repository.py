@@ -2,7 +2,9 @@
 
 metadata.json (written by export.py) holds the architecture, the I/O contract, class labels,
 training metrics, the parity report's summary, the sha256 of model.onnx and the versions of
-torch / onnx / onnxruntime that produced it. This module reads and verifies it; it never
+torch / onnx / onnxruntime that produced it. An int8 variant (`<model>_int8`, precision "int8")
+has no parity summary but a `quantization` section with its own measured test accuracy; its
+`training` section is the float32 checkpoint's. This module reads and verifies it; it never
 needs torch.
 """
 
@@ -22,6 +24,7 @@ METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 METADATA_FORMAT = "seqserve.model/1"
+FP32, INT8 = "fp32", "int8"  # metadata "precision": the model as exported, or its dynamically quantized variant
 
 
 class RepositoryError(Exception):
@@ -48,6 +51,17 @@ class ModelVersion:
         return list(self.metadata.get("class_labels", []))
 
     @property
+    def precision(self) -> str:
+        return self.metadata.get("precision", FP32)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """This model file's own test accuracy: measured after quantization for int8, else from training."""
+        if self.precision == INT8:
+            return self.metadata["quantization"]["int8_test_accuracy"]
+        return self.metadata.get("training", {}).get("test_accuracy")
+
+    @property
     def inputs(self) -> list[TensorSpec]:
         return input_specs(self.architecture)
 
@@ -62,6 +76,12 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _has_int8_accuracy(metadata: dict[str, Any]) -> bool:
+    quantization = metadata.get("quantization")
+    value = quantization.get("int8_test_accuracy") if isinstance(quantization, dict) else None
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def read_version(path: Path, verify_hash: bool = True) -> ModelVersion:
@@ -88,6 +108,8 @@ def read_version(path: Path, verify_hash: bool = True) -> ModelVersion:
         raise RepositoryError(f"{meta_path}: architecture: {exc}") from None
     if not isinstance(metadata["onnx_sha256"], str):
         raise RepositoryError(f"{meta_path}: onnx_sha256 must be a hex string")
+    if metadata.get("precision", FP32) == INT8 and not _has_int8_accuracy(metadata):
+        raise RepositoryError(f"{meta_path}: an int8 model needs a number in quantization.int8_test_accuracy")
     if verify_hash:
         actual = sha256_of(model_path)
         if actual != metadata["onnx_sha256"]:

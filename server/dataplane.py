@@ -19,15 +19,22 @@ from server.errors import FailedPrecondition, InvalidInput, LimitExceeded
 from server.registry import ModelRegistry, ServedModel
 
 
+def parity_summary(parity: dict) -> pb.ParitySummary:
+    return pb.ParitySummary(
+        passed=parity.get("passed", False), max_abs_error=parity.get("max_abs_error", 0.0),
+        atol=parity.get("atol", 0.0), rtol=parity.get("rtol", 0.0), cases=parity.get("cases", 0),
+    )
+
+
 class DataPlane:
     def __init__(self, registry: ModelRegistry, config: ServerConfig) -> None:
         self.registry = registry
         self.config = config
 
     def model_info(self, model: ServedModel) -> pb.ModelInfo:
-        meta = model.runtime.version.metadata
+        version = model.runtime.version
+        meta = version.metadata
         arch = model.runtime.arch
-        parity = meta.get("parity", {})
 
         def tensor_info(spec) -> pb.TensorInfo:
             return pb.TensorInfo(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape],
@@ -45,14 +52,12 @@ class DataPlane:
             input_features=arch.input_size,
             attention=arch.attention,
             streaming=arch.streaming,
-            class_labels=model.runtime.version.class_labels,
-            inputs=[tensor_info(s) for s in model.runtime.version.inputs],
-            outputs=[tensor_info(s) for s in model.runtime.version.outputs],
-            parity=pb.ParitySummary(
-                passed=parity.get("passed", False), max_abs_error=parity.get("max_abs_error", 0.0),
-                atol=parity.get("atol", 0.0), rtol=parity.get("rtol", 0.0), cases=parity.get("cases", 0),
-            ),
-            test_accuracy=meta.get("training", {}).get("test_accuracy", 0.0),
+            class_labels=version.class_labels,
+            inputs=[tensor_info(s) for s in version.inputs],
+            outputs=[tensor_info(s) for s in version.outputs],
+            parity=parity_summary(meta["parity"]) if "parity" in meta else None,
+            test_accuracy=version.test_accuracy or 0.0,
+            precision=version.precision,
         )
 
     def list_models(self) -> pb.ListModelsResponse:

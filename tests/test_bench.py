@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = sorted(p.name for p in (ROOT / "model_repository").iterdir() if p.is_dir())
+MODELS = sorted(p.name for p in (ROOT / "model_repository").iterdir() if p.is_dir() and not p.name.endswith("_int8"))
 EXPECTED = (
     [f"runtime.{m}" for m in MODELS]
     + [f"efficiency.{c}_h{h}" for c in ("lstm", "gru") for h in (128, 256)]
@@ -41,6 +41,21 @@ def smoke_run(tmp_path_factory) -> Path:
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return out
+
+
+def test_int8_section_measures_with_the_export_code(tmp_path: Path) -> None:
+    """Figure 6 quantizes and scores with model/quantize.py, the code behind `export.py --int8`."""
+    from bench.common import MODES, test_sequences
+    from bench.int8 import measure
+    from seqserve.repository import latest_version
+
+    sequences, targets, _ = test_sequences()
+    r = measure("jv_lstm_stream", MODES["smoke"], tmp_path / "int8", sequences, targets)
+    assert r["int8_ops"]["DynamicQuantizeLSTM"] == 2 and r["recurrent_layers_quantized"]
+    assert r["accuracy_drop"] == pytest.approx(r["fp32_accuracy"] - r["int8_accuracy"], abs=1e-12)
+    trained = latest_version(ROOT / "model_repository", "jv_lstm_stream").test_accuracy
+    assert r["fp32_accuracy"] == pytest.approx(trained, abs=1.5 / len(sequences))  # ORT vs PyTorch argmax
+    assert r["speed"]["b64"]["speedup"] > 0
 
 
 @pytest.mark.slow

@@ -1,12 +1,16 @@
-"""ONNX export: graph structure, parity with PyTorch, streaming through onnxruntime, the publish gate, the CLI."""
+"""ONNX export: graph structure, parity with PyTorch, streaming through onnxruntime, the publish gate, the CLI,
+the int8 variant."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
+import io
 import itertools
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +21,7 @@ import torch
 
 import export
 import model.onnx_export as onnx_export
+import seqserve.cli
 from conftest import (
     CELLS,
     LABELS,
@@ -30,11 +35,16 @@ from conftest import (
     write_checkpoint,
 )
 from model.checkpoint import load_checkpoint
-from model.errors import CheckpointError, ParityError, SeqserveModelError
+from model.data import load_split, pad_batch
+from model.errors import AccuracyDropError, CheckpointError, ParityError, SeqserveModelError
 from model.onnx_export import export_onnx, graph_problems
-from model.parity import OutputError, ParityReport, check_parity
+from model.parity import OutputError, ParityReport, check_parity, make_session
+from model.quantize import ACCURACY_BATCH
+from seqserve.client import SeqserveClient
 from seqserve.contract import BATCH, TIME, input_names, input_specs, output_names, output_specs
 from seqserve.repository import read_version, sha256_of
+from server.runtime import ModelRuntime
+from servers import threaded_server
 
 LONG = 200  # longest sequence of the parity grid here (the CLI default is 500)
 
@@ -354,6 +364,7 @@ def test_cli_metadata(published):
     assert meta["name"] == "tiny_stream" and meta["version"] == 3
     assert meta["description"] == "a tiny test model"
     assert meta["streaming"] is True
+    assert meta["precision"] == "fp32"
     assert meta["class_labels"] == list(LABELS)
     assert meta["architecture"]["cell"] == "gru" and meta["architecture"]["num_layers"] == 2
     assert meta["parity"]["passed"] is True and meta["parity"]["max_abs_error"] < 1e-5
@@ -475,3 +486,189 @@ def test_checkpoint_round_trip(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     assert not list(path.parent.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------- 9. the int8 variant, judged on test accuracy
+
+JV_FEATURES, JV_LABELS = 12, tuple(str(i) for i in range(1, 10))
+FP32_FILES = ["checkpoint.pt", "metadata.json", "model.onnx", "parity.json"]
+SHARED_METADATA = ("format", "version", "architecture", "streaming", "inputs", "outputs", "class_labels",
+                   "normalisation", "parameters", "training", "train_config", "checkpoint_sha256", "opset", "versions")
+
+
+def write_jv_checkpoint(path: Path, **config) -> None:
+    """A tiny untrained model shaped for JapaneseVowels (12 features, 9 speakers): its test accuracy can be measured."""
+    write_checkpoint(path, layers=1, input_size=JV_FEATURES, num_classes=len(JV_LABELS), class_labels=JV_LABELS,
+                     feature_mean=(0.0,) * JV_FEATURES, feature_std=(1.0,) * JV_FEATURES, **config)
+
+
+def export_main(*argv: str) -> tuple[int, str]:
+    """export.main in this process: (exit status, stdout)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = export.main(list(argv))
+    return status, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def int8_published(tmp_path_factory):
+    """`export.py --int8` run once on a tiny JapaneseVowels bidirectional LSTM: (status, stdout, repository, checkpoint).
+
+    Untrained, it scores about chance, and int8 noise may flip near-ties either way: the limit here is 1.
+    """
+    folder = tmp_path_factory.mktemp("int8")
+    checkpoint, repository = folder / "checkpoint.pt", folder / "repo"
+    write_jv_checkpoint(checkpoint, cell="lstm", bidirectional=True, attention="additive")
+    status, stdout = export_main(str(checkpoint), "--name", "tiny_jv", "--version", "2", "--repository",
+                                 str(repository), "--long-length", str(LONG), "--int8", "--int8-max-drop", "1")
+    return status, stdout, repository, checkpoint
+
+
+def test_int8_cli_publishes_both_folders(int8_published):
+    status, stdout, repository, _ = int8_published
+    assert status == 0
+    assert sorted(p.name for p in (repository / "tiny_jv" / "2").iterdir()) == FP32_FILES
+    assert sorted(p.name for p in (repository / "tiny_jv_int8" / "2").iterdir()) == ["metadata.json", "model.onnx"]
+    assert staging_leftovers(repository) == []
+    assert f"published {repository / 'tiny_jv' / '2'}" in stdout
+    assert f"published {repository / 'tiny_jv_int8' / '2'}" in stdout
+
+
+def test_int8_variant_keeps_the_contract(int8_published):
+    _, _, repository, _ = int8_published
+    fp32, int8 = read_version(repository / "tiny_jv" / "2"), read_version(repository / "tiny_jv_int8" / "2")
+    assert (int8.name, int8.version, int8.precision) == ("tiny_jv_int8", 2, "int8")
+    assert int8.architecture == fp32.architecture and int8.class_labels == fp32.class_labels
+    arch = int8.architecture
+    x, lengths = pad_batch(load_split("test").sequences[:5])
+    feeds = {"x": x.numpy(), "lengths": lengths.numpy()}
+    outputs = {}
+    for version in (fp32, int8):
+        session = make_session(version.model_file)
+        assert [i.name for i in session.get_inputs()] == input_names(arch)
+        assert [o.name for o in session.get_outputs()] == output_names(arch)
+        outputs[version.precision] = dict(zip(output_names(arch), session.run(None, feeds)))
+    for name, value in outputs["int8"].items():
+        assert value.shape == outputs["fp32"][name].shape, name
+        assert np.isfinite(value).all(), name
+    ModelRuntime(int8, threads=1).warm_up()  # what the server does with every version: contract check, warm-up
+
+
+def test_int8_metadata_records_both_measured_accuracies(int8_published):
+    """Both accuracies are re-measured here independently: fp32 in PyTorch, int8 batch by batch in onnxruntime."""
+    _, _, repository, checkpoint = int8_published
+    fp32, int8 = read_version(repository / "tiny_jv" / "2"), read_version(repository / "tiny_jv_int8" / "2")
+    meta, q = int8.metadata, int8.metadata["quantization"]
+    data = load_split("test")
+    model, _ = load_checkpoint(checkpoint)
+    x, lengths = pad_batch(data.sequences)
+    with torch.no_grad():
+        torch_predictions = model(x, lengths).logits.argmax(1).numpy()  # (N,)
+    session = make_session(int8.model_file)
+    int8_predictions = []
+    for start in range(0, len(data), ACCURACY_BATCH):  # int8 activations are quantized per call: same batches
+        xb, lengths_b = pad_batch(data.sequences[start : start + ACCURACY_BATCH])  # (B, T, F), (B,)
+        (logits,) = session.run(["logits"], {"x": xb.numpy(), "lengths": lengths_b.numpy()})  # (B, C)
+        int8_predictions.append(logits.argmax(1))
+    int8_predictions = np.concatenate(int8_predictions)  # (N,)
+    assert q["test_sequences"] == len(data) == 370
+    assert q["fp32_test_accuracy"] == float((torch_predictions == data.targets).mean())
+    assert q["int8_test_accuracy"] == float((int8_predictions == data.targets).mean())
+    assert q["accuracy_drop"] == pytest.approx(q["fp32_test_accuracy"] - q["int8_test_accuracy"], abs=1e-12)
+    assert q["max_accuracy_drop"] == 1.0
+    assert q["max_abs_logits_difference_vs_fp32"] > 0.0
+    assert q["source"] == {"name": "tiny_jv", "version": 2, "onnx_sha256": fp32.metadata["onnx_sha256"]}
+    assert int8.test_accuracy == q["int8_test_accuracy"]
+    assert "parity" not in meta and (meta["precision"], fp32.metadata["precision"]) == ("int8", "fp32")
+    assert meta["name"] == "tiny_jv_int8" and "tiny_jv v2" in meta["description"]
+    assert meta["onnx_sha256"] == sha256_of(int8.model_file) != fp32.metadata["onnx_sha256"]
+    for key in SHARED_METADATA:
+        assert meta[key] == fp32.metadata[key], key
+
+
+def test_int8_lstm_runs_its_recurrence_in_int8(int8_published):
+    _, _, repository, _ = int8_published
+    int8 = read_version(repository / "tiny_jv_int8" / "2")
+    ops = Counter(n.op_type for n in onnx.load(str(int8.model_file)).graph.node)
+    assert ops["DynamicQuantizeLSTM"] == 1 and ops["LSTM"] == 0
+    assert ops["MatMulInteger"] > 0
+    assert int8.metadata["quantization"]["ops"] == dict(ops)
+    assert int8.metadata["quantization"]["recurrent_layers_quantized"] is True
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_int8_of_a_streaming_model(cell, tmp_path):
+    """Streaming models take h0 (and c0): the accuracy runs feed zeros. GRU has no int8 kernel: it stays fp32."""
+    checkpoint, repository = tmp_path / "checkpoint.pt", tmp_path / "repo"
+    write_jv_checkpoint(checkpoint, cell=cell, bidirectional=False, attention="none", step_logits=True)
+    export.publish(checkpoint, repository, "stream", 1, long_length=LONG)
+    comparison = export.publish_int8(read_version(repository / "stream" / "1"), repository, max_drop=1.0)
+    int8 = read_version(repository / "stream_int8" / "1")
+    q = int8.metadata["quantization"]
+    assert (q["fp32_test_accuracy"], q["int8_test_accuracy"]) == (comparison.fp32_accuracy, comparison.int8_accuracy)
+    assert [s.name for s in int8.inputs] == (["x", "lengths", "h0", "c0"] if cell == "lstm" else ["x", "lengths", "h0"])
+    if cell == "lstm":
+        assert q["ops"]["DynamicQuantizeLSTM"] == 1 and q["recurrent_layers_quantized"] is True
+    else:
+        assert q["ops"]["GRU"] == 1 and q["ops"]["MatMulInteger"] > 0 and q["recurrent_layers_quantized"] is False
+    ModelRuntime(int8, threads=1).warm_up()
+
+
+def test_int8_gate_refuses_through_the_cli(int8_published, tmp_path, capsys):
+    """The float32 model passed its own gate and stays; the int8 variant is not written."""
+    checkpoint, repository = int8_published[3], tmp_path / "repo"
+    status, _ = export_main(str(checkpoint), "--name", "tiny_jv", "--repository", str(repository),
+                            "--long-length", str(LONG), "--int8", "--int8-max-drop", "-1")
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "test accuracy drops by" in err and "limit -1.0000" in err and "tiny_jv_int8 not published" in err
+    assert read_version(repository / "tiny_jv" / "1").precision == "fp32"
+    assert not (repository / "tiny_jv_int8").exists()
+    assert staging_leftovers(repository) == []
+
+
+def test_int8_gate_raises_an_accuracy_drop_error(int8_published, tmp_path):
+    source = read_version(int8_published[2] / "tiny_jv" / "2")
+    repository = tmp_path / "repo"
+    with pytest.raises(AccuracyDropError, match=r"drops by -?\d\.\d{4} \(.*\), more than the limit -0\.5000"):
+        export.publish_int8(source, repository, max_drop=-0.5)
+    _assert_nothing_published(repository, "tiny_jv_int8")
+
+
+def test_int8_existing_variant_is_refused_before_anything_is_written(int8_published, tmp_path, capsys):
+    _, _, published, checkpoint = int8_published
+    repository = tmp_path / "repo"
+    shutil.copytree(published / "tiny_jv_int8", repository / "tiny_jv_int8")
+    status, _ = export_main(str(checkpoint), "--name", "tiny_jv", "--version", "2", "--repository", str(repository),
+                            "--int8")
+    assert status == 1
+    err = capsys.readouterr().err
+    assert str(repository / "tiny_jv_int8" / "2") in err and "--overwrite" in err
+    assert not (repository / "tiny_jv").exists()
+
+
+def test_int8_of_a_model_made_for_other_data(tiny_checkpoint, tmp_path, capsys):
+    repository = tmp_path / "repo"
+    status, _ = export_main(str(tiny_checkpoint), "--name", "tiny", "--repository", str(repository),
+                            "--long-length", str(LONG), "--int8")
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "JapaneseVowels test split (12 features" in err and "this model takes 5 features" in err
+    assert not (repository / "tiny_int8").exists()
+    assert staging_leftovers(repository) == []
+
+
+def test_server_and_cli_list_show_the_int8_variant(int8_published, capsys):
+    """`seqserve.cli list`: the int8 row shows its own measured accuracy, and "int8" where fp32 shows parity."""
+    repository = int8_published[2]
+    int8_accuracy = read_version(repository / "tiny_jv_int8" / "2").metadata["quantization"]["int8_test_accuracy"]
+    with threaded_server(repository) as server:
+        with SeqserveClient(server.target) as client:
+            fp32, int8 = client.get_model("tiny_jv"), client.get_model("tiny_jv_int8")
+        assert seqserve.cli.main(["--server", server.target, "list"]) == 0
+    assert int8.precision == "int8" and not int8.HasField("parity")
+    assert int8.test_accuracy == int8_accuracy
+    assert fp32.precision == "fp32" and fp32.HasField("parity") and fp32.parity.passed
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["tiny_jv_int8"][-2:] == [f"{int8_accuracy:.4f}", "int8"]
+    assert rows["tiny_jv"][-1] == f"{fp32.parity.max_abs_error:.1e}"

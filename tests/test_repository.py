@@ -218,3 +218,13 @@ def test_scan_repository_reports_non_string_sha(tmp_repository, tmp_path):
     (root / "odd" / "1" / "metadata.json").write_text(json.dumps({**meta, "onnx_sha256": 12345}))
     good, problems = scan_repository(root)
     assert good == [] and len(problems) == 1 and "onnx_sha256" in problems[0]
+
+
+def test_read_version_rejects_an_int8_model_without_its_accuracy(tmp_repository, tmp_path):
+    folder = tmp_path / "repo" / "odd_int8" / "1"
+    shutil.copytree(tmp_repository / "tiny_bilstm" / "1", folder)
+    meta = json.loads((folder / "metadata.json").read_text())
+    for quantization in (None, {"int8_test_accuracy": "high"}):
+        (folder / "metadata.json").write_text(json.dumps({**meta, "precision": "int8", "quantization": quantization}))
+        with pytest.raises(RepositoryError, match=r"quantization\.int8_test_accuracy"):
+            read_version(folder)

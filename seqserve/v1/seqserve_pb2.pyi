@@ -75,7 +75,7 @@ class ParitySummary(_message.Message):
     def __init__(self, passed: _Optional[bool] = ..., max_abs_error: _Optional[float] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., cases: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "versions", "description", "cell", "bidirectional", "layers", "hidden_size", "input_features", "attention", "streaming", "class_labels", "inputs", "outputs", "parity", "test_accuracy")
+    __slots__ = ("name", "version", "versions", "description", "cell", "bidirectional", "layers", "hidden_size", "input_features", "attention", "streaming", "class_labels", "inputs", "outputs", "parity", "test_accuracy", "precision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class ModelInfo(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     PARITY_FIELD_NUMBER: _ClassVar[int]
     TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -108,7 +109,8 @@ class ModelInfo(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     parity: ParitySummary
     test_accuracy: float
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., description: _Optional[str] = ..., cell: _Optional[str] = ..., bidirectional: _Optional[bool] = ..., layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., input_features: _Optional[int] = ..., attention: _Optional[str] = ..., streaming: _Optional[bool] = ..., class_labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., parity: _Optional[_Union[ParitySummary, _Mapping]] = ..., test_accuracy: _Optional[float] = ...) -> None: ...
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., description: _Optional[str] = ..., cell: _Optional[str] = ..., bidirectional: _Optional[bool] = ..., layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., input_features: _Optional[int] = ..., attention: _Optional[str] = ..., streaming: _Optional[bool] = ..., class_labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., parity: _Optional[_Union[ParitySummary, _Mapping]] = ..., test_accuracy: _Optional[float] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class Sequence(_message.Message):
     __slots__ = ("id", "steps")

@@ -1,0 +1,127 @@
+"""Dynamic int8 quantization of an exported model, judged by its accuracy on the test split.
+
+`quantize_int8` runs onnxruntime's `quant_pre_process` (shape inference and graph clean-up, which
+leaves LSTM's W and R as initializers) and then `quantize_dynamic`: weights stored as int8
+(QInt8), activations quantized on every call from the range they have in that call. onnxruntime
+turns LSTM nodes into `com.microsoft.DynamicQuantizeLSTM`; it has no int8 GRU or RNN kernel, so
+those models get only the MatMuls around the recurrence (attention, head) quantized.
+
+An int8 model is approximate by design, so no parity tolerance applies: `compare_on_test_split`
+measures the float32 and the int8 model on the JapaneseVowels test split through onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from model.data import DATASET, load_split
+from model.errors import InputShapeError
+from model.parity import make_session
+from seqserve.contract import Architecture, right_pad, zero_state_feeds
+
+SCHEME = "dynamic: int8 weights (QInt8), activations quantized per call"
+INT8_SUFFIX = "_int8"  # an int8 variant of model `m` is published as model `m_int8`
+QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)
+ACCURACY_BATCH = 64  # sequences per onnxruntime call when measuring accuracy
+
+
+def int8_name(name: str) -> str:
+    return f"{name}{INT8_SUFFIX}"
+
+
+@contextmanager
+def quiet_root_logger(level: int = logging.ERROR) -> Iterator[None]:
+    """Raise the root logger's level for the block: the quantizer logs every node it skips."""
+    root = logging.getLogger()
+    saved = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(saved)
+
+
+def quantize_int8(source: Path, target: Path) -> dict[str, int]:
+    """Write `target`, the dynamically quantized int8 version of `source`; returns its op counts."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="seqserve-quantize-") as tmp, quiet_root_logger():
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+    return dict(Counter(node.op_type for node in onnx.load(str(target)).graph.node))
+
+
+def recurrent_layers_quantized(ops: Mapping[str, int]) -> bool:
+    """Whether the recurrence itself runs in int8 (only LSTM has an int8 kernel in onnxruntime)."""
+    return any(ops.get(op, 0) for op in QUANTIZED_RECURRENT_OPS)
+
+
+def predict_logits(
+    session: ort.InferenceSession, arch: Architecture, sequences: Sequence[np.ndarray], batch: int = ACCURACY_BATCH,
+) -> np.ndarray:
+    """Logits (N, C) of every (T_i, F) sequence, `batch` sequences per call, each starting from the zero state."""
+    parts = []
+    for start in range(0, len(sequences), batch):
+        x, lengths = right_pad(sequences[start : start + batch])  # (B, T_max, F), (B,)
+        (logits,) = session.run(["logits"], zero_state_feeds(arch, x, lengths))  # (B, C)
+        parts.append(logits)
+    return np.concatenate(parts)  # (N, C)
+
+
+def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Fraction of rows of logits (N, C) whose argmax is the target (N,)."""
+    return float((logits.argmax(axis=1) == targets).mean())
+
+
+@dataclass(frozen=True)
+class Int8Comparison:
+    """A float32 model and its int8 version, run on the same labelled sequences."""
+
+    sequences: int
+    fp32_accuracy: float
+    int8_accuracy: float
+    max_abs_logits_difference: float  # max |int8 logits - fp32 logits| over every sequence and class
+
+    @property
+    def accuracy_drop(self) -> float:
+        return self.fp32_accuracy - self.int8_accuracy
+
+
+def compare(
+    fp32: ort.InferenceSession, int8: ort.InferenceSession, arch: Architecture,
+    sequences: Sequence[np.ndarray], targets: np.ndarray,
+) -> Int8Comparison:
+    logits32 = predict_logits(fp32, arch, sequences)  # (N, C)
+    logits8 = predict_logits(int8, arch, sequences)  # (N, C)
+    return Int8Comparison(
+        sequences=len(sequences),
+        fp32_accuracy=accuracy(logits32, targets),
+        int8_accuracy=accuracy(logits8, targets),
+        max_abs_logits_difference=float(np.abs(logits8 - logits32).max()),
+    )
+
+
+def compare_on_test_split(
+    fp32_file: Path, int8_file: Path, arch: Architecture, class_labels: Sequence[str],
+) -> Int8Comparison:
+    """Both models on the JapaneseVowels test split; raises InputShapeError for a model made for other data."""
+    data = load_split("test")
+    if arch.input_size != data.num_features or list(class_labels) != list(data.class_labels):
+        raise InputShapeError(
+            f"int8: accuracy is measured on the {DATASET} test split ({data.num_features} features, "
+            f"classes {list(data.class_labels)}); this model takes {arch.input_size} features, "
+            f"classes {list(class_labels)}"
+        )
+    return compare(make_session(fp32_file), make_session(int8_file), arch, data.sequences, data.targets)

@@ -2,6 +2,7 @@
 
     python -m model.build_repository                  # seeds 0 1 2: train, publish seed 0, write the table
     python -m model.build_repository --seeds 0 --models jv_bigru_attn
+    python -m model.build_repository --int8           # also the int8 variants, as export.py --int8
 
 For each preset and seed, trains into `<runs>/<preset>/seed<k>/`; publishes the first seed's
 checkpoint to `<repository>/<preset>/1/` through export.py (parity-checked), with the mean test
@@ -18,10 +19,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from export import publish
+from export import publish, publish_int8
 from model.errors import SeqserveModelError
 from model.train import train
 from model.zoo import PRESETS
+from seqserve.repository import read_version
 
 
 def train_seeds(name: str, seeds: list[int], runs: Path, progress: bool) -> list[dict]:
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds to train; the first is published")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="training output folder")
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository to write")
+    p.add_argument("--int8", action="store_true", help="also publish each model's int8 variant (export.py --int8)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
 
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                              extra_metadata={"accuracy_over_seeds": table[name]})
             shutil.copyfile(run / "learning_curves.png", args.repository / name / "1" / "learning_curves.png")
             print(f"{name}: published, parity max abs error {report.max_abs_error:.2e}", file=sys.stderr)
+            if args.int8:
+                comparison = publish_int8(read_version(args.repository / name / "1"), args.repository, overwrite=True)
+                print(f"{name}_int8: published, test accuracy drop {comparison.accuracy_drop:.4f}", file=sys.stderr)
     except SeqserveModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

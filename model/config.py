@@ -129,4 +129,5 @@ class TrainConfig:
     patience: int = 25  # early stopping after this many epochs without a better validation loss
     keep: str = "best"  # which checkpoint to keep: "best" validation loss, or "last" epoch
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # these models are small: one thread is as fast, never stalls on a busy machine, and
+    # makes a run bit-for-bit the same whatever the core count

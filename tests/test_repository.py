@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import export
-from conftest import LABELS, ROOT, ort_run, random_batch, random_state, torch_outputs, write_checkpoint
+from conftest import LABELS, ROOT, ort_run, random_batch, random_state, run_cli, torch_outputs, write_checkpoint
 from model.checkpoint import load_checkpoint
 from model.onnx_export import export_onnx, graph_problems
 from model.parity import make_session
@@ -228,3 +228,22 @@ def test_read_version_rejects_an_int8_model_without_its_accuracy(tmp_repository,
         (folder / "metadata.json").write_text(json.dumps({**meta, "precision": "int8", "quantization": quantization}))
         with pytest.raises(RepositoryError, match=r"quantization\.int8_test_accuracy"):
             read_version(folder)
+
+
+# ---------------------------------------------------------------- the rebuild command
+def test_build_repository_trains_publishes_and_reports(tmp_path):
+    """`python -m model.build_repository` end to end on one preset and seed, with its int8 variant."""
+    runs, repository = tmp_path / "runs", tmp_path / "repo"
+    proc = run_cli("-m", "model.build_repository", "--models", "jv_lstm_stream", "--seeds", "0", "--int8",
+                   "--runs", str(runs), "--repository", str(repository), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    verify_published_version(repository / "jv_lstm_stream" / "1", tmp_path)
+    summary = json.loads((runs / "jv_lstm_stream" / "seed0" / "summary.json").read_text())
+    meta = read_version(repository / "jv_lstm_stream" / "1").metadata
+    assert meta["accuracy_over_seeds"]["test_accuracy"] == [summary["test_accuracy"]]
+    assert meta["training"]["test_accuracy"] == summary["test_accuracy"] > 0.9
+    assert (repository / "jv_lstm_stream" / "1" / "learning_curves.png").is_file()
+    int8 = read_version(repository / "jv_lstm_stream_int8" / "1")
+    assert int8.precision == "int8" and int8.metadata["quantization"]["fp32_test_accuracy"] == summary["test_accuracy"]
+    assert json.loads((runs / "accuracy.json").read_text())["jv_lstm_stream"]["mean"] == summary["test_accuracy"]
+    assert "| jv_lstm_stream | " in proc.stdout

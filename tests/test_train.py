@@ -149,3 +149,27 @@ def test_mixup_blends_summaries_and_losses(monkeypatch):
     partner = torch.randperm(4, generator=replay)
     blended_logits = 0.5 * out.logits + 0.5 * out.logits[partner]  # the head is affine
     torch.testing.assert_close(half, torch.nn.functional.cross_entropy(blended_logits, same))
+
+
+def test_sweep_trains_every_variant_and_seed_then_resumes(tmp_path):
+    out = tmp_path / "sweep"
+    variants = ["--variant", "small=--epochs 1 --hidden-size 8", "offset=--epochs 1 --hidden-size 8 --offset-noise 0.2"]
+    argv = ["-m", "model.sweep", "--preset", "jv_lstm_stream", *variants, "--seeds", "0", "1", "--out", str(out)]
+    proc = run_cli(*argv)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("offset", 0), ("offset", 1), ("small", 0), ("small", 1)]
+    assert all(0.0 < r["test_accuracy"] <= 1.0 for r in rows)
+    assert "| offset | `--epochs 1 --hidden-size 8 --offset-noise 0.2` |" in (out / "summary.md").read_text()
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = run_cli(*argv)  # everything is in results.jsonl already: nothing retrains
+    assert again.returncode == 0, again.stderr
+    assert (out / "results.jsonl").read_text().count("\n") == 4
+
+
+def test_sweep_rejects_bad_train_options(tmp_path):
+    proc = run_cli("-m", "model.sweep", "--preset", "jv_lstm_stream", "--variant", "x=--no-such-flag 1",
+                   "--out", str(tmp_path / "sweep"))
+    assert proc.returncode == 2 and "bad train options '--no-such-flag 1'" in proc.stderr
+    assert not (tmp_path / "sweep" / "results.jsonl").exists()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from model.errors import ConfigError, SeqserveModelError
@@ -116,14 +117,15 @@ def plot_accuracies(accuracies: dict[str, list[float]], path: Path, title: str, 
     import matplotlib.pyplot as plt
 
     names = list(accuracies)
+    jitter = np.random.default_rng(0)  # spreads seeds with the same accuracy (k / N ties are common)
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 1.5))
     for row, name in enumerate(names):
         acc = accuracies[name]
-        ax.scatter(acc, [row] * len(acc), alpha=0.5, color="tab:blue", s=25)
+        ax.scatter(acc, row + jitter.uniform(-0.2, 0.2, len(acc)), alpha=0.6, color="tab:blue", s=25)
         ax.plot([statistics.fmean(acc)] * 2, [row - 0.3, row + 0.3], color="black", linewidth=2)
     if goal is not None:
         ax.axvline(goal, color="tab:red", linestyle="--", linewidth=1, label=f"goal {goal}")
-        ax.legend(loc="lower left")
+        ax.legend(loc="best", framealpha=0.9)
     ax.set(yticks=range(len(names)), yticklabels=names, xlabel="test accuracy (dots: seeds, bar: mean)", title=title)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)

@@ -89,6 +89,7 @@ def build_metadata(
             "max_abs_error": report.max_abs_error,
             "max_abs_error_per_output": {k: v.max_abs for k, v in report.outputs.items()},
             "max_abs_vs_torch32": report.max_abs_vs_torch32,
+            "max_tolerance_used": report.max_tolerance_used,
             "cases": len(report.cases),
         },
         "onnx_sha256": sha256_of(folder / MODEL_FILE),

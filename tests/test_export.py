@@ -167,10 +167,11 @@ def test_parity_rule_needs_both_references(off_from):
     refs = {"torch32": exact, "torch64": exact, off_from: off}
     error = OutputError()
     error.update(exact.astype(np.float32), refs["torch32"], refs["torch64"])
-    assert error.failures == 1
+    assert error.failures == 1 and error.max_tolerance_used > 1.0
     within = OutputError()
     within.update(exact.astype(np.float32), exact, exact + 1e-5)
     assert within.failures == 0 and within.max_abs == pytest.approx(1e-5)
+    assert within.max_tolerance_used == pytest.approx(1e-5 / (1e-5 + 1e-4 * 1e-5))  # at the 0 element
 
 
 def test_parity_of_attention_without_query(exported):

@@ -153,6 +153,7 @@ def test_parity_passes(exp):
     report = check_parity(exp.model, exp.path, long_length=LONG)
     assert report.passed, report.summary()
     assert report.max_abs_error < 1e-5 and report.max_abs_vs_torch32 < 1e-5
+    assert all(0.0 < e.input_rounding_effect < 1e-5 for e in report.outputs.values())
     assert set(report.outputs) == set(output_names(exp.model.config.architecture))
     assert f"b1_len{LONG}" in report.cases and "b8_unsorted" in report.cases
     if exp.model.config.streaming:
@@ -166,10 +167,10 @@ def test_parity_rule_needs_both_references(off_from):
     off = exact + np.array([0.0, 0.0, 1e-5 + 1e-4 * 100.0 + 1e-4])  # just past atol + rtol·|ref| on the last
     refs = {"torch32": exact, "torch64": exact, off_from: off}
     error = OutputError()
-    error.update(exact.astype(np.float32), refs["torch32"], refs["torch64"])
+    error.update(exact.astype(np.float32), refs["torch32"], refs["torch64"], refs["torch64"])
     assert error.failures == 1 and error.max_tolerance_used > 1.0
     within = OutputError()
-    within.update(exact.astype(np.float32), exact, exact + 1e-5)
+    within.update(exact.astype(np.float32), exact, exact + 1e-5, exact + 1e-5)
     assert within.failures == 0 and within.max_abs == pytest.approx(1e-5)
     assert within.max_tolerance_used == pytest.approx(1e-5 / (1e-5 + 1e-4 * 1e-5))  # at the 0 element
 

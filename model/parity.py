@@ -94,6 +94,10 @@ class ParityReport:
         return max(e.max_abs_vs_torch32 for e in self.outputs.values())
 
     @property
+    def input_rounding_effect(self) -> float:
+        return max(e.input_rounding_effect for e in self.outputs.values())
+
+    @property
     def max_tolerance_used(self) -> float:
         return max(e.max_tolerance_used for e in self.outputs.values())
 
@@ -105,6 +109,7 @@ class ParityReport:
             "max_abs_error": self.max_abs_error,
             "max_abs_vs_torch32": self.max_abs_vs_torch32,
             "max_tolerance_used": self.max_tolerance_used,
+            "input_rounding_effect": self.input_rounding_effect,
             "cases": self.cases,
             "outputs": {k: asdict(v) for k, v in self.outputs.items()},
         }

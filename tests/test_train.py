@@ -154,13 +154,18 @@ def test_mixup_blends_summaries_and_losses(monkeypatch):
 def test_sweep_trains_every_variant_and_seed_then_resumes(tmp_path):
     out = tmp_path / "sweep"
     variants = ["--variant", "small=--epochs 1 --hidden-size 8", "offset=--epochs 1 --hidden-size 8 --offset-noise 0.2"]
-    argv = ["-m", "model.sweep", "--preset", "jv_lstm_stream", *variants, "--seeds", "0", "1", "--out", str(out)]
+    argv = ["-m", "model.sweep", "--preset", "jv_lstm_stream", *variants, "--seeds", "0", "1", "--out", str(out),
+            "--parity"]
     proc = run_cli(*argv)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted((r["variant"], r["seed"]) for r in rows) == [("offset", 0), ("offset", 1), ("small", 0), ("small", 1)]
     assert all(0.0 < r["test_accuracy"] <= 1.0 for r in rows)
-    assert "| offset | `--epochs 1 --hidden-size 8 --offset-noise 0.2` |" in (out / "summary.md").read_text()
+    assert all(r["parity_passed"] and 0.0 < r["parity_max_abs_error"] < 1e-4 and r["input_rounding_effect"] > 0.0
+               for r in rows)
+    summary = (out / "summary.md").read_text()
+    assert "| offset | `--epochs 1 --hidden-size 8 --offset-noise 0.2` |" in summary
+    assert "| small | 1 | " in summary  # the per-seed parity table
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     again = run_cli(*argv)  # everything is in results.jsonl already: nothing retrains

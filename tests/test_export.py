@@ -152,7 +152,7 @@ def test_graph_independent_of_example_length(exp, tmp_path, monkeypatch):
 def test_parity_passes(exp):
     report = check_parity(exp.model, exp.path, long_length=LONG)
     assert report.passed, report.summary()
-    assert report.max_abs_error < 1e-5 and report.max_abs_vs_torch32 < 1e-5
+    assert report.max_abs_error < 1e-5 and report.worst("max_abs_vs_torch32") < 1e-5
     assert all(0.0 < e.input_rounding_effect < 1e-5 for e in report.outputs.values())
     assert set(report.outputs) == set(output_names(exp.model.config.architecture))
     assert f"b1_len{LONG}" in report.cases and "b8_unsorted" in report.cases
@@ -167,10 +167,10 @@ def test_parity_rule_needs_both_references(off_from):
     off = exact + np.array([0.0, 0.0, 1e-5 + 1e-4 * 100.0 + 1e-4])  # just past atol + rtol·|ref| on the last
     refs = {"torch32": exact, "torch64": exact, off_from: off}
     error = OutputError()
-    error.update(exact.astype(np.float32), refs["torch32"], refs["torch64"], refs["torch64"])
+    error.update(exact.astype(np.float32), refs["torch32"], refs["torch64"], [refs["torch64"]])
     assert error.failures == 1 and error.max_tolerance_used > 1.0
     within = OutputError()
-    within.update(exact.astype(np.float32), exact, exact + 1e-5, exact + 1e-5)
+    within.update(exact.astype(np.float32), exact, exact + 1e-5, [exact + 1e-5])
     assert within.failures == 0 and within.max_abs == pytest.approx(1e-5)
     assert within.max_tolerance_used == pytest.approx(1e-5 / (1e-5 + 1e-4 * 1e-5), rel=1e-3)  # at the 0 element
 
@@ -181,7 +181,7 @@ def test_parity_allows_a_few_times_the_models_own_sensitivity_to_rounding(roundi
     exact = np.array([0.0, 0.5])
     ort_out = (exact + 5e-5).astype(np.float32)  # 5x over ATOL on the 0 element
     error = OutputError()
-    error.update(ort_out, exact, exact, exact + np.array([rounding_effect, 0.0]))
+    error.update(ort_out, exact, exact, [exact, exact + np.array([rounding_effect, 0.0])])  # the larger draw counts
     assert (error.failures == 0) is passes
     assert error.input_rounding_effect == pytest.approx(rounding_effect)
 

@@ -106,6 +106,8 @@ class ParityReport:
             "passed": self.passed,
             "atol": self.atol,
             "rtol": self.rtol,
+            "conditioning_slack": CONDITIONING_SLACK,
+            "rounding_draws": ROUNDING_DRAWS,
             "max_abs_error": self.max_abs_error,
             **{f: self.worst(f) for f in ("max_abs_vs_torch32", "input_rounding_effect", "max_tolerance_used")},
             "cases": self.cases,

@@ -2,7 +2,7 @@
 
     python -m bench.echo_server --model-repository model_repository --port 0
 
-It serves `seqserve.v1.Seqserve` on grpc.aio exactly as the real server does (same message
+It serves `seqserve.v1.SeqserveService` on grpc.aio exactly as the real server does (same message
 size options, same generated servicer base), parses every request, and answers each sequence
 with a precomputed `SequenceResult` of the size the real server would send for that model,
 sequence length and set of requested outputs. What it costs per call is the gRPC/protobuf
@@ -87,7 +87,7 @@ def steps_of(tensor: pb.Tensor) -> int:
     return int(tensor.shape[0]) if len(tensor.shape) else 0
 
 
-class EchoService(pb_grpc.SeqserveServicer):
+class EchoService(pb_grpc.SeqserveServiceServicer):
     def __init__(self, models: dict[str, EchoModel]) -> None:
         self.models = models
 
@@ -97,7 +97,7 @@ class EchoService(pb_grpc.SeqserveServicer):
     def _encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
         model = self._model(request.model)
         outputs = frozenset(request.outputs) or DEFAULT_OUTPUTS
-        response = pb.EncodeResponse(model=model.name, version=model.version, request_id=request.request_id)
+        response = pb.EncodeResponse(model=model.name, version=model.version)
         for seq in request.sequences:
             result = response.results.add()
             result.CopyFrom(model.result(steps_of(seq.steps), outputs))
@@ -107,18 +107,18 @@ class EchoService(pb_grpc.SeqserveServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[pb.ModelInfo(name=m.name, version=m.version) for m in self.models.values()])
 
-    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         model = self._model(request.model)
-        return pb.ModelInfo(name=model.name, version=model.version)
+        return pb.GetModelResponse(model=pb.ModelInfo(name=model.name, version=model.version))
 
     async def Encode(self, request: pb.EncodeRequest, context) -> pb.EncodeResponse:
         return self._encode(request)
 
-    async def EncodeStream(self, request_iterator: AsyncIterator[pb.EncodeRequest], context) -> AsyncIterator:
-        async for request in request_iterator:
-            yield pb.EncodeStreamResponse(request_id=request.request_id, response=self._encode(request))
+    async def EncodeStream(self, request_iterator: AsyncIterator[pb.EncodeStreamRequest], context) -> AsyncIterator:
+        async for tagged in request_iterator:
+            yield pb.EncodeStreamResponse(request_id=tagged.request_id, response=self._encode(tagged.request))
 
-    async def StreamSequence(self, request_iterator: AsyncIterator[pb.StreamRequest], context) -> AsyncIterator:
+    async def StreamSequence(self, request_iterator: AsyncIterator[pb.StreamSequenceRequest], context) -> AsyncIterator:
         model: EchoModel | None = None
         outputs, seen = STREAM_DEFAULT, 0
         async for request in request_iterator:
@@ -131,7 +131,7 @@ class EchoService(pb_grpc.SeqserveServicer):
             seen += steps
             if not model.arch.streaming and not request.end:
                 continue
-            response = pb.StreamResponse(steps_seen=seen, final=request.end)
+            response = pb.StreamSequenceResponse(steps_seen=seen, final=request.end)
             response.result.CopyFrom(model.result(steps if model.arch.streaming else seen, outputs))
             if model.arch.streaming:
                 response.state.CopyFrom(model.state(seen))
@@ -153,7 +153,7 @@ async def serve(repository: Path, host: str, port: int) -> None:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ])
-    pb_grpc.add_SeqserveServicer_to_server(EchoService(load_models(repository)), server)
+    pb_grpc.add_SeqserveServiceServicer_to_server(EchoService(load_models(repository)), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     print(json.dumps({"msg": "serving", "port": bound}), flush=True)

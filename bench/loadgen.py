@@ -52,7 +52,7 @@ def build_requests(model: str, sequences: list[np.ndarray], per_call: int) -> li
     n = len(sequences)
     return [
         encode_request(model, [sequences[(i * per_call + j) % n] for j in range(per_call)],
-                       ids=[str((i * per_call + j) % n) for j in range(per_call)], request_id=str(i))
+                       ids=[str((i * per_call + j) % n) for j in range(per_call)])
         for i in range(n)
     ]
 
@@ -108,10 +108,11 @@ async def unary_caller(stub, requests, first: int, step: int, per_call: int, win
 
 async def stream_caller(stub, requests, first: int, step: int, per_call: int, window: Window) -> None:
     call = stub.EncodeStream()
+    tagged = [pb.EncodeStreamRequest(request_id=str(i), request=request) for i, request in enumerate(requests)]
     i = first
     try:
         while (t0 := time.perf_counter()) < window.end:
-            request = requests[i % len(requests)]
+            request = tagged[i % len(tagged)]
             i += step
             await call.write(request)
             answer = await call.read()
@@ -137,7 +138,7 @@ async def run_scenario(scenario: dict[str, Any], sequences: list[np.ndarray]) ->
     pid = scenario.get("pid")
     async with grpc.aio.insecure_channel(scenario["target"], options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
-        stub = pb_grpc.SeqserveStub(channel)
+        stub = pb_grpc.SeqserveServiceStub(channel)
         window = Window(float(scenario["warmup_s"]), float(scenario["duration_s"]))
         tasks = [asyncio.create_task(caller(stub, requests, w, concurrency, per_call, window))
                  for w in range(concurrency)]

@@ -87,9 +87,9 @@ def output_values(outputs: Iterable[str] | None) -> list[int]:
 
 def encode_request(
     model: str, sequences: Sequence[np.ndarray], ids: Sequence[str] | None = None,
-    outputs: Iterable[str] | None = None, version: int = 0, request_id: str = "",
+    outputs: Iterable[str] | None = None, version: int = 0,
 ) -> pb.EncodeRequest:
-    request = pb.EncodeRequest(model=model, version=version, outputs=output_values(outputs), request_id=request_id)
+    request = pb.EncodeRequest(model=model, version=version, outputs=output_values(outputs))
     for i, steps in enumerate(sequences):
         seq = request.sequences.add()
         seq.id = ids[i] if ids is not None else str(i)
@@ -107,7 +107,7 @@ class SeqserveClient:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        self.stub = pb_grpc.SeqserveStub(self.channel)
+        self.stub = pb_grpc.SeqserveServiceStub(self.channel)
 
     def __enter__(self) -> SeqserveClient:
         return self
@@ -125,7 +125,8 @@ class SeqserveClient:
         return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
 
     def get_model(self, model: str, version: int = 0) -> pb.ModelInfo:
-        return self.stub.GetModel(pb.GetModelRequest(model=model, version=version), timeout=self.timeout)
+        request = pb.GetModelRequest(model=model, version=version)
+        return self.stub.GetModel(request, timeout=self.timeout).model
 
     def encode(
         self, model: str, sequences: Sequence[np.ndarray], ids: Sequence[str] | None = None,
@@ -136,10 +137,12 @@ class SeqserveClient:
         return [EncodeResult.from_proto(r) for r in response.results]
 
     def encode_stream(
-        self, requests: Iterable[pb.EncodeRequest]
+        self, requests: Iterable[tuple[str, pb.EncodeRequest]]
     ) -> Iterator[tuple[str, list[EncodeResult] | StreamError]]:
-        """Send many requests over one stream; yields (request_id, results or StreamError) as each completes."""
-        for answer in self.stub.EncodeStream(iter(requests), timeout=self.timeout):
+        """Send many (request_id, request) pairs over one stream; yields (request_id, results or
+        StreamError) as each completes."""
+        tagged = (pb.EncodeStreamRequest(request_id=rid, request=request) for rid, request in requests)
+        for answer in self.stub.EncodeStream(tagged, timeout=self.timeout):
             if answer.HasField("error"):
                 yield answer.request_id, StreamError(answer.request_id, answer.error.code, answer.error.message)
             else:
@@ -152,13 +155,13 @@ class SeqserveClient:
         """Send one sequence chunk by chunk (each (t, F)); the last chunk is marked as the end."""
         values = output_values(outputs)
 
-        def requests() -> Iterator[pb.StreamRequest]:
+        def requests() -> Iterator[pb.StreamSequenceRequest]:
             first = True
             previous = None
             for chunk in chunks:
                 if previous is not None:
                     yield previous
-                previous = pb.StreamRequest(steps=to_tensor(chunk))
+                previous = pb.StreamSequenceRequest(steps=to_tensor(chunk))
                 if first:
                     previous.model, previous.version = model, version
                     previous.outputs[:] = values

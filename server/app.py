@@ -8,18 +8,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from server.config import ServerConfig
 from server.dataplane import DataPlane
 from server.metrics import Metrics
+from server.reflection import enable_reflection
 from server.registry import ModelRegistry
 from server.service import SeqserveService
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Seqserve"].full_name
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqserveService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -45,11 +45,11 @@ class SeqserveServer:
     async def start(self) -> int:
         """Bind, load and warm up every model, then report SERVING; returns the gRPC port."""
         await self._set_health(NOT_SERVING)
-        pb_grpc.add_SeqserveServicer_to_server(
+        pb_grpc.add_SeqserveServiceServicer_to_server(
             SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.grpc)
         self.port = self.grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
         await self.grpc.start()
         if self.config.metrics_port:

@@ -63,8 +63,8 @@ class DataPlane:
     def list_models(self) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[self.model_info(self.registry.get(n)) for n in self.registry.names()])
 
-    def get_model(self, request: pb.GetModelRequest) -> pb.ModelInfo:
-        return self.model_info(self.registry.get(request.model, request.version))
+    def get_model(self, request: pb.GetModelRequest) -> pb.GetModelResponse:
+        return pb.GetModelResponse(model=self.model_info(self.registry.get(request.model, request.version)))
 
     def start_encode(self, request: pb.EncodeRequest) -> PendingEncode:
         """Validate a request and queue its sequences; the caller awaits or watches `job.future`."""
@@ -102,8 +102,7 @@ class PendingEncode:
     job: Job
 
     def response(self, results: list[SequenceOutputs]) -> pb.EncodeResponse:
-        response = pb.EncodeResponse(model=self.model.name, version=self.model.version,
-                                     request_id=self.request.request_id)
+        response = pb.EncodeResponse(model=self.model.name, version=self.model.version)
         labels = self.model.runtime.version.class_labels
         for seq, result in zip(self.request.sequences, results):
             encode_result(result, self.outputs, labels, seq.id, response.results.add())
@@ -130,7 +129,7 @@ class SequenceStream:
         self.ended = False
         self.chunks = 0
 
-    def _open(self, request: pb.StreamRequest) -> None:
+    def _open(self, request: pb.StreamSequenceRequest) -> None:
         if not request.model:
             raise InvalidInput("model", "the first message of a stream must name the model")
         self.model = self.plane.registry.get(request.model, request.version)
@@ -145,7 +144,7 @@ class SequenceStream:
             self.h, self.c = decode_state(state, arch, "initial_state")
             self.steps_seen = state.steps_seen
 
-    async def handle(self, request: pb.StreamRequest) -> pb.StreamResponse | None:
+    async def handle(self, request: pb.StreamSequenceRequest) -> pb.StreamSequenceResponse | None:
         """Process one chunk; returns the answer, or None while a bidirectional model buffers."""
         if self.ended:
             raise FailedPrecondition("end: the stream's sequence already ended; open a new stream")
@@ -176,7 +175,7 @@ class SequenceStream:
         [result] = await self.model.batcher.submit([WorkItem(sequence)])
         return self._response(result)
 
-    async def _answer_chunk(self, steps: np.ndarray) -> pb.StreamResponse:
+    async def _answer_chunk(self, steps: np.ndarray) -> pb.StreamSequenceResponse:
         [result] = await self.model.batcher.submit([WorkItem(steps, self.h, self.c)])
         self.h, self.c = result["h_n"], result.get("c_n")
         response = self._response(result)
@@ -187,7 +186,7 @@ class SequenceStream:
             to_tensor(self.c, state.c)
         return response
 
-    def _response(self, result: SequenceOutputs) -> pb.StreamResponse:
-        response = pb.StreamResponse(steps_seen=self.steps_seen, final=self.ended)
+    def _response(self, result: SequenceOutputs) -> pb.StreamSequenceResponse:
+        response = pb.StreamSequenceResponse(steps_seen=self.steps_seen, final=self.ended)
         encode_result(result, self.outputs, self.model.runtime.version.class_labels, out=response.result)
         return response

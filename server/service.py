@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SeqserveService(pb_grpc.SeqserveServicer):
+class SeqserveService(pb_grpc.SeqserveServiceServicer):
     def __init__(self, plane: DataPlane, metrics: Metrics, config: ServerConfig) -> None:
         self.plane = plane
         self.metrics = metrics
@@ -71,7 +71,7 @@ class SeqserveService(pb_grpc.SeqserveServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         return await self._unary("ListModels", context, self.plane.list_models)
 
-    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
         return await self._unary("GetModel", context, lambda: self.plane.get_model(request))
 
     async def Encode(self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
@@ -83,7 +83,7 @@ class SeqserveService(pb_grpc.SeqserveServicer):
         return pb.EncodeStreamResponse(request_id=request_id, error=pb.Error(code=code.name, message=message))
 
     async def EncodeStream(
-        self, request_iterator: AsyncIterator[pb.EncodeRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.EncodeStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EncodeStreamResponse]:
         """Each request is queued as it arrives and answered from its job's done-callback, as it completes."""
         await self._open_stream(context)
@@ -91,10 +91,9 @@ class SeqserveService(pb_grpc.SeqserveServicer):
         jobs: set[asyncio.Future] = set()
         reading = True
 
-        def answer(pending: PendingEncode, started: float, future: asyncio.Future) -> None:
+        def answer(pending: PendingEncode, request_id: str, started: float, future: asyncio.Future) -> None:
             jobs.discard(future)
             if not future.cancelled():
-                request_id = pending.request.request_id
                 if future.exception() is not None:
                     answers.put_nowait(self._tagged_error(request_id, future.exception(), started))
                 else:
@@ -107,15 +106,16 @@ class SeqserveService(pb_grpc.SeqserveServicer):
         async def read_requests() -> None:
             nonlocal reading
             try:
-                async for request in request_iterator:
+                async for tagged in request_iterator:
                     started = time.perf_counter()
                     try:
-                        pending = self.plane.start_encode(request)
+                        pending = self.plane.start_encode(tagged.request)
                     except Exception as exc:
-                        answers.put_nowait(self._tagged_error(request.request_id, exc, started))
+                        answers.put_nowait(self._tagged_error(tagged.request_id, exc, started))
                         continue
                     jobs.add(pending.job.future)
-                    pending.job.future.add_done_callback(functools.partial(answer, pending, started))
+                    pending.job.future.add_done_callback(
+                        functools.partial(answer, pending, tagged.request_id, started))
             finally:
                 reading = False
                 if not jobs:
@@ -133,8 +133,8 @@ class SeqserveService(pb_grpc.SeqserveServicer):
             self._close_stream()
 
     async def StreamSequence(
-        self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.StreamResponse]:
+        self, request_iterator: AsyncIterator[pb.StreamSequenceRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamSequenceResponse]:
         await self._open_stream(context)
         stream = SequenceStream(self.plane)
         try:

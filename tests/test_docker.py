@@ -114,7 +114,7 @@ def test_healthcheck_exits_0_only_when_serving(capsys):
     with threaded_server(warmup=False) as server:
         port = str(server.server.port)
         assert healthcheck.main(["--port", port]) == 0
-        assert healthcheck.main(["--port", port, "--service", "seqserve.v1.Seqserve"]) == 0
+        assert healthcheck.main(["--port", port, "--service", "seqserve.v1.SeqserveService"]) == 0
         assert healthcheck.main(["--port", port, "--service", "no.such.Service"]) == 1
     assert healthcheck.main(["--port", str(free_port()), "--timeout", "2"]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err

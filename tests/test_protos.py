@@ -18,7 +18,7 @@ def test_generated_code_is_current(tmp_path: Path):
 def test_api_package_and_service():
     from seqserve.v1 import seqserve_pb2 as pb
 
-    service = pb.DESCRIPTOR.services_by_name["Seqserve"]
+    service = pb.DESCRIPTOR.services_by_name["SeqserveService"]
     assert pb.DESCRIPTOR.package == "seqserve.v1"
     assert {m.name for m in service.methods} == {
         "ListModels", "GetModel", "Encode", "EncodeStream", "StreamSequence"

@@ -201,8 +201,8 @@ def test_batching_on_and_off_give_the_same_results(test_sequences):
 
 
 def test_encode_stream_answers_every_request_with_its_id(client, test_sequences):
-    requests = [encode_request("jv_bigru_attn", test_sequences[i : i + 3], request_id=f"r{i}") for i in range(20)]
-    bad = encode_request("jv_bigru_attn", [np.zeros((4, 5), np.float32)], request_id="bad")
+    requests = [(f"r{i}", encode_request("jv_bigru_attn", test_sequences[i : i + 3])) for i in range(20)]
+    bad = ("bad", encode_request("jv_bigru_attn", [np.zeros((4, 5), np.float32)]))
     answers = dict(client.encode_stream(requests[:10] + [bad] + requests[10:]))
     assert set(answers) == {f"r{i}" for i in range(20)} | {"bad"}
     assert answers["bad"].code == "INVALID_ARGUMENT" and "sequences[0].steps" in answers["bad"].message
@@ -305,7 +305,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_fails_alone(server, client, test_sequences, case):
     sequence, code, fragments = BAD_INPUTS[case]
-    stub = pb_grpc.SeqserveStub(client.channel)
+    stub = pb_grpc.SeqserveServiceStub(client.channel)
     good = test_sequences[:40]
     reference = direct_ort("jv_bilstm_attn", good)
     stop = threading.Event()
@@ -367,7 +367,7 @@ def test_concurrent_stream_limit():
 
 
 def test_deadline_and_cancellation_leave_the_server_healthy(server, client, test_sequences):
-    stub = pb_grpc.SeqserveStub(client.channel)
+    stub = pb_grpc.SeqserveServiceStub(client.channel)
     big = encode_request("jv_bilstm_attn", [np.random.default_rng(0).standard_normal((600, 12), np.float32)] * 64,
                          outputs=["outputs"])
     with assert_rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -382,13 +382,24 @@ def test_deadline_and_cancellation_leave_the_server_healthy(server, client, test
 
 def test_health_and_reflection(client):
     health = health_pb2_grpc.HealthStub(client.channel)
-    for service in ("", "seqserve.v1.Seqserve"):
+    for service in ("", "seqserve.v1.SeqserveService"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    reflection = reflection_pb2_grpc.ServerReflectionStub(client.channel)
-    [answer] = list(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-    names = {s.name for s in answer.list_services_response.service}
-    assert {"seqserve.v1.Seqserve", "grpc.health.v1.Health"} <= names
+    ask = [reflection_pb2.ServerReflectionRequest(list_services="")]
+    v1alpha = reflection_pb2_grpc.ServerReflectionStub(client.channel).ServerReflectionInfo
+    v1 = client.channel.stream_stream(  # same messages, the v1 package name (what newer tools ask first)
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    for call in (v1alpha, v1):
+        [answer] = list(call(iter(ask), timeout=5))
+        names = {s.name for s in answer.list_services_response.service}
+        assert {"seqserve.v1.SeqserveService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection"} <= names
+        [described] = list(call(iter([reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="seqserve.v1.SeqserveService")]), timeout=5))
+        assert described.file_descriptor_response.file_descriptor_proto
 
 
 def test_metrics_endpoint_counts_requests_by_code(test_sequences):
@@ -478,7 +489,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(test_sequences):
         channel = grpc.insecure_channel(proc.target)
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
-        stub = pb_grpc.SeqserveStub(channel)
+        stub = pb_grpc.SeqserveServiceStub(channel)
         long_request = encode_request("jv_bilstm_attn", [np.zeros((1000, 12), np.float32)] * 16, outputs=["logits"])
         futures = [stub.Encode.future(long_request, timeout=120) for _ in range(4)]
         time.sleep(0.5)  # the requests are in flight
@@ -497,7 +508,7 @@ def test_health_turns_not_serving_on_shutdown():
     proc = ServerProcess(REPOSITORY)
     try:
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(proc.target))
-        watch = health.Watch(health_pb2.HealthCheckRequest(service="seqserve.v1.Seqserve"), timeout=30)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="seqserve.v1.SeqserveService"), timeout=30)
         statuses = [next(watch).status]
         proc.proc.send_signal(15)
         try:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aseqserve/v1/seqserve.proto\x12\x0bseqserve.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.seqserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"M\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"a\n\rParitySummary\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x15\n\rmax_abs_error\x18\x02 \x01(\x01\x12\x0c\n\x04\x61tol\x18\x03 \x01(\x01\x12\x0c\n\x04rtol\x18\x04 \x01(\x01\x12\r\n\x05\x63\x61ses\x18\x05 \x01(\x05\"\x98\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12\x15\n\rbidirectional\x18\x06 \x01(\x08\x12\x0e\n\x06layers\x18\x07 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x08 \x01(\x05\x12\x16\n\x0einput_features\x18\t \x01(\x05\x12\x11\n\tattention\x18\n \x01(\t\x12\x11\n\tstreaming\x18\x0b \x01(\x08\x12\x14\n\x0c\x63lass_labels\x18\x0c \x03(\t\x12\'\n\x06inputs\x18\r \x03(\x0b\x32\x17.seqserve.v1.TensorInfo\x12(\n\x07outputs\x18\x0e \x03(\x0b\x32\x17.seqserve.v1.TensorInfo\x12*\n\x06parity\x18\x0f \x01(\x0b\x32\x1a.seqserve.v1.ParitySummary\x12\x15\n\rtest_accuracy\x18\x10 \x01(\x01\x12\x11\n\tprecision\x18\x11 \x01(\t\":\n\x08Sequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05steps\x18\x02 \x01(\x0b\x32\x13.seqserve.v1.Tensor\"\x93\x01\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12(\n\tsequences\x18\x03 \x03(\x0b\x32\x15.seqserve.v1.Sequence\x12$\n\x07outputs\x18\x04 \x03(\x0e\x32\x13.seqserve.v1.Output\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xf3\x02\n\x0eSequenceResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0blabel_index\x18\x03 \x01(\x05\x12*\n\rprobabilities\x18\x04 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12#\n\x06logits\x18\x05 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12$\n\x07outputs\x18\x06 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12 \n\x03h_n\x18\x07 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12 \n\x03\x63_n\x18\x08 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12&\n\tattention\x18\t \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12$\n\x07\x63ontext\x18\n \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12(\n\x0bstep_logits\x18\x0b \x01(\x0b\x32\x13.seqserve.v1.Tensor\"r\n\x0e\x45ncodeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12,\n\x07results\x18\x04 \x03(\x0b\x32\x1b.seqserve.v1.SequenceResult\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8a\x01\n\x14\x45ncodeStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1b.seqserve.v1.EncodeResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.seqserve.v1.ErrorH\x00\x42\x08\n\x06result\"{\n\x05State\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1e\n\x01h\x18\x03 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x1e\n\x01\x63\x18\x04 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x12\n\nsteps_seen\x18\x05 \x01(\x03\"\xb1\x01\n\rStreamRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x05steps\x18\x03 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12)\n\rinitial_state\x18\x04 \x01(\x0b\x32\x12.seqserve.v1.State\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x08\x12$\n\x07outputs\x18\x06 \x03(\x0e\x32\x13.seqserve.v1.Output\"\x83\x01\n\x0eStreamResponse\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.seqserve.v1.SequenceResult\x12!\n\x05state\x18\x02 \x01(\x0b\x32\x12.seqserve.v1.State\x12\x12\n\nsteps_seen\x18\x03 \x01(\x03\x12\r\n\x05\x66inal\x18\x04 \x01(\x08*\x88\x01\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x12\n\x0eOUTPUT_OUTPUTS\x10\x01\x12\x11\n\rOUTPUT_HIDDEN\x10\x02\x12\x14\n\x10OUTPUT_ATTENTION\x10\x03\x12\x11\n\rOUTPUT_LOGITS\x10\x04\x12\x16\n\x12OUTPUT_STEP_LOGITS\x10\x05\x32\x80\x03\n\x08Seqserve\x12M\n\nListModels\x12\x1e.seqserve.v1.ListModelsRequest\x1a\x1f.seqserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.seqserve.v1.GetModelRequest\x1a\x16.seqserve.v1.ModelInfo\x12\x41\n\x06\x45ncode\x12\x1a.seqserve.v1.EncodeRequest\x1a\x1b.seqserve.v1.EncodeResponse\x12Q\n\x0c\x45ncodeStream\x12\x1a.seqserve.v1.EncodeRequest\x1a!.seqserve.v1.EncodeStreamResponse(\x01\x30\x01\x12M\n\x0eStreamSequence\x12\x1a.seqserve.v1.StreamRequest\x1a\x1b.seqserve.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aseqserve/v1/seqserve.proto\x12\x0bseqserve.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.seqserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.seqserve.v1.ModelInfo\"M\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"a\n\rParitySummary\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x15\n\rmax_abs_error\x18\x02 \x01(\x01\x12\x0c\n\x04\x61tol\x18\x03 \x01(\x01\x12\x0c\n\x04rtol\x18\x04 \x01(\x01\x12\r\n\x05\x63\x61ses\x18\x05 \x01(\x05\"\x98\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12\x15\n\rbidirectional\x18\x06 \x01(\x08\x12\x0e\n\x06layers\x18\x07 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x08 \x01(\x05\x12\x16\n\x0einput_features\x18\t \x01(\x05\x12\x11\n\tattention\x18\n \x01(\t\x12\x11\n\tstreaming\x18\x0b \x01(\x08\x12\x14\n\x0c\x63lass_labels\x18\x0c \x03(\t\x12\'\n\x06inputs\x18\r \x03(\x0b\x32\x17.seqserve.v1.TensorInfo\x12(\n\x07outputs\x18\x0e \x03(\x0b\x32\x17.seqserve.v1.TensorInfo\x12*\n\x06parity\x18\x0f \x01(\x0b\x32\x1a.seqserve.v1.ParitySummary\x12\x15\n\rtest_accuracy\x18\x10 \x01(\x01\x12\x11\n\tprecision\x18\x11 \x01(\t\":\n\x08Sequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05steps\x18\x02 \x01(\x0b\x32\x13.seqserve.v1.Tensor\"\x7f\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12(\n\tsequences\x18\x03 \x03(\x0b\x32\x15.seqserve.v1.Sequence\x12$\n\x07outputs\x18\x04 \x03(\x0e\x32\x13.seqserve.v1.Output\"\xf3\x02\n\x0eSequenceResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0blabel_index\x18\x03 \x01(\x05\x12*\n\rprobabilities\x18\x04 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12#\n\x06logits\x18\x05 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12$\n\x07outputs\x18\x06 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12 \n\x03h_n\x18\x07 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12 \n\x03\x63_n\x18\x08 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12&\n\tattention\x18\t \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12$\n\x07\x63ontext\x18\n \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12(\n\x0bstep_logits\x18\x0b \x01(\x0b\x32\x13.seqserve.v1.Tensor\"^\n\x0e\x45ncodeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12,\n\x07results\x18\x03 \x03(\x0b\x32\x1b.seqserve.v1.SequenceResult\"V\n\x13\x45ncodeStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x1a.seqserve.v1.EncodeRequest\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8a\x01\n\x14\x45ncodeStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1b.seqserve.v1.EncodeResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.seqserve.v1.ErrorH\x00\x42\x08\n\x06result\"{\n\x05State\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1e\n\x01h\x18\x03 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x1e\n\x01\x63\x18\x04 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x12\n\nsteps_seen\x18\x05 \x01(\x03\"\xb9\x01\n\x15StreamSequenceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x05steps\x18\x03 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12)\n\rinitial_state\x18\x04 \x01(\x0b\x32\x12.seqserve.v1.State\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x08\x12$\n\x07outputs\x18\x06 \x03(\x0e\x32\x13.seqserve.v1.Output\"\x8b\x01\n\x16StreamSequenceResponse\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.seqserve.v1.SequenceResult\x12!\n\x05state\x18\x02 \x01(\x0b\x32\x12.seqserve.v1.State\x12\x12\n\nsteps_seen\x18\x03 \x01(\x03\x12\r\n\x05\x66inal\x18\x04 \x01(\x08*\x88\x01\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x12\n\x0eOUTPUT_OUTPUTS\x10\x01\x12\x11\n\rOUTPUT_HIDDEN\x10\x02\x12\x14\n\x10OUTPUT_ATTENTION\x10\x03\x12\x11\n\rOUTPUT_LOGITS\x10\x04\x12\x16\n\x12OUTPUT_STEP_LOGITS\x10\x05\x32\xa4\x03\n\x0fSeqserveService\x12M\n\nListModels\x12\x1e.seqserve.v1.ListModelsRequest\x1a\x1f.seqserve.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.seqserve.v1.GetModelRequest\x1a\x1d.seqserve.v1.GetModelResponse\x12\x41\n\x06\x45ncode\x12\x1a.seqserve.v1.EncodeRequest\x1a\x1b.seqserve.v1.EncodeResponse\x12W\n\x0c\x45ncodeStream\x12 .seqserve.v1.EncodeStreamRequest\x1a!.seqserve.v1.EncodeStreamResponse(\x01\x30\x01\x12]\n\x0eStreamSequence\x12\".seqserve.v1.StreamSequenceRequest\x1a#.seqserve.v1.StreamSequenceResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seqserve.v1.seqserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTPUT']._serialized_start=2126
-  _globals['_OUTPUT']._serialized_end=2262
+  _globals['_OUTPUT']._serialized_start=2248
+  _globals['_OUTPUT']._serialized_end=2384
   _globals['_TENSOR']._serialized_start=43
   _globals['_TENSOR']._serialized_end=80
   _globals['_LISTMODELSREQUEST']._serialized_start=82
@@ -41,30 +41,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSRESPONSE']._serialized_end=163
   _globals['_GETMODELREQUEST']._serialized_start=165
   _globals['_GETMODELREQUEST']._serialized_end=214
-  _globals['_TENSORINFO']._serialized_start=216
-  _globals['_TENSORINFO']._serialized_end=293
-  _globals['_PARITYSUMMARY']._serialized_start=295
-  _globals['_PARITYSUMMARY']._serialized_end=392
-  _globals['_MODELINFO']._serialized_start=395
-  _globals['_MODELINFO']._serialized_end=803
-  _globals['_SEQUENCE']._serialized_start=805
-  _globals['_SEQUENCE']._serialized_end=863
-  _globals['_ENCODEREQUEST']._serialized_start=866
-  _globals['_ENCODEREQUEST']._serialized_end=1013
-  _globals['_SEQUENCERESULT']._serialized_start=1016
-  _globals['_SEQUENCERESULT']._serialized_end=1387
-  _globals['_ENCODERESPONSE']._serialized_start=1389
-  _globals['_ENCODERESPONSE']._serialized_end=1503
-  _globals['_ERROR']._serialized_start=1505
-  _globals['_ERROR']._serialized_end=1543
-  _globals['_ENCODESTREAMRESPONSE']._serialized_start=1546
-  _globals['_ENCODESTREAMRESPONSE']._serialized_end=1684
-  _globals['_STATE']._serialized_start=1686
-  _globals['_STATE']._serialized_end=1809
-  _globals['_STREAMREQUEST']._serialized_start=1812
-  _globals['_STREAMREQUEST']._serialized_end=1989
-  _globals['_STREAMRESPONSE']._serialized_start=1992
-  _globals['_STREAMRESPONSE']._serialized_end=2123
-  _globals['_SEQSERVE']._serialized_start=2265
-  _globals['_SEQSERVE']._serialized_end=2649
+  _globals['_GETMODELRESPONSE']._serialized_start=216
+  _globals['_GETMODELRESPONSE']._serialized_end=273
+  _globals['_TENSORINFO']._serialized_start=275
+  _globals['_TENSORINFO']._serialized_end=352
+  _globals['_PARITYSUMMARY']._serialized_start=354
+  _globals['_PARITYSUMMARY']._serialized_end=451
+  _globals['_MODELINFO']._serialized_start=454
+  _globals['_MODELINFO']._serialized_end=862
+  _globals['_SEQUENCE']._serialized_start=864
+  _globals['_SEQUENCE']._serialized_end=922
+  _globals['_ENCODEREQUEST']._serialized_start=924
+  _globals['_ENCODEREQUEST']._serialized_end=1051
+  _globals['_SEQUENCERESULT']._serialized_start=1054
+  _globals['_SEQUENCERESULT']._serialized_end=1425
+  _globals['_ENCODERESPONSE']._serialized_start=1427
+  _globals['_ENCODERESPONSE']._serialized_end=1521
+  _globals['_ENCODESTREAMREQUEST']._serialized_start=1523
+  _globals['_ENCODESTREAMREQUEST']._serialized_end=1609
+  _globals['_ERROR']._serialized_start=1611
+  _globals['_ERROR']._serialized_end=1649
+  _globals['_ENCODESTREAMRESPONSE']._serialized_start=1652
+  _globals['_ENCODESTREAMRESPONSE']._serialized_end=1790
+  _globals['_STATE']._serialized_start=1792
+  _globals['_STATE']._serialized_end=1915
+  _globals['_STREAMSEQUENCEREQUEST']._serialized_start=1918
+  _globals['_STREAMSEQUENCEREQUEST']._serialized_end=2103
+  _globals['_STREAMSEQUENCERESPONSE']._serialized_start=2106
+  _globals['_STREAMSEQUENCERESPONSE']._serialized_end=2245
+  _globals['_SEQSERVESERVICE']._serialized_start=2387
+  _globals['_SEQSERVESERVICE']._serialized_end=2807
 # @@protoc_insertion_point(module_scope)

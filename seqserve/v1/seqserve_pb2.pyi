@@ -48,6 +48,12 @@ class GetModelRequest(_message.Message):
     version: int
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
 class TensorInfo(_message.Message):
     __slots__ = ("name", "dtype", "shape", "description")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -121,18 +127,16 @@ class Sequence(_message.Message):
     def __init__(self, id: _Optional[str] = ..., steps: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("model", "version", "sequences", "outputs", "request_id")
+    __slots__ = ("model", "version", "sequences", "outputs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     sequences: _containers.RepeatedCompositeFieldContainer[Sequence]
     outputs: _containers.RepeatedScalarFieldContainer[Output]
-    request_id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Output, str]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Output, str]]] = ...) -> None: ...
 
 class SequenceResult(_message.Message):
     __slots__ = ("id", "label", "label_index", "probabilities", "logits", "outputs", "h_n", "c_n", "attention", "context", "step_logits")
@@ -161,16 +165,22 @@ class SequenceResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., label_index: _Optional[int] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., h_n: _Optional[_Union[Tensor, _Mapping]] = ..., c_n: _Optional[_Union[Tensor, _Mapping]] = ..., attention: _Optional[_Union[Tensor, _Mapping]] = ..., context: _Optional[_Union[Tensor, _Mapping]] = ..., step_logits: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("model", "version", "request_id", "results")
+    __slots__ = ("model", "version", "results")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
-    request_id: str
     results: _containers.RepeatedCompositeFieldContainer[SequenceResult]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., request_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[SequenceResult, _Mapping]]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., results: _Optional[_Iterable[_Union[SequenceResult, _Mapping]]] = ...) -> None: ...
+
+class EncodeStreamRequest(_message.Message):
+    __slots__ = ("request_id", "request")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    request: EncodeRequest
+    def __init__(self, request_id: _Optional[str] = ..., request: _Optional[_Union[EncodeRequest, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -204,7 +214,7 @@ class State(_message.Message):
     steps_seen: int
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., h: _Optional[_Union[Tensor, _Mapping]] = ..., c: _Optional[_Union[Tensor, _Mapping]] = ..., steps_seen: _Optional[int] = ...) -> None: ...
 
-class StreamRequest(_message.Message):
+class StreamSequenceRequest(_message.Message):
     __slots__ = ("model", "version", "steps", "initial_state", "end", "outputs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -220,7 +230,7 @@ class StreamRequest(_message.Message):
     outputs: _containers.RepeatedScalarFieldContainer[Output]
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., steps: _Optional[_Union[Tensor, _Mapping]] = ..., initial_state: _Optional[_Union[State, _Mapping]] = ..., end: _Optional[bool] = ..., outputs: _Optional[_Iterable[_Union[Output, str]]] = ...) -> None: ...
 
-class StreamResponse(_message.Message):
+class StreamSequenceResponse(_message.Message):
     __slots__ = ("result", "state", "steps_seen", "final")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]

@@ -25,8 +25,9 @@ if _version_not_supported:
     )
 
 
-class SeqserveStub:
-    """Missing associated documentation comment in .proto file."""
+class SeqserveServiceStub:
+    """Recurrent encoders (RNN, LSTM, GRU) as a service.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -35,34 +36,35 @@ class SeqserveStub:
             channel: A grpc.Channel.
         """
         self.ListModels = channel.unary_unary(
-                '/seqserve.v1.Seqserve/ListModels',
+                '/seqserve.v1.SeqserveService/ListModels',
                 request_serializer=seqserve_dot_v1_dot_seqserve__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetModel = channel.unary_unary(
-                '/seqserve.v1.Seqserve/GetModel',
+                '/seqserve.v1.SeqserveService/GetModel',
                 request_serializer=seqserve_dot_v1_dot_seqserve__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.ModelInfo.FromString,
+                response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.GetModelResponse.FromString,
                 _registered_method=True)
         self.Encode = channel.unary_unary(
-                '/seqserve.v1.Seqserve/Encode',
+                '/seqserve.v1.SeqserveService/Encode',
                 request_serializer=seqserve_dot_v1_dot_seqserve__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.EncodeResponse.FromString,
                 _registered_method=True)
         self.EncodeStream = channel.stream_stream(
-                '/seqserve.v1.Seqserve/EncodeStream',
-                request_serializer=seqserve_dot_v1_dot_seqserve__pb2.EncodeRequest.SerializeToString,
+                '/seqserve.v1.SeqserveService/EncodeStream',
+                request_serializer=seqserve_dot_v1_dot_seqserve__pb2.EncodeStreamRequest.SerializeToString,
                 response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.EncodeStreamResponse.FromString,
                 _registered_method=True)
         self.StreamSequence = channel.stream_stream(
-                '/seqserve.v1.Seqserve/StreamSequence',
-                request_serializer=seqserve_dot_v1_dot_seqserve__pb2.StreamRequest.SerializeToString,
-                response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.StreamResponse.FromString,
+                '/seqserve.v1.SeqserveService/StreamSequence',
+                request_serializer=seqserve_dot_v1_dot_seqserve__pb2.StreamSequenceRequest.SerializeToString,
+                response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.StreamSequenceResponse.FromString,
                 _registered_method=True)
 
 
-class SeqserveServicer:
-    """Missing associated documentation comment in .proto file."""
+class SeqserveServiceServicer:
+    """Recurrent encoders (RNN, LSTM, GRU) as a service.
+    """
 
     def ListModels(self, request, context):
         """What is served: every model and its versions.
@@ -97,14 +99,14 @@ class SeqserveServicer:
     def StreamSequence(self, request_iterator, context):
         """One long sequence sent in chunks (stateful). Unidirectional models answer
         every chunk at once; bidirectional models buffer the chunks and answer when
-        the client sets `end`.
+        the client sets `end` (or closes its side of the stream).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SeqserveServicer_to_server(servicer, server):
+def add_SeqserveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -114,7 +116,7 @@ def add_SeqserveServicer_to_server(servicer, server):
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
                     request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.GetModelRequest.FromString,
-                    response_serializer=seqserve_dot_v1_dot_seqserve__pb2.ModelInfo.SerializeToString,
+                    response_serializer=seqserve_dot_v1_dot_seqserve__pb2.GetModelResponse.SerializeToString,
             ),
             'Encode': grpc.unary_unary_rpc_method_handler(
                     servicer.Encode,
@@ -123,24 +125,25 @@ def add_SeqserveServicer_to_server(servicer, server):
             ),
             'EncodeStream': grpc.stream_stream_rpc_method_handler(
                     servicer.EncodeStream,
-                    request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.EncodeRequest.FromString,
+                    request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.EncodeStreamRequest.FromString,
                     response_serializer=seqserve_dot_v1_dot_seqserve__pb2.EncodeStreamResponse.SerializeToString,
             ),
             'StreamSequence': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamSequence,
-                    request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.StreamRequest.FromString,
-                    response_serializer=seqserve_dot_v1_dot_seqserve__pb2.StreamResponse.SerializeToString,
+                    request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.StreamSequenceRequest.FromString,
+                    response_serializer=seqserve_dot_v1_dot_seqserve__pb2.StreamSequenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'seqserve.v1.Seqserve', rpc_method_handlers)
+            'seqserve.v1.SeqserveService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('seqserve.v1.Seqserve', rpc_method_handlers)
+    server.add_registered_method_handlers('seqserve.v1.SeqserveService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Seqserve:
-    """Missing associated documentation comment in .proto file."""
+class SeqserveService:
+    """Recurrent encoders (RNN, LSTM, GRU) as a service.
+    """
 
     @staticmethod
     def ListModels(request,
@@ -156,7 +159,7 @@ class Seqserve:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/seqserve.v1.Seqserve/ListModels',
+            '/seqserve.v1.SeqserveService/ListModels',
             seqserve_dot_v1_dot_seqserve__pb2.ListModelsRequest.SerializeToString,
             seqserve_dot_v1_dot_seqserve__pb2.ListModelsResponse.FromString,
             options,
@@ -183,9 +186,9 @@ class Seqserve:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/seqserve.v1.Seqserve/GetModel',
+            '/seqserve.v1.SeqserveService/GetModel',
             seqserve_dot_v1_dot_seqserve__pb2.GetModelRequest.SerializeToString,
-            seqserve_dot_v1_dot_seqserve__pb2.ModelInfo.FromString,
+            seqserve_dot_v1_dot_seqserve__pb2.GetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -210,7 +213,7 @@ class Seqserve:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/seqserve.v1.Seqserve/Encode',
+            '/seqserve.v1.SeqserveService/Encode',
             seqserve_dot_v1_dot_seqserve__pb2.EncodeRequest.SerializeToString,
             seqserve_dot_v1_dot_seqserve__pb2.EncodeResponse.FromString,
             options,
@@ -237,8 +240,8 @@ class Seqserve:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/seqserve.v1.Seqserve/EncodeStream',
-            seqserve_dot_v1_dot_seqserve__pb2.EncodeRequest.SerializeToString,
+            '/seqserve.v1.SeqserveService/EncodeStream',
+            seqserve_dot_v1_dot_seqserve__pb2.EncodeStreamRequest.SerializeToString,
             seqserve_dot_v1_dot_seqserve__pb2.EncodeStreamResponse.FromString,
             options,
             channel_credentials,
@@ -264,9 +267,9 @@ class Seqserve:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/seqserve.v1.Seqserve/StreamSequence',
-            seqserve_dot_v1_dot_seqserve__pb2.StreamRequest.SerializeToString,
-            seqserve_dot_v1_dot_seqserve__pb2.StreamResponse.FromString,
+            '/seqserve.v1.SeqserveService/StreamSequence',
+            seqserve_dot_v1_dot_seqserve__pb2.StreamSequenceRequest.SerializeToString,
+            seqserve_dot_v1_dot_seqserve__pb2.StreamSequenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,39 +1,52 @@
-"""`python -m server`: serve a model repository until SIGTERM/SIGINT, then shut down gracefully."""
+"""`python -m server`: serve a model repository until SIGTERM/SIGINT, then shut down gracefully.
+
+Exit status: 0 after a graceful shutdown, 2 when the server cannot start as configured (one
+log line names the setting), 1 on anything else.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
 
+# gRPC core writes its own plain-text lines to stderr (a failed bind: three of them); the server
+# logs what matters as JSON, so core stays quiet unless GRPC_VERBOSITY asks for it. Set before
+# grpc is first imported, which reads it once.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 from server.app import SeqserveServer
-from server.config import parse_config
+from server.config import ServerConfig, parse_config
+from server.errors import StartupError
 from server.logs import configure
 
+log = logging.getLogger("server")
+EXIT_STARTUP = 2
 
-async def serve(argv: list[str] | None = None) -> int:
-    config = parse_config(argv)
+
+async def serve(config: ServerConfig) -> int:
     server = SeqserveServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except StartupError as exc:
+        log.error(f"cannot start: {exc}")
+        return EXIT_STARTUP
     await stop.wait()
     await server.stop()
     return 0
 
 
-# The inference thread needs the GIL back after every onnxruntime run; with the default 5 ms switch
-# interval a busy event loop makes it wait that long each time (bench/PROFILE.md).
-GIL_SWITCH_INTERVAL_S = 0.0002
-
-
 def main() -> int:
+    config = parse_config(sys.argv[1:])
     configure(os.environ.get("SEQSERVE_LOG_LEVEL", "INFO"))
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    return asyncio.run(serve(sys.argv[1:]))
+    sys.setswitchinterval(config.switch_interval_ms / 1000.0)
+    return asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from seqserve.repository import RepositoryError
 from server.config import ServerConfig
 from server.dataplane import DataPlane
+from server.errors import StartupError
 from server.metrics import Metrics
 from server.reflection import enable_reflection
 from server.registry import ModelRegistry
@@ -43,24 +45,63 @@ class SeqserveServer:
         self.metrics_port = 0
 
     async def start(self) -> int:
-        """Bind, load and warm up every model, then report SERVING; returns the gRPC port."""
+        """Bind, load and warm up every model, then report SERVING; returns the gRPC port.
+
+        Raises StartupError, with everything started so far stopped again, when the server cannot
+        run as configured.
+        """
+        try:
+            return await self._start()
+        except StartupError:
+            await self.grpc.stop(None)
+            self.metrics.shutdown()
+            self.executor.shutdown(wait=True)
+            raise
+
+    async def _start(self) -> int:
         await self._set_health(NOT_SERVING)
         pb_grpc.add_SeqserveServiceServicer_to_server(
             SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.grpc)
-        self.port = self.grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        self.port = self._bind_grpc()
         await self.grpc.start()
         if self.config.metrics_port:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port)
-        await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
+            self.metrics_port = self._serve_metrics()
+        await asyncio.get_running_loop().run_in_executor(None, self._load_models)
         self.registry.start()
         await self._set_health(SERVING)
         log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port,
                                    "models": [f"{m.name}/{m.version}" for m in self.registry.all()],
                                    "skipped": len(self.registry.problems)})
         return self.port
+
+    def _load_models(self) -> None:
+        repository = self.config.model_repository
+        try:
+            self.registry.load()
+        except RepositoryError as exc:
+            raise StartupError("model_repository", repository, str(exc)) from None
+        if not self.registry.all() and not self.config.allow_empty:
+            raise StartupError("model_repository", repository,
+                               f"no loadable model ({len(self.registry.problems)} skipped, each named in the "
+                               "log); --allow-empty starts without models")
+
+    def _bind_grpc(self) -> int:
+        address = f"{self.config.host}:{self.config.port}"
+        try:
+            return self.grpc.add_insecure_port(address)
+        except RuntimeError:
+            raise StartupError("port", self.config.port, f"cannot listen on {address}: the port is in use "
+                                                         "or the address is not this machine's") from None
+
+    def _serve_metrics(self) -> int:
+        try:
+            return self.metrics.serve(self.config.metrics_port)
+        except OSError as exc:
+            raise StartupError("metrics_port", self.config.metrics_port,
+                               f"cannot serve metrics: {exc.strerror or exc}; 0 turns metrics off") from None
 
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)

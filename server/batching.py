@@ -24,7 +24,20 @@ from server.runtime import BatchInputs, ModelRuntime
 SequenceOutputs = dict[str, np.ndarray]
 
 
-INLINE_MIN_IDLE_S = 0.0002  # a client's own round trip on loopback is longer; a saturated loop's is shorter
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a Batcher forms batches (server flags of the same names)."""
+
+    enabled: bool = True  # off: every sequence runs alone, through the same code
+    max_batch_size: int = 64
+    max_queue_delay_ms: float = 0.0  # extra wait for a batch to fill after an idle spell; 0 = take what is queued
+    padding_waste: float = 0.5  # split a batch by length when padding exceeds this fraction of real steps
+    inline_max_steps: int = 0  # a lone sequence up to this long runs on the event loop (0 = never)
+    # A request arriving at least this long after the batcher went idle is a lone caller, not load.
+    # Measured on loopback (bench/PROFILE.md): a client's own round trip takes longer than 0.2 ms,
+    # while the gap between requests of a saturated loop is shorter.
+    inline_min_idle_ms: float = 0.2
 
 
 class Job:
@@ -143,22 +156,21 @@ def group_by_length(items: Sequence[WorkItem], max_waste: float) -> list[list[Wo
 class Batcher:
     """Queues work for one model version and runs it in batches, one batch in flight at a time."""
 
-    def __init__(
-        self, runtime: ModelRuntime, executor: Executor, metrics: ModelMetrics,
-        max_batch_size: int, max_queue_delay_ms: float, max_waste: float, enabled: bool = True,
-        inline_max_steps: int = 0,
-    ) -> None:
+    def __init__(self, runtime: ModelRuntime, executor: Executor, metrics: ModelMetrics, policy: BatchPolicy) -> None:
         self.runtime = runtime
         self.executor = executor
         self.metrics = metrics
-        self.max_batch_size = max_batch_size if enabled else 1
-        self.max_delay = max_queue_delay_ms / 1000.0 if enabled else 0.0
-        self.max_waste = max_waste
-        self.inline_max_steps = inline_max_steps
+        self.max_batch_size = policy.max_batch_size if policy.enabled else 1
+        self.max_delay = policy.max_queue_delay_ms / 1000.0 if policy.enabled else 0.0
+        self.max_waste = policy.padding_waste
+        self.inline_max_steps = policy.inline_max_steps
+        self.inline_min_idle = policy.inline_min_idle_ms / 1000.0
         self._open_jobs = 0  # requests queued or running
         self._idle_since = 0.0  # when the last open request finished
         self._queue: asyncio.Queue[WorkItem | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._running = asyncio.Event()  # cleared by hold(): the queue fills, nothing runs
+        self._running.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.runtime.name}")
@@ -169,6 +181,18 @@ class Batcher:
             await self._queue.put(None)
             await self._task
             self._task = None
+
+    def hold(self) -> None:
+        """Stop taking work from the queue until release() (tests: make batches form deterministically)."""
+        self._running.clear()
+
+    def release(self) -> None:
+        self._running.set()
+
+    @property
+    def open_requests(self) -> int:
+        """Requests queued or running."""
+        return self._open_jobs
 
     def enqueue(self, items: Sequence[WorkItem]) -> Job:
         """Queue items; the job's future gets their results in order (cancel it to withdraw them)."""
@@ -194,7 +218,7 @@ class Batcher:
         """Gather up to max_batch_size items; returns (items, stop requested)."""
         items = [first]
         # Waiting for more only pays under load; a request after an idle spell runs at once.
-        delay = self.max_delay if first.job.after_idle < INLINE_MIN_IDLE_S else 0.0
+        delay = self.max_delay if first.job.after_idle < self.inline_min_idle else 0.0
         deadline = time.perf_counter() + delay
         while len(items) < self.max_batch_size:
             if self._queue.empty():
@@ -226,11 +250,11 @@ class Batcher:
 
         Only after the batcher sat idle: under load the loop must stay free to read the next
         requests (which then gather into batches), and a request that follows the previous one's
-        answer within INLINE_MIN_IDLE_S is load, not a lone caller.
+        answer within inline_min_idle is load, not a lone caller.
         """
         it = group[0]
         return (len(group) == 1 and it.length <= self.inline_max_steps and self._open_jobs == 1
-                and it.job.after_idle >= INLINE_MIN_IDLE_S)
+                and it.job.after_idle >= self.inline_min_idle)
 
     async def _run_group(self, group: list[WorkItem]) -> list[SequenceOutputs]:
         if self._runs_inline(group):
@@ -241,6 +265,7 @@ class Batcher:
         stopping = False
         while not stopping:
             first = await self._queue.get()
+            await self._running.wait()
             if first is None:
                 break
             items, stopping = await self._collect(first)

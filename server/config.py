@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from seqserve.cpu import physical_cores
+from server.batching import BatchPolicy
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class ServerConfig:
     max_batch_size: int = 64  # sequences per onnxruntime run
     max_queue_delay_ms: float = 0.0  # extra wait to fill a batch; 0 = take what is queued
     inline_max_steps: int = 256  # a lone sequence up to this long runs on the event loop (0 = never)
+    inline_min_idle_ms: float = 0.2  # see BatchPolicy
+    # The inference thread needs the GIL back after every onnxruntime run; with Python's default 5 ms
+    # a busy event loop makes it wait that long each time (measured: batches 8x slower, bench/PROFILE.md).
+    switch_interval_ms: float = 0.2
     padding_waste: float = 0.5  # split a batch when padding would exceed this fraction of real steps
     max_sequence_length: int = 4096  # steps in one sequence
     max_sequences_per_request: int = 256
@@ -30,6 +35,12 @@ class ServerConfig:
     max_stream_buffer_steps: int = 16384  # steps buffered for a bidirectional StreamSequence
     grace_seconds: float = 10.0  # time in-flight calls get to finish on shutdown
     warmup: bool = True
+    allow_empty: bool = False  # start even when the repository holds no loadable model
+
+    @property
+    def batch_policy(self) -> BatchPolicy:
+        return BatchPolicy(self.batching, self.max_batch_size, self.max_queue_delay_ms, self.padding_waste,
+                           self.inline_max_steps, self.inline_min_idle_ms)
 
     @property
     def threads(self) -> int:
@@ -47,6 +58,8 @@ _HELP = {
     "max_batch_size": "most sequences in one onnxruntime run",
     "max_queue_delay_ms": "how long a request may wait for others to fill its batch",
     "inline_max_steps": "run a lone sequence up to this many steps on the event loop, skipping two thread hops",
+    "inline_min_idle_ms": "a request this long after the batcher went idle counts as a lone caller (may run inline)",
+    "switch_interval_ms": "Python's GIL switch interval for the server process (Python's default: 5)",
     "padding_waste": "split a batch by length when padding exceeds this fraction of real steps",
     "max_sequence_length": "most steps in one sequence",
     "max_sequences_per_request": "most sequences in one Encode request",
@@ -55,6 +68,7 @@ _HELP = {
     "max_stream_buffer_steps": "most steps a bidirectional StreamSequence may buffer",
     "grace_seconds": "time in-flight calls get to finish on SIGTERM/SIGINT",
     "warmup": "run each model once before reporting SERVING",
+    "allow_empty": "start even when the repository holds no loadable model (it may be filled later)",
 }
 
 
@@ -81,7 +95,7 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
         default = f.default
         kind = type(default)
         raw = env.get(_env_name(f.name))
-        help_text = f"{_HELP[f.name]} [env {_env_name(f.name)}]"
+        help_text = f"{_HELP[f.name]} [env {_env_name(f.name)}] (default: %(default)s)"
         if kind is bool:
             value = _parse_bool(raw) if raw is not None else default
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=help_text)

@@ -45,6 +45,15 @@ class FailedPrecondition(ServingError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class StartupError(Exception):
+    """The server cannot start as configured; the message names the setting to change."""
+
+    def __init__(self, setting: str, value: object, problem: str) -> None:
+        flag = "--" + setting.replace("_", "-")
+        super().__init__(f"{flag} {value}: {problem} (set {flag} or SEQSERVE_{setting.upper()})")
+        self.setting = setting
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for `exc`."""
     if isinstance(exc, ServingError):

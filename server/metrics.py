@@ -53,6 +53,7 @@ class Metrics:
         self.open_streams = Gauge("seqserve_open_streams", "streaming calls open now", registry=r)
         self.models_loaded = Gauge("seqserve_models_loaded", "model versions serving", registry=r)
         self.models_failed = Gauge("seqserve_models_failed", "model versions that failed to load", registry=r)
+        self._http = None  # the /metrics HTTP server, once started
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def for_model(self, model: str) -> ModelMetrics:
@@ -72,5 +73,12 @@ class Metrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint; returns its port."""
-        server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        return server.server_port
+        self._http, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return self._http.server_port
+
+    def shutdown(self) -> None:
+        """Stop the /metrics endpoint, if it was started."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

@@ -50,14 +50,7 @@ class ModelRegistry:
             except RepositoryError as exc:
                 self.problems.append(str(exc))
                 continue
-            batcher = Batcher(
-                runtime, self.executor, self.metrics.for_model(version.name),
-                max_batch_size=self.config.max_batch_size,
-                max_queue_delay_ms=self.config.max_queue_delay_ms,
-                max_waste=self.config.padding_waste,
-                enabled=self.config.batching,
-                inline_max_steps=self.config.inline_max_steps,
-            )
+            batcher = Batcher(runtime, self.executor, self.metrics.for_model(version.name), self.config.batch_policy)
             self._models.setdefault(version.name, {})[version.version] = ServedModel(runtime, batcher)
             log.info("model loaded", extra={"model": version.name, "version": version.version})
         for problem in self.problems:

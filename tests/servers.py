@@ -10,16 +10,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from server.app import SeqserveServer
 from server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
+T = TypeVar("T")
 
 
 class ThreadedServer:
@@ -38,6 +40,14 @@ class ThreadedServer:
     def call(self, coro, timeout: float = 60.0):
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def sync(self, fn: Callable[[], T]) -> T:
+        """Call a plain function on the server's loop (its asyncio objects are not thread-safe)."""
+
+        async def run() -> T:
+            return fn()
+
+        return self.call(run())
 
     def start(self) -> ThreadedServer:
         self._thread.start()

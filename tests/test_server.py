@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -18,12 +19,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from model.checkpoint import load_checkpoint
 from model.data import load_split
-from seqserve.client import SeqserveClient, encode_request
+from seqserve.client import EncodeResult, SeqserveClient, encode_request
 from seqserve.contract import input_names, output_names
 from seqserve.repository import latest_version
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from server.batching import WorkItem, group_by_length
 from servers import REPOSITORY, ServerProcess, threaded_server
 
 BI_MODELS = ["jv_bilstm_attn", "jv_bigru_attn"]
@@ -175,19 +177,34 @@ def test_many_concurrent_clients_with_different_lengths(server, test_sequences):
         np.testing.assert_allclose(r.logits, reference["logits"][i], atol=1e-5)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
 def test_batching_on_and_off_give_the_same_results(test_sequences):
+    """48 one-sequence calls queued while the batcher is held, then released: with batching they run as
+    exactly the length groups of one batch, without it one run each; the answers agree."""
     sequences = test_sequences[:48]
     answers = {}
     for batching in (True, False):
-        with threaded_server(REPOSITORY, batching=batching, max_queue_delay_ms=2) as s:
-            with SeqserveClient(s.target) as c, ThreadPoolExecutor(max_workers=16) as pool:
-                answers[batching] = list(pool.map(
-                    lambda q, c=c: c.encode("jv_bilstm_attn", [q], outputs=ALL_OUTPUTS)[0], sequences))
+        with threaded_server(REPOSITORY, batching=batching) as s, SeqserveClient(s.target) as c:
+            batcher = s.sync(lambda: s.server.registry.get("jv_bilstm_attn").batcher)
+            s.sync(batcher.hold)
+            stub = pb_grpc.SeqserveServiceStub(c.channel)
+            calls = [stub.Encode.future(encode_request("jv_bilstm_attn", [q], outputs=ALL_OUTPUTS), timeout=60)
+                     for q in sequences]
+            wait_until(lambda: s.sync(lambda: batcher.open_requests) == len(sequences))
+            s.sync(batcher.release)
+            answers[batching] = [EncodeResult.from_proto(call.result().results[0]) for call in calls]
             registry, labels = s.server.metrics.registry, {"model": "jv_bilstm_attn"}
             runs = registry.get_sample_value("seqserve_batch_size_count", labels)
             assert registry.get_sample_value("seqserve_batch_size_sum", labels) == len(sequences)
             if batching:
-                assert runs < len(sequences), "16 concurrent clients should have shared batches"
+                groups = group_by_length([WorkItem(q) for q in sequences], s.config.padding_waste)
+                assert runs == len(groups) < len(sequences)
             else:
                 assert runs == len(sequences)
     for on, off in zip(answers[True], answers[False]):

@@ -98,7 +98,7 @@ class SeqserveServer:
 
     def _serve_metrics(self) -> int:
         try:
-            return self.metrics.serve(self.config.metrics_port)
+            return self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
         except OSError as exc:
             raise StartupError("metrics_port", self.config.metrics_port,
                                f"cannot serve metrics: {exc.strerror or exc}; 0 turns metrics off") from None

@@ -17,6 +17,7 @@ class ServerConfig:
     host: str = "[::]"
     port: int = 50051
     metrics_port: int = 8000  # Prometheus /metrics over HTTP; 0 disables it
+    metrics_host: str = "0.0.0.0"
     intra_op_threads: int = 0  # onnxruntime threads per session; 0 = physical cores
     ort_spinning: bool = False  # let onnxruntime's idle pool threads spin (costs a core between runs)
     batching: bool = True  # dynamic batching of concurrent requests
@@ -52,6 +53,7 @@ _HELP = {
     "host": "address to bind",
     "port": "gRPC port (0 picks a free one)",
     "metrics_port": "Prometheus metrics HTTP port (0 disables)",
+    "metrics_host": "address the metrics endpoint binds",
     "intra_op_threads": "onnxruntime intra-op threads per session (0 = physical cores; never more)",
     "ort_spinning": "let onnxruntime's idle pool threads spin-wait (faster wake-up, burns CPU between runs)",
     "batching": "gather concurrent requests into one onnxruntime run",

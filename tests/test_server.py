@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -26,7 +30,7 @@ from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from server.batching import WorkItem, group_by_length
-from servers import REPOSITORY, ServerProcess, threaded_server
+from servers import REPOSITORY, ROOT, ServerProcess, threaded_server
 
 BI_MODELS = ["jv_bilstm_attn", "jv_bigru_attn"]
 STREAM_MODEL = "jv_lstm_stream"
@@ -539,3 +543,38 @@ def test_health_turns_not_serving_on_shutdown():
         assert [e["msg"] for e in proc.logs][-2:] == ["shutting down", "stopped"]
     finally:
         proc.kill()
+
+
+# --- start-up failures: one line naming the setting, exit 2 ---------------------------------
+
+
+def start_failure(*args: str) -> tuple[int, list[str]]:
+    """Run `python -m server` expecting it to refuse to start; returns its exit status and output lines."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    return proc.returncode, (proc.stdout + proc.stderr).splitlines()
+
+
+@pytest.mark.parametrize("setting", ["port", "metrics-port"])
+def test_a_port_in_use_is_one_line_naming_the_setting(setting):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        ports = {"port": "0", "metrics-port": "0"} | {setting: port}
+        code, lines = start_failure("--model-repository", str(REPOSITORY),
+                                    "--port", ports["port"], "--metrics-port", ports["metrics-port"])
+    assert code == 2
+    [line] = lines
+    entry = json.loads(line)
+    assert entry["level"] == "error" and f"--{setting} {port}" in entry["msg"], entry
+
+
+def test_an_empty_or_missing_repository_refuses_to_start(tmp_path):
+    for repository in (tmp_path, tmp_path / "missing"):
+        code, [line] = start_failure("--model-repository", str(repository), "--port", "0", "--metrics-port", "0")
+        assert code == 2 and f"--model-repository {repository}" in json.loads(line)["msg"]
+    with threaded_server(tmp_path, allow_empty=True) as s, SeqserveClient(s.target) as c:
+        assert c.list_models() == []

@@ -34,6 +34,7 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_streams: int = 256
     max_stream_buffer_steps: int = 16384  # steps buffered for a bidirectional StreamSequence
+    max_stream_chunks: int = 65536  # messages in one StreamSequence, empty chunks included
     grace_seconds: float = 10.0  # time in-flight calls get to finish on shutdown
     warmup: bool = True
     allow_empty: bool = False  # start even when the repository holds no loadable model
@@ -68,6 +69,7 @@ _HELP = {
     "max_message_bytes": "largest gRPC message accepted or sent",
     "max_concurrent_streams": "most open streaming calls",
     "max_stream_buffer_steps": "most steps a bidirectional StreamSequence may buffer",
+    "max_stream_chunks": "most chunks (messages, empty ones included) in one StreamSequence",
     "grace_seconds": "time in-flight calls get to finish on SIGTERM/SIGINT",
     "warmup": "run each model once before reporting SERVING",
     "allow_empty": "start even when the repository holds no loadable model (it may be filled later)",

@@ -125,7 +125,8 @@ class SequenceStream:
         self.h: np.ndarray | None = None  # (L, H)
         self.c: np.ndarray | None = None  # (L, H)
         self.steps_seen = 0
-        self.buffer: list[np.ndarray] = []
+        self.buffer: list[np.ndarray] = []  # non-empty chunks, bidirectional models
+        self.buffered_steps = 0
         self.ended = False
         self.chunks = 0
 
@@ -156,22 +157,41 @@ class SequenceStream:
             raise InvalidInput("initial_state", "only the first message of a stream may carry a state")
         field = f"chunk[{self.chunks}].steps"
         self.chunks += 1
+        if self.chunks > self.config.max_stream_chunks:
+            raise LimitExceeded("chunks", self.chunks, self.config.max_stream_chunks, "max_stream_chunks")
         arch = self.model.runtime.arch
         steps = decode_steps(request.steps, field, arch, self.config, allow_empty=True)
         self.ended = request.end
         self.steps_seen += steps.shape[0]
         if arch.streaming:
             return await self._answer_chunk(steps)
-        buffered = sum(len(b) for b in self.buffer) + len(steps)
+        self._buffer(steps)
+        return await self._answer_sequence() if self.ended else None
+
+    @property
+    def open_at_close(self) -> bool:
+        """A bidirectional model's sequence the client closed without `end`: finish() answers it."""
+        return self.model is not None and not self.ended and not self.model.runtime.arch.streaming
+
+    async def finish(self) -> pb.StreamSequenceResponse:
+        """The client closed its side: that ends the sequence, as `end` would have."""
+        self.ended = True
+        return await self._answer_sequence()
+
+    def _buffer(self, steps: np.ndarray) -> None:
+        """Keep a bidirectional model's chunk until the end; O(chunk), whatever is buffered already."""
+        buffered = self.buffered_steps + len(steps)
         if buffered > self.config.max_stream_buffer_steps:
             raise LimitExceeded("buffered steps", buffered, self.config.max_stream_buffer_steps,
                                 "max_stream_buffer_steps")
-        self.buffer.append(steps)
-        if not self.ended:
-            return None
+        self.buffered_steps = buffered
+        if len(steps):
+            self.buffer.append(steps)
+
+    async def _answer_sequence(self) -> pb.StreamSequenceResponse:
+        if not self.buffer:
+            raise InvalidInput("steps", "empty sequence: the stream ended with no steps")
         sequence = np.concatenate(self.buffer, axis=0)  # (T, F)
-        if len(sequence) == 0:
-            raise InvalidInput(field, "empty sequence: the stream ended with no steps")
         [result] = await self.model.batcher.submit([WorkItem(sequence)])
         return self._response(result)
 

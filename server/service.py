@@ -37,7 +37,8 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
         requests.inc()
         seconds.observe(time.perf_counter() - started)
 
-    async def _unary(self, method: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T] | T]) -> T:
+    async def _answer(self, method: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T] | T]) -> T:
+        """Run one call (or one message of a stream), count it, and abort with its status if it fails."""
         started = time.perf_counter()
         try:
             result = call()
@@ -69,13 +70,13 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
         self.metrics.open_streams.dec()
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return await self._unary("ListModels", context, self.plane.list_models)
+        return await self._answer("ListModels", context, self.plane.list_models)
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
-        return await self._unary("GetModel", context, lambda: self.plane.get_model(request))
+        return await self._answer("GetModel", context, lambda: self.plane.get_model(request))
 
     async def Encode(self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
-        return await self._unary("Encode", context, lambda: self.plane.encode(request))
+        return await self._answer("Encode", context, lambda: self.plane.encode(request))
 
     def _tagged_error(self, request_id: str, exc: BaseException, started: float) -> pb.EncodeStreamResponse:
         code, message = status_of(exc)
@@ -139,17 +140,10 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
         stream = SequenceStream(self.plane)
         try:
             async for request in request_iterator:
-                started = time.perf_counter()
-                try:
-                    response = await stream.handle(request)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    code, message = status_of(exc)
-                    self._record("StreamSequence", code, started)
-                    await context.abort(code, message)
-                self._record("StreamSequence", grpc.StatusCode.OK, started)
+                response = await self._answer("StreamSequence", context, functools.partial(stream.handle, request))
                 if response is not None:
                     yield response
+            if stream.open_at_close:
+                yield await self._answer("StreamSequence", context, stream.finish)
         finally:
             self._close_stream()

@@ -283,6 +283,28 @@ def test_bidirectional_stream_is_answered_at_the_end(client, test_sequences):
     np.testing.assert_allclose(updates[0].result.attention, full.attention, atol=1e-7)
 
 
+def test_bidirectional_stream_closed_without_end_is_answered_at_close(client, test_sequences):
+    sequence = test_sequences[7]
+    stub = pb_grpc.SeqserveServiceStub(client.channel)
+    chunks = [pb.StreamSequenceRequest(model="jv_bilstm_attn", steps=to_tensor(sequence[:5])),
+              pb.StreamSequenceRequest(steps=to_tensor(sequence[5:]))]  # no `end`: the client just closes
+    [answer] = list(stub.StreamSequence(iter(chunks), timeout=10))
+    [full] = client.encode("jv_bilstm_attn", [sequence], outputs=["logits"])
+    assert answer.final and answer.steps_seen == len(sequence)
+    np.testing.assert_allclose(EncodeResult.from_proto(answer.result).logits, full.logits, atol=1e-6)
+    empty = [pb.StreamSequenceRequest(model="jv_bilstm_attn", steps=to_tensor(np.zeros((0, 12), np.float32)))]
+    with assert_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "empty sequence"):
+        list(stub.StreamSequence(iter(empty), timeout=10))
+
+
+def test_stream_chunk_limit_counts_empty_chunks():
+    with threaded_server(REPOSITORY, max_stream_chunks=5) as s, SeqserveClient(s.target) as c:
+        empty = np.zeros((0, 12), np.float32)
+        with assert_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunks", "6", "max_stream_chunks"):
+            list(c.stream_sequence("jv_bilstm_attn", [empty] * 5 + [np.ones((3, 12), np.float32)]))
+        assert len(list(c.stream_sequence("jv_bilstm_attn", [empty] * 4 + [np.ones((3, 12), np.float32)]))) == 1
+
+
 def test_bidirectional_stream_buffer_limit(client):
     chunks = [np.zeros((60, 12), np.float32)] * 2  # server fixture allows 100 buffered steps
     with assert_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "buffered steps", "max_stream_buffer_steps"):

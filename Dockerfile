@@ -20,7 +20,8 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONPATH=/app \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    SEQSERVE_MODEL_REPOSITORY=/models
+    SEQSERVE_MODEL_REPOSITORY=/models \
+    ORT_DISABLE_TELEMETRY=1
 WORKDIR /app
 COPY --from=requirements /src/serve.txt /tmp/serve.txt
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin seqserve \

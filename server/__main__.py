@@ -16,6 +16,9 @@ import sys
 # logs what matters as JSON, so core stays quiet unless GRPC_VERBOSITY asks for it. Set before
 # grpc is first imported, which reads it once.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+# onnxruntime's telemetry is off: a server sends nothing anywhere unasked, and without a writable home
+# (a container's service user) onnxruntime prints a plain-text warning on every start.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from server.app import SeqserveServer
 from server.config import ServerConfig, parse_config

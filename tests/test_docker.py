@@ -267,6 +267,9 @@ def test_compose_serves_and_runs_the_batch_job(compose, project):
     assert len(expected) == len(records)
     for r in results:
         assert r.probabilities.shape == (9,) and abs(float(r.probabilities.sum()) - 1.0) < 1e-4
+    server_log = run(["docker", "logs", server])
+    for line in filter(None, (server_log.stdout + server_log.stderr).splitlines()):
+        json.loads(line)  # every line of the server's log is JSON (no onnxruntime or gRPC core text)
     metrics_url = f"http://127.0.0.1:{env['SEQSERVE_METRICS_HOST_PORT']}/metrics"
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         metrics = response.read().decode()

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="predictions: a .jsonl file, or a .parquet folder of part files")
     io.add_argument("--output-format", choices=OUTPUT_FORMATS, help="output format (default: from the suffix)")
     io.add_argument("--errors", type=Path,
-                    help="JSON Lines file of failed records and why (default: <output stem>.errors.jsonl)")
+                    help="JSON Lines file of failed records and why (default: <output>.errors.jsonl; written only if a record fails)")
     io.add_argument("--include", nargs="+", choices=list(TENSORS), default=[], metavar="TENSOR",
                     help="extra tensors in each prediction: " + "; ".join(f"{k} {v}" for k, v in TENSORS.items()))
     io.add_argument("--id-field", default="id", help="id key / column of JSON Lines and Parquet input")

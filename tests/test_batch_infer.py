@@ -161,7 +161,7 @@ def test_every_input_format_gives_the_reference_predictions(tmp_path, fmt, sampl
         assert all(r["true_label"] == truth[r["id"]] for r in rows)
     report = json.loads(summary.read_text())
     assert (report["read"], report["written"], report["failed"], report["exit_status"]) == (60, 60, 0, 0)
-    assert not (tmp_path / "preds.errors.jsonl").read_text()
+    assert not (tmp_path / "preds.jsonl.errors.jsonl").exists()  # no failures: no errors file
 
 
 def test_parquet_folder_input_and_output_with_tensors(tmp_path, sample, reference):
@@ -254,7 +254,7 @@ def test_remote_rejections_fail_only_their_records(tmp_path, sample, reference):
         code = run_cli("--model", MODEL, "--input", source, "--output", out, "--server", server.target,
                        "--streams", "2", "--batch-size", "16")
     assert code == EXIT_FAILED_RECORDS
-    errors = read_jsonl(tmp_path / "preds.errors.jsonl")
+    errors = read_jsonl(tmp_path / "preds.jsonl.errors.jsonl")
     assert {e["id"] for e in errors} == long_ids
     assert all("max_sequence_length" in e["reason"] for e in errors)
     check_against_reference(read_jsonl(out), reference, {s[0]: s[1] for s in sample if s[0] not in long_ids})
@@ -348,7 +348,7 @@ def test_ray_agrees_with_onnxruntime(tmp_path, sample, reference, ray_instance):
         want = reference.outputs(by_id[row["id"]])
         np.testing.assert_allclose(row["h_n"], want["h_n"][:, 0], atol=TENSOR_ATOL)
         np.testing.assert_allclose(row["outputs"], want["outputs"][0, : len(by_id[row["id"]])], atol=TENSOR_ATOL)
-    errors = read_jsonl(tmp_path / "ray.errors.jsonl")
+    errors = read_jsonl(tmp_path / "ray.parquet.errors.jsonl")
     assert sorted(e["line"] for e in errors) == [61, 62, 63]
     assert {e["id"] for e in errors} == {"bad-nan", None, sample[0][0]}
 
@@ -475,7 +475,7 @@ def test_bad_records_go_to_the_errors_file_and_the_run_goes_on(tmp_path, sample,
     assert run_cli("--model", MODEL, "--input", source, "--output", out, "--summary-json", summary) == \
         EXIT_FAILED_RECORDS
     check_against_reference(read_jsonl(out), reference, {s[0]: s[1] for s in sample[:4]})
-    errors = read_jsonl(tmp_path / "preds.errors.jsonl")
+    errors = read_jsonl(tmp_path / "preds.jsonl.errors.jsonl")
     assert len(errors) == len(bad)
     line_of = {line: number for number, line in enumerate(lines, start=1)}
     for error, (line, rid, reason) in zip(sorted(errors, key=lambda e: e["line"]), bad):
@@ -497,7 +497,7 @@ def test_bad_records_in_binary_formats(tmp_path, sample):
     assert run_cli("--model", MODEL, "--input", tmp_path / "in.parquet", "--output", tmp_path / "p.jsonl") == \
         EXIT_FAILED_RECORDS
     assert [r["id"] for r in read_jsonl(tmp_path / "p.jsonl")] == ["ok"]
-    reasons = {e["id"]: e["reason"] for e in read_jsonl(tmp_path / "p.errors.jsonl")}
+    reasons = {e["id"]: e["reason"] for e in read_jsonl(tmp_path / "p.jsonl.errors.jsonl")}
     assert reasons == {"nan": "contains NaN or Inf (first at step 2)", "null": "steps: null",
                        "ragged": "steps: step 1 has 3 values, step 0 has 12",
                        "wide": "has 13 features per step, the model expects 12"}
@@ -506,7 +506,7 @@ def test_bad_records_in_binary_formats(tmp_path, sample):
     assert run_cli("--model", MODEL, "--input", tmp_path / "in.npz", "--output", tmp_path / "n.jsonl") == \
         EXIT_FAILED_RECORDS
     assert [r["id"] for r in read_jsonl(tmp_path / "n.jsonl")] == ["0"]
-    assert {e["id"]: e["reason"][:14] for e in read_jsonl(tmp_path / "n.errors.jsonl")} == \
+    assert {e["id"]: e["reason"][:14] for e in read_jsonl(tmp_path / "n.jsonl.errors.jsonl")} == \
         {"1": "empty sequence", "2": "contains NaN o"}
 
 
@@ -619,3 +619,17 @@ def test_parquet_resume_needs_the_same_columns(tmp_path, sample):
         pipeline.EXIT_FATAL
     assert run_cli("--model", MODEL, "--input", source, "--output", out, "--resume") == 0
     assert pq.read_table(out).num_rows == 5
+
+
+def test_the_shipped_samples_hold_the_same_records_in_every_format():
+    """samples/ has the README's inputs in JSON Lines, Parquet and npz: the same 36 sequences, ids and labels."""
+    by_format = {}
+    for suffix in ("jsonl", "parquet", "npz"):
+        records = list(read_records(ROOT / "samples" / f"japanese_vowels_sample.{suffix}"))
+        by_format[suffix] = [(r.id, r.label, r.steps) for r in records]
+    jsonl = by_format.pop("jsonl")
+    assert len(jsonl) == 36
+    for suffix, records in by_format.items():
+        assert [(i, label) for i, label, _ in records] == [(i, label) for i, label, _ in jsonl], suffix
+        for (_, _, got), (_, _, want) in zip(records, jsonl):
+            np.testing.assert_array_equal(got, want, err_msg=suffix)

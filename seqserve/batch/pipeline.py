@@ -44,7 +44,7 @@ class JobConfig:
     output: Path
     input_format: str | None = None  # default: from the input's suffix
     output_format: str | None = None  # default: from the output's suffix
-    errors: Path | None = None  # default: <output without suffix>.errors.jsonl
+    errors: Path | None = None  # default: <output>.errors.jsonl, e.g. preds.parquet.errors.jsonl
     fields: Fields = Fields()
     tensors: tuple[str, ...] = ()  # extra outputs per prediction (backends.TENSORS)
     batch_size: int = BATCH_SIZE
@@ -58,7 +58,7 @@ class JobConfig:
 
     @property
     def errors_path(self) -> Path:
-        return self.errors or self.output.with_name(self.output.stem + ".errors.jsonl")
+        return self.errors or self.output.with_name(self.output.name + ".errors.jsonl")
 
 
 @dataclass

@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from json.encoder import encode_basestring_ascii as quote  # a str as a JSON string, as json.dumps writes it
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 import numpy as np
 
@@ -135,7 +135,8 @@ class JsonlWriter:
             self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def jsonl_done_ids(path: Path) -> set[str]:
@@ -328,18 +329,23 @@ def open_writer(path: Path, fmt: str, tensors: Sequence[str], resume: bool, over
 
 
 class ErrorLog:
-    """The errors file: one JSON object per failed record (id, index, line, reason), rewritten each run."""
+    """The errors file: one JSON object per failed record (id, index, line, reason), rewritten each run
+    and created at the first failure (a run with none leaves no errors file, not an empty one)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # an earlier run's failures are not this run's
         self.path = path
-        self.file = path.open("w", encoding="utf-8")
+        self.file: TextIO | None = None
         self.count = 0
 
     def write(self, bad: BadRecord) -> None:
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.path.open("w", encoding="utf-8")
         self.file.write(json.dumps({"id": bad.id, "index": bad.index, "line": bad.line, "reason": bad.reason}) + "\n")
         self.file.flush()
         self.count += 1
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()

@@ -1,6 +1,6 @@
 """Train a recurrent encoder on JapaneseVowels.
 
-    python -m model.train --preset bilstm_attn --seed 0 --out runs/bilstm_attn
+    python -m model.train --preset jv_bilstm_attn --seed 0 --out runs/jv_bilstm_attn
     python -m model.train --cell gru --layers 2 --hidden-size 64 --epochs 60 --out runs/gru
 
 Writes to --out: `checkpoint.pt` (best validation epoch), `metrics.csv` (one row per
@@ -240,8 +240,10 @@ def train(config: EncoderConfig, tc: TrainConfig, out_dir: Path, progress: bool 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a default model's architecture")
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="start from a default model's architecture and training options (model/zoo.py)")
     p.add_argument("--cell", choices=CELLS, help="recurrent cell")
     p.add_argument("--hidden-size", type=int, help="hidden units per direction")
     p.add_argument("--layers", type=int, help="stacked recurrent layers")

@@ -244,7 +244,6 @@ def test_parity_rounding_allowance_is_capped():
     assert error.failures == 4 and error.max_tolerance_used == pytest.approx(1.1, rel=1e-4)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("victim, passes", [(3, False), (0, True)], ids=["1-step row", "500-step row"])
 def test_parity_refuses_an_error_on_a_short_row_beside_a_long_one(monkeypatch, victim, passes):
     """The committed bi-GRU, whose 500-step row of b4_long_mixed moves 9.7e-6 under one rounding of x (an

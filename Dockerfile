@@ -10,9 +10,11 @@
 FROM python:3.11-slim AS requirements
 WORKDIR /src
 COPY pyproject.toml .
+# serve.txt: the base (client) dependencies + the `serve` extra; batch.txt: the `batch` extra's own.
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-open('serve.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); \
-open('batch.txt', 'w').write('\n'.join(p['optional-dependencies']['batch']) + '\n')"
+extra = lambda name: [d for d in p['optional-dependencies'][name] if not d.startswith('seqserve[')]; \
+open('serve.txt', 'w').write('\n'.join(p['dependencies'] + extra('serve')) + '\n'); \
+open('batch.txt', 'w').write('\n'.join(extra('batch')) + '\n')"
 
 FROM python:3.11-slim AS base
 ENV PYTHONUNBUFFERED=1 \

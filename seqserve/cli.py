@@ -2,10 +2,12 @@
 
     python -m seqserve.cli list
     python -m seqserve.cli info jv_bilstm_attn
-    python -m seqserve.cli encode jv_bilstm_attn sequences.jsonl --limit 5
-    python -m seqserve.cli stream jv_lstm_stream JapaneseVowels_TEST.ts --index 3 --chunk 4
+    python -m seqserve.cli encode jv_bilstm_attn samples/japanese_vowels_sample.jsonl --limit 5
+    python -m seqserve.cli encode jv_bilstm_attn samples/japanese_vowels_sample.jsonl --limit 1 --plot seq.png
+    python -m seqserve.cli stream jv_lstm_stream samples/japanese_vowels_sample.jsonl --index 3 --chunk 4
 
-Input files: JSON Lines, Parquet, .npz or UEA .ts (see seqserve/batch/readers.py).
+Input files: JSON Lines, Parquet (the `batch` extra), .npz or UEA .ts (see samples/README.md).
+--plot needs matplotlib (the `plot` extra).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import itertools
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
 
 from seqserve.batch.readers import Record, read_records
 from seqserve.client import OUTPUTS, SeqserveClient
+from seqserve.numerics import softmax
+from seqserve.plots import PlotUnavailable, plot_encoding, plot_stream
 from seqserve.v1 import seqserve_pb2 as pb
 
 
@@ -35,9 +40,10 @@ def parity_column(m: pb.ModelInfo) -> str:
 
 
 def cmd_list(client: SeqserveClient, args: argparse.Namespace) -> None:
+    models = client.list_models()  # before the header: an unreachable server prints only its error
     print(f"{'model':<23} {'ver':>3} {'cell':<5} {'dirs':>4} {'layers':>6} {'hidden':>6} {'attention':<9} "
           f"{'streaming':<9} {'test acc':>8} {'parity err':>10}")
-    for m in client.list_models():
+    for m in models:
         print(f"{m.name:<23} {m.version:>3} {m.cell:<5} {2 if m.bidirectional else 1:>4} {m.layers:>6} "
               f"{m.hidden_size:>6} {m.attention:<9} {str(m.streaming).lower():<9} {m.test_accuracy:>8.4f} "
               f"{parity_column(m):>10}")
@@ -49,8 +55,17 @@ def cmd_info(client: SeqserveClient, args: argparse.Namespace) -> None:
 
 def cmd_encode(client: SeqserveClient, args: argparse.Namespace) -> None:
     records = list(good_records(args.file, args.limit))
+    outputs = args.outputs
+    if args.plot and outputs is not None and "attention" not in outputs:
+        outputs = [*outputs, "attention"]
     results = client.encode(args.model, [r.steps for r in records], ids=[r.id for r in records],
-                            outputs=args.outputs, version=args.version)
+                            outputs=outputs, version=args.version)
+    if args.plot:
+        record, result = records[0], results[0]
+        labels = list(client.get_model(args.model, args.version).class_labels)
+        truth = f", true {record.label}" if record.label is not None else ""
+        plot_encoding(args.plot, record.steps, result.probabilities, labels, result.attention,
+                      f"{args.model}: {record.id} ({len(record.steps)} steps) -> {result.label}{truth}")
     for record, result in zip(records, results):
         truth = f"  (true {record.label})" if record.label is not None else ""
         print(f"{result.id:>6}  T={len(record.steps):<4} -> {result.label:<4} p={result.probabilities.max():.3f}{truth}")
@@ -63,12 +78,20 @@ def cmd_encode(client: SeqserveClient, args: argparse.Namespace) -> None:
 def cmd_stream(client: SeqserveClient, args: argparse.Namespace) -> None:
     record = next(itertools.islice(good_records(args.file, None), args.index, None))
     chunks = [record.steps[i : i + args.chunk] for i in range(0, len(record.steps), args.chunk)]
-    print(f"streaming sequence {record.id} ({len(record.steps)} steps) in chunks of {args.chunk}"
-          + (f", true label {record.label}" if record.label is not None else ""))
-    for update in client.stream_sequence(args.model, chunks, version=args.version):
+    truth = f", true label {record.label}" if record.label is not None else ""
+    print(f"streaming sequence {record.id} ({len(record.steps)} steps) in chunks of {args.chunk}{truth}")
+    outputs = ["hidden", "logits", "step_logits"] if args.plot else None
+    updates = []
+    for update in client.stream_sequence(args.model, chunks, version=args.version, outputs=outputs):
         bar = "#" * int(round(20 * update.result.probabilities.max()))
         print(f"  after {update.steps_seen:>4} steps: {update.result.label:<4} "
               f"p={update.result.probabilities.max():.3f} {bar}{'  (final)' if update.final else ''}")
+        updates.append(update)
+    if args.plot:
+        labels = list(client.get_model(args.model, args.version).class_labels)
+        step_logits = np.concatenate([u.result.step_logits for u in updates])  # (T, C)
+        plot_stream(args.plot, record.steps, softmax(step_logits), labels, [u.steps_seen for u in updates],
+                    f"{args.model}: {record.id} streamed in chunks of {args.chunk}{truth}")
 
 
 def add_model_args(parser: argparse.ArgumentParser, with_file: bool = True) -> argparse.ArgumentParser:
@@ -93,11 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--limit", type=int, default=10, help="most sequences to send")
     encode.add_argument("--outputs", nargs="+", choices=sorted(OUTPUTS), help="tensors to return")
     encode.add_argument("--show-tensors", action="store_true", help="print the first values of each tensor")
+    encode.add_argument("--plot", type=Path, metavar="PNG",
+                        help="draw the first sequence: features, attention, class probabilities")
     encode.set_defaults(run=cmd_encode)
     stream = add_model_args(
         sub.add_parser("stream", help="stream one sequence chunk by chunk, printing the running prediction"))
     stream.add_argument("--index", type=int, default=0, help="which sequence of the file")
     stream.add_argument("--chunk", type=int, default=4, help="steps per chunk")
+    stream.add_argument("--plot", type=Path, metavar="PNG",
+                        help="draw the features and the running prediction after every step (streaming models)")
     stream.set_defaults(run=cmd_stream)
     return p
 
@@ -108,7 +135,17 @@ def main(argv: list[str] | None = None) -> int:
         with SeqserveClient(args.server, timeout=args.timeout) as client:
             args.run(client, args)
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        hint = ""
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            hint = f" (is a server running at {args.server}? set --server or SEQSERVE_SERVER)"
+        print(f"error: {exc.code().name}: {exc.details()}{hint}", file=sys.stderr)
+        return 1
+    except PlotUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`... | head`): say nothing more, and keep Python's exit-time flush quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from seqserve.numerics import softmax
+
 from server.metrics import ModelMetrics
 from server.runtime import BatchInputs, ModelRuntime
 
@@ -101,11 +103,6 @@ def pad_items(runtime: ModelRuntime, items: Sequence[WorkItem]) -> BatchInputs:
                     c0[:, i] = it.c0
     return BatchInputs(x, lengths, h0, c0)
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities along the last axis."""
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def split_outputs(outputs: dict[str, np.ndarray], lengths: np.ndarray) -> list[SequenceOutputs]:

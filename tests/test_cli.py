@@ -54,3 +54,56 @@ def test_stream_prints_a_running_prediction_per_chunk(server):
 def test_errors_exit_non_zero_with_the_status(server):
     out = cli(server, "info", "nope")
     assert out.returncode == 1 and "NOT_FOUND" in out.stderr and "nope" in out.stderr
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("command", [
+    ["encode", "jv_bilstm_attn", str(SAMPLE), "--limit", "1"],
+    ["stream", "jv_lstm_stream", str(SAMPLE), "--index", "9", "--chunk", "5"],
+])
+def test_plot_draws_a_png(server, tmp_path, command):
+    picture = tmp_path / "prediction.png"
+    out = cli(server, *command, "--plot", str(picture))
+    assert out.returncode == 0, out.stderr
+    assert picture.read_bytes()[:8] == PNG_SIGNATURE and picture.stat().st_size > 10_000
+
+
+def test_an_unreachable_server_prints_only_the_error():
+    out = subprocess.run([sys.executable, "-m", "seqserve.cli", "--server", "127.0.0.1:1", "--timeout", "2", "list"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stdout == ""
+    assert "UNAVAILABLE" in out.stderr and "--server" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_closed_pipe_ends_the_cli_quietly(server):
+    """`seqserve.cli list | head -1`: the reader goes away first; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "seqserve.cli", "--server", server.target, "list"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the CLI has written anything
+    stderr = proc.stderr.read()
+    assert proc.wait(60) == 1
+    assert stderr == ""
+
+
+BLOCK_SERVER_PACKAGES = """
+import importlib.abc, runpy, sys
+SERVER_ONLY = ("onnxruntime", "prometheus_client", "grpc_health", "grpc_reflection", "torch", "pyarrow", "server")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in SERVER_ONLY:
+            raise ImportError(f"{name} is not part of the client install")
+sys.meta_path.insert(0, Block())
+sys.argv = ["seqserve.cli", *sys.argv[1:]]
+runpy.run_module("seqserve.cli", run_name="__main__")
+"""
+
+
+def test_the_cli_needs_only_the_client_install(server):
+    """The base install (grpcio, protobuf, numpy) is enough to call a server: nothing server-side is imported."""
+    for command in (["list"], ["encode", "jv_bilstm_attn", str(SAMPLE), "--limit", "2"]):
+        out = subprocess.run([sys.executable, "-c", BLOCK_SERVER_PACKAGES, "--server", server.target, *command],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "jv_bilstm_attn" in out.stdout or "->" in out.stdout

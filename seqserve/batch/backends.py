@@ -27,6 +27,7 @@ from seqserve.batch.readers import Record
 from seqserve.client import EncodeResult, SeqserveClient, encode_request
 from seqserve.contract import Architecture, output_names
 from seqserve.cpu import physical_cores
+from seqserve.numerics import softmax
 from seqserve.repository import ModelVersion, RepositoryError, latest_version, read_version
 
 T = TypeVar("T")
@@ -124,12 +125,6 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, as the server computes it."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def model_tensors(arch: Architecture) -> frozenset[str]:

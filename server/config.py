@@ -33,11 +33,19 @@ class ServerConfig:
     max_sequences_per_request: int = 256
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_streams: int = 256
+    max_concurrent_rpcs: int = 1024  # calls of any kind being served at once; more get RESOURCE_EXHAUSTED
+    max_queued_sequences: int = 8192  # per model version: sequences waiting for a batch; more are shed
+    max_stream_in_flight: int = 64  # EncodeStream: requests queued or unsent per stream before reading pauses
     max_stream_buffer_steps: int = 16384  # steps buffered for a bidirectional StreamSequence
     max_stream_chunks: int = 65536  # messages in one StreamSequence, empty chunks included
     grace_seconds: float = 10.0  # time in-flight calls get to finish on shutdown
     warmup: bool = True
     allow_empty: bool = False  # start even when the repository holds no loadable model
+    reflection: bool = True  # serve grpc.reflection (v1 and v1alpha)
+    tls_cert: str = ""  # PEM certificate chain: serve TLS on the gRPC port (with tls_key)
+    tls_key: str = ""  # PEM private key
+    tls_client_ca: str = ""  # PEM CA bundle: require client certificates signed by it (mutual TLS)
+    auth_token_file: str = ""  # file holding a bearer token every call must present (health exempt)
 
     @property
     def batch_policy(self) -> BatchPolicy:
@@ -68,11 +76,19 @@ _HELP = {
     "max_sequences_per_request": "most sequences in one Encode request",
     "max_message_bytes": "largest gRPC message accepted or sent",
     "max_concurrent_streams": "most open streaming calls",
+    "max_concurrent_rpcs": "most calls of any kind served at once; more are refused with RESOURCE_EXHAUSTED",
+    "max_queued_sequences": "most sequences waiting for a batch, per model version; more are refused",
+    "max_stream_in_flight": "EncodeStream: most requests queued or unanswered per stream before reading pauses",
     "max_stream_buffer_steps": "most steps a bidirectional StreamSequence may buffer",
     "max_stream_chunks": "most chunks (messages, empty ones included) in one StreamSequence",
     "grace_seconds": "time in-flight calls get to finish on SIGTERM/SIGINT",
     "warmup": "run each model once before reporting SERVING",
     "allow_empty": "start even when the repository holds no loadable model (it may be filled later)",
+    "reflection": "serve gRPC server reflection (grpc.reflection.v1 and v1alpha)",
+    "tls_cert": "PEM certificate chain for TLS on the gRPC port (needs --tls-key)",
+    "tls_key": "PEM private key for --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require and verify client certificates (mutual TLS)",
+    "auth_token_file": "file holding the bearer token every call must send (authorization: Bearer ...); health exempt",
 }
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +182,15 @@ def test_sweep_rejects_bad_train_options(tmp_path):
                    "--out", str(tmp_path / "sweep"))
     assert proc.returncode == 2 and "bad train options '--no-such-flag 1'" in proc.stderr
     assert not (tmp_path / "sweep" / "results.jsonl").exists()
+
+
+def test_train_help_names_the_real_presets_and_command():
+    from model.zoo import PRESETS
+
+    out = subprocess.run([sys.executable, "-m", "model.train", "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0
+    assert out.stdout.startswith("usage: python -m model.train")
+    named = set(re.findall(r"--preset (\w+)", out.stdout))  # every example in the help text
+    assert named <= set(PRESETS), named - set(PRESETS)
+    assert all(name in out.stdout for name in PRESETS)

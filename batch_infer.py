@@ -25,6 +25,7 @@ from seqserve.batch.errors import BatchError
 from seqserve.batch.pipeline import BATCH_SIZE, CHUNK_SIZE, EXIT_FATAL, EXIT_INTERRUPTED, JobConfig, Summary, run_job
 from seqserve.batch.readers import FORMATS, Fields
 from seqserve.batch.writers import OUTPUT_FORMATS, ROWS_PER_FILE
+from seqserve.client import add_security_args, security_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--retries", type=int, default=5,
                         help="retries of a call while the server is UNAVAILABLE (exponential backoff)")
     remote.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
+    add_security_args(parser)
 
     scale = parser.add_argument_group("Ray")
     scale.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
@@ -110,7 +112,8 @@ def run(args: argparse.Namespace) -> Summary:
                            actors=args.ray_actors, address=args.ray)
     if args.server:
         backend = RemoteBackend(args.server, args.model, args.version, config.tensors, streams=args.streams,
-                                retry=RetryPolicy(retries=args.retries), timeout=args.timeout)
+                                retry=RetryPolicy(retries=args.retries), timeout=args.timeout,
+                                security=security_from_args(args))
         name = f"remote {args.server} ({args.streams} streams)"
     else:
         backend = LocalBackend(args.model_repository, args.model, args.version, config.tensors, args.threads)

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from seqserve.batch.readers import Record, read_records
-from seqserve.client import OUTPUTS, SeqserveClient
+from seqserve.client import OUTPUTS, SeqserveClient, add_security_args, security_from_args
 from seqserve.numerics import softmax
 from seqserve.plots import PlotUnavailable, plot_encoding, plot_stream
 from seqserve.v1 import seqserve_pb2 as pb
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default=os.environ.get("SEQSERVE_SERVER", "localhost:50051"),
                    help="host:port of the server [env SEQSERVE_SERVER]")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    add_security_args(p)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the models served").set_defaults(run=cmd_list)
     info = add_model_args(sub.add_parser("info", help="describe one model"), with_file=False)
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with SeqserveClient(args.server, timeout=args.timeout) as client:
+        with SeqserveClient(args.server, timeout=args.timeout, security=security_from_args(args)) as client:
             args.run(client, args)
     except grpc.RpcError as exc:
         hint = ""

@@ -30,12 +30,12 @@ EXIT_STARTUP = 2
 
 
 async def serve(config: ServerConfig) -> int:
-    server = SeqserveServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        server = SeqserveServer(config)
         await server.start()
     except StartupError as exc:
         log.error(f"cannot start: {exc}")

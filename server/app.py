@@ -1,10 +1,16 @@
-"""Assemble and run the service: models, batchers, gRPC server, health, reflection, metrics."""
+"""Assemble and run the service: models, batchers, gRPC server, health, reflection, metrics.
+
+Health: "" (the server) and `seqserve.v1.SeqserveService` are SERVING once every model is loaded and
+warmed up; each model also has its own entry, `<model>/<version>` and `<model>` (its latest version),
+which turns NOT_SERVING if that model's batcher dies. All turn NOT_SERVING on shutdown.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,15 +18,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve.repository import RepositoryError
+from server.admission import Admission
 from server.config import ServerConfig
 from server.dataplane import DataPlane
 from server.errors import StartupError
 from server.metrics import Metrics
 from server.reflection import enable_reflection
-from server.registry import ModelRegistry
+from server.registry import ModelRegistry, ServedModel
 from server.service import SeqserveService
 
 log = logging.getLogger(__name__)
+# After draining: time for calls that raced the drain (answered UNAVAILABLE) and health watches to close.
+SOCKET_CLOSE_GRACE_S = 0.5
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqserveService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -35,12 +44,14 @@ class SeqserveServer:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.registry = ModelRegistry(config, self.executor, self.metrics)
         self.health = health.aio.HealthServicer()
+        self.admission = Admission(read_token(config))
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.grpc = grpc.aio.server(options=options)
+        self.grpc = grpc.aio.server(options=options, interceptors=[self.admission],
+                                    maximum_concurrent_rpcs=config.max_concurrent_rpcs)
         self.port = 0
         self.metrics_port = 0
 
@@ -64,15 +75,19 @@ class SeqserveServer:
             SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.grpc)
+        if self.config.reflection:
+            enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.grpc)
         self.port = self._bind_grpc()
         await self.grpc.start()
         if self.config.metrics_port:
             self.metrics_port = self._serve_metrics()
         await asyncio.get_running_loop().run_in_executor(None, self._load_models)
         self.registry.start()
+        for model in self.registry.all():
+            model.batcher.on_failure = lambda exc, model=model: asyncio.ensure_future(self._model_failed(model))
+            await self._set_model_health(model, SERVING)
         await self._set_health(SERVING)
-        log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port,
+        log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "tls": bool(self.config.tls_cert),
                                    "models": [f"{m.name}/{m.version}" for m in self.registry.all()],
                                    "skipped": len(self.registry.problems)})
         return self.port
@@ -90,8 +105,11 @@ class SeqserveServer:
 
     def _bind_grpc(self) -> int:
         address = f"{self.config.host}:{self.config.port}"
+        credentials = server_credentials(self.config)
         try:
-            return self.grpc.add_insecure_port(address)
+            if credentials is None:
+                return self.grpc.add_insecure_port(address)
+            return self.grpc.add_secure_port(address, credentials)
         except RuntimeError:
             raise StartupError("port", self.config.port, f"cannot listen on {address}: the port is in use "
                                                          "or the address is not this machine's") from None
@@ -107,15 +125,60 @@ class SeqserveServer:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
 
+    async def _set_model_health(self, model: ServedModel, status: int) -> None:
+        await self.health.set(f"{model.name}/{model.version}", status)
+        if model.version == max(self.registry.versions(model.name)):
+            await self.health.set(model.name, status)
+
+    async def _model_failed(self, model: ServedModel) -> None:
+        await self._set_model_health(model, NOT_SERVING)
+
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones finish (up to `grace` s), drain the batchers."""
+        """Turn new calls away (UNAVAILABLE), let in-flight ones finish (up to `grace` s), drain the batchers."""
         grace = self.config.grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
-        await self.grpc.stop(grace)
+        finished = await self.admission.drain(grace)
+        if not finished:
+            log.warning("grace period over; cancelling the calls still running",
+                        extra={"in_flight": self.admission.in_flight})
+        await self.grpc.stop(SOCKET_CLOSE_GRACE_S)
         await self.registry.stop()
         self.executor.shutdown(wait=True)
         log.info("stopped")
 
     async def wait(self) -> None:
         await self.grpc.wait_for_termination()
+
+
+def _read_setting_file(setting: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError(setting, path, f"cannot read it: {exc.strerror or exc}") from None
+
+
+def read_token(config: ServerConfig) -> str | None:
+    """The bearer token calls must present, or None when auth is off."""
+    if not config.auth_token_file:
+        return None
+    token = _read_setting_file("auth_token_file", config.auth_token_file).decode().strip()
+    if not token:
+        raise StartupError("auth_token_file", config.auth_token_file, "the file is empty")
+    return token
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC port (mutual TLS with a client CA), or None for plaintext."""
+    if not config.tls_cert and not config.tls_key:
+        if config.tls_client_ca:
+            raise StartupError("tls_client_ca", config.tls_client_ca, "mutual TLS needs --tls-cert and --tls-key")
+        return None
+    if not (config.tls_cert and config.tls_key):
+        missing = "tls_key" if config.tls_cert else "tls_cert"
+        raise StartupError(missing, "''", "TLS needs both --tls-cert and --tls-key")
+    key = _read_setting_file("tls_key", config.tls_key)
+    chain = _read_setting_file("tls_cert", config.tls_cert)
+    client_ca = _read_setting_file("tls_client_ca", config.tls_client_ca) if config.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)

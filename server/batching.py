@@ -5,22 +5,30 @@ waiting up to max_queue_delay_ms for more), drops items whose caller has gone, g
 by length so padding stays small, runs each group in the inference thread pool and hands every
 item its own slice of the results. With batching off, each item runs alone through the same
 code, so results are identical either way.
+
+Failure stays small: the queue is bounded (max_queued_sequences; more is refused at once with
+RESOURCE_EXHAUSTED), a batch that fails at run time is retried one sequence at a time so only the
+culprit fails, and if the batcher's loop itself dies, its queued work fails UNAVAILABLE, later work
+is refused, and `on_failure` tells the registry (health turns NOT_SERVING for the model).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from seqserve.numerics import softmax
-
+from server.errors import LimitExceeded, NotReady
 from server.metrics import ModelMetrics
 from server.runtime import BatchInputs, ModelRuntime
+
+log = logging.getLogger(__name__)
 
 # Per-sequence result: contract output name -> that sequence's slice.
 SequenceOutputs = dict[str, np.ndarray]
@@ -35,7 +43,10 @@ class BatchPolicy:
     max_batch_size: int = 64
     max_queue_delay_ms: float = 0.0  # extra wait for a batch to fill after an idle spell; 0 = take what is queued
     padding_waste: float = 0.5  # split a batch by length when padding exceeds this fraction of real steps
-    inline_max_steps: int = 0  # a lone sequence up to this long runs on the event loop (0 = never)
+    max_queued: int = 8192  # sequences waiting; beyond it new work is refused (RESOURCE_EXHAUSTED)
+    # A lone sequence whose run is expected to take at most this long runs on the event loop (0 = never),
+    # skipping two thread hops; the expectation is this model's measured time per padded step x its length.
+    inline_max_ms: float = 0.0
     # A request arriving at least this long after the batcher went idle is a lone caller, not load.
     # Measured on loopback (bench/PROFILE.md): a client's own round trip takes longer than 0.2 ms,
     # while the gap between requests of a saturated loop is shorter.
@@ -160,8 +171,13 @@ class Batcher:
         self.max_batch_size = policy.max_batch_size if policy.enabled else 1
         self.max_delay = policy.max_queue_delay_ms / 1000.0 if policy.enabled else 0.0
         self.max_waste = policy.padding_waste
-        self.inline_max_steps = policy.inline_max_steps
+        self.max_queued = policy.max_queued
+        self.inline_max = policy.inline_max_ms / 1000.0
         self.inline_min_idle = policy.inline_min_idle_ms / 1000.0
+        self.on_failure: Callable[[BaseException], None] = lambda exc: None
+        self.failure: BaseException | None = None  # why the loop died, once it has
+        self._seconds_per_step: float | None = None  # measured run time per padded step (moving average)
+        self._queued = 0  # sequences in the queue
         self._open_jobs = 0  # requests queued or running
         self._idle_since = 0.0  # when the last open request finished
         self._queue: asyncio.Queue[WorkItem | None] = asyncio.Queue()
@@ -171,13 +187,32 @@ class Batcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.runtime.name}")
+        self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        """Supervision: a loop that died fails its queued work and reports itself; a stopped one is fine."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.failure = task.exception()
+        log.error("batcher died", extra={"model": self.runtime.name, "version": self.runtime.number,
+                                         "error": repr(self.failure)})
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                item.job.fail(self._not_ready())
+        self._queued = 0
+        self.on_failure(self.failure)
+
+    def _not_ready(self) -> NotReady:
+        return NotReady(f"model {self.runtime.name!r} version {self.runtime.number} is not ready: its batcher "
+                        "stopped after an internal error")
 
     async def stop(self) -> None:
         """Finish what is queued, then stop."""
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             await self._queue.put(None)
-            await self._task
-            self._task = None
+            await asyncio.wait([self._task])
+        self._task = None
 
     def hold(self) -> None:
         """Stop taking work from the queue until release() (tests: make batches form deterministically)."""
@@ -192,7 +227,16 @@ class Batcher:
         return self._open_jobs
 
     def enqueue(self, items: Sequence[WorkItem]) -> Job:
-        """Queue items; the job's future gets their results in order (cancel it to withdraw them)."""
+        """Queue items; the job's future gets their results in order (cancel it to withdraw them).
+
+        Raises NotReady once the loop has died, LimitExceeded when the queue cannot take the items.
+        """
+        if self.failure is not None:
+            raise self._not_ready()
+        if self._queued + len(items) > self.max_queued:
+            raise LimitExceeded("queued sequences", self._queued + len(items), self.max_queued,
+                                "max_queued_sequences")
+        self._queued += len(items)
         job = Job(len(items))
         job.after_idle = self._idle_gap()
         self._open_jobs += 1
@@ -230,6 +274,7 @@ class Batcher:
                 nxt = self._queue.get_nowait()
             if nxt is None:
                 return items, True
+            self._queued -= 1
             items.append(nxt)
         return items, False
 
@@ -250,13 +295,39 @@ class Batcher:
         answer within inline_min_idle is load, not a lone caller.
         """
         it = group[0]
-        return (len(group) == 1 and it.length <= self.inline_max_steps and self._open_jobs == 1
-                and it.job.after_idle >= self.inline_min_idle)
+        return (len(group) == 1 and self._open_jobs == 1 and it.job.after_idle >= self.inline_min_idle
+                and self._seconds_per_step is not None
+                and max(1, it.length) * self._seconds_per_step <= self.inline_max)
 
     async def _run_group(self, group: list[WorkItem]) -> list[SequenceOutputs]:
+        started = time.perf_counter()
         if self._runs_inline(group):
-            return run_items(self.runtime, group)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, run_items, self.runtime, group)
+            results = run_items(self.runtime, group)
+        else:
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, run_items, self.runtime, group)
+        self._measure(len(group) * max(1, max(it.length for it in group)), time.perf_counter() - started)
+        return results
+
+    def _measure(self, padded_steps: int, seconds: float) -> None:
+        """Fold one run into the moving average of seconds per padded step."""
+        rate = seconds / padded_steps
+        previous = self._seconds_per_step
+        self._seconds_per_step = rate if previous is None else 0.8 * previous + 0.2 * rate
+
+    async def _run_alone(self, group: list[WorkItem], failure: Exception) -> None:
+        """After `group` failed as one batch: run its sequences one by one, so only the culprits fail."""
+        if len(group) == 1:
+            group[0].job.fail(failure)
+            return
+        for it in group:
+            if it.job.gone:
+                continue
+            try:
+                [result] = await self._run_group([it])
+            except Exception as exc:
+                it.job.fail(exc)
+            else:
+                it.job.deliver(it.index, result)
 
     async def _loop(self) -> None:
         stopping = False
@@ -265,6 +336,7 @@ class Batcher:
             await self._running.wait()
             if first is None:
                 break
+            self._queued -= 1
             items, stopping = await self._collect(first)
             live = [it for it in items if not it.job.gone]  # cancelled callers leave cleanly
             for group in group_by_length(live, self.max_waste):
@@ -272,9 +344,10 @@ class Batcher:
                 waited = [started - it.enqueued_at for it in group]
                 try:
                     results = await self._run_group(group)
-                except Exception as exc:  # a failed run fails only its own group
-                    for it in group:
-                        it.job.fail(exc)
+                except Exception as exc:
+                    log.warning("batch failed; retrying its sequences one by one",
+                                extra={"model": self.runtime.name, "sequences": len(group), "error": repr(exc)})
+                    await self._run_alone(group, exc)
                     continue
                 self.metrics.observe_batch(waited, time.perf_counter() - started)
                 for it, result in zip(group, results):

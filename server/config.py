@@ -23,7 +23,7 @@ class ServerConfig:
     batching: bool = True  # dynamic batching of concurrent requests
     max_batch_size: int = 64  # sequences per onnxruntime run
     max_queue_delay_ms: float = 0.0  # extra wait to fill a batch; 0 = take what is queued
-    inline_max_steps: int = 256  # a lone sequence up to this long runs on the event loop (0 = never)
+    inline_max_ms: float = 0.5  # a lone sequence expected to run this fast runs on the event loop (0 = never)
     inline_min_idle_ms: float = 0.2  # see BatchPolicy
     # The inference thread needs the GIL back after every onnxruntime run; with Python's default 5 ms
     # a busy event loop makes it wait that long each time (measured: batches 8x slower, bench/PROFILE.md).
@@ -50,7 +50,7 @@ class ServerConfig:
     @property
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(self.batching, self.max_batch_size, self.max_queue_delay_ms, self.padding_waste,
-                           self.inline_max_steps, self.inline_min_idle_ms)
+                           self.max_queued_sequences, self.inline_max_ms, self.inline_min_idle_ms)
 
     @property
     def threads(self) -> int:
@@ -68,7 +68,8 @@ _HELP = {
     "batching": "gather concurrent requests into one onnxruntime run",
     "max_batch_size": "most sequences in one onnxruntime run",
     "max_queue_delay_ms": "how long a request may wait for others to fill its batch",
-    "inline_max_steps": "run a lone sequence up to this many steps on the event loop, skipping two thread hops",
+    "inline_max_ms": "run a lone sequence on the event loop (skipping two thread hops) when its expected run "
+                     "time, from this model's measured time per step, is at most this",
     "inline_min_idle_ms": "a request this long after the batcher went idle counts as a lone caller (may run inline)",
     "switch_interval_ms": "Python's GIL switch interval for the server process (Python's default: 5)",
     "padding_waste": "split a batch by length when padding exceeds this fraction of real steps",

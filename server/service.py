@@ -86,9 +86,15 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
     async def EncodeStream(
         self, request_iterator: AsyncIterator[pb.EncodeStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EncodeStreamResponse]:
-        """Each request is queued as it arrives and answered from its job's done-callback, as it completes."""
+        """Each request is queued as it arrives and answered from its job's done-callback, as it completes.
+
+        Back-pressure: a request takes one of max_stream_in_flight slots when it is read and gives it
+        back when its answer has been sent, so a client that stops reading answers stops being read
+        (gRPC flow control then holds its writes) instead of piling answers up in server memory.
+        """
         await self._open_stream(context)
         answers: asyncio.Queue[pb.EncodeStreamResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.config.max_stream_in_flight)
         jobs: set[asyncio.Future] = set()
         reading = True
 
@@ -107,7 +113,13 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
         async def read_requests() -> None:
             nonlocal reading
             try:
-                async for tagged in request_iterator:
+                requests = aiter(request_iterator)
+                while True:
+                    await slots.acquire()
+                    try:
+                        tagged = await anext(requests)
+                    except StopAsyncIteration:
+                        break
                     started = time.perf_counter()
                     try:
                         pending = self.plane.start_encode(tagged.request)
@@ -126,6 +138,7 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
         try:
             while (response := await answers.get()) is not None:
                 yield response
+                slots.release()
             await reader  # re-raises a failure to read the requests
         finally:
             reader.cancel()

@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from seqserve.batch.errors import BackendError, RecordRejected
 from seqserve.batch.readers import Record
-from seqserve.client import EncodeResult, SeqserveClient, encode_request
+from seqserve.client import EncodeResult, SeqserveClient, Security, encode_request
 from seqserve.contract import Architecture, output_names
 from seqserve.cpu import physical_cores
 from seqserve.numerics import softmax
@@ -283,13 +283,14 @@ class RemoteBackend:
     loads a newer version mid-run does not mix versions in one output."""
 
     def __init__(self, target: str, model: str, version: int = 0, tensors: Iterable[str] = (),
-                 streams: int = 4, retry: RetryPolicy = RetryPolicy(), timeout: float = 120.0) -> None:
+                 streams: int = 4, retry: RetryPolicy = RetryPolicy(), timeout: float = 120.0,
+                 security: Security = Security()) -> None:
         if streams < 1:
             raise BackendError(f"--streams must be at least 1, got {streams}")
         self.target = target
         self.concurrency = streams
         self.retry = retry
-        self.client = SeqserveClient(target, timeout=timeout)
+        self.client = SeqserveClient(target, timeout=timeout, security=security)
         try:
             meta = call_with_retry(lambda: self.client.get_model(model, version), f"{target}: GetModel", retry)
         except RecordRejected as exc:

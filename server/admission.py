@@ -1,0 +1,111 @@
+"""Who may start a call: an interceptor that turns calls away while the server drains, checks the
+bearer token when one is configured, and counts the calls in flight so shutdown can wait for them.
+
+Health checks are exempt from the token (orchestrators probe without credentials) and are not
+counted (a health Watch stays open for as long as its client likes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+AUTHORIZATION = "authorization"
+
+
+def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind (and codecs) as `handler` that answers every call with `code`."""
+
+    async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    if handler.unary_unary:
+        make = grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream:
+        make = grpc.unary_stream_rpc_method_handler
+    elif handler.stream_unary:
+        make = grpc.stream_unary_rpc_method_handler
+    else:
+        make = grpc.stream_stream_rpc_method_handler
+    return make(reject, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+class Admission(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str | None = None) -> None:
+        self._expected = f"Bearer {token}".encode() if token else None
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(HEALTH_PREFIX):
+            return handler
+        if self.draining:
+            return _rejecting(handler, grpc.StatusCode.UNAVAILABLE,
+                              "server: shutting down; retry the call (another replica, or this one once restarted)")
+        if self._expected is not None and not self._authorized(details.invocation_metadata):
+            return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED,
+                              "authorization: a valid `authorization: Bearer <token>` header is required")
+        return self._counted(handler)
+
+    def _authorized(self, metadata: tuple | None) -> bool:
+        presented = [value for key, value in (metadata or ()) if key == AUTHORIZATION]
+        if len(presented) != 1:
+            return False
+        value = presented[0].encode() if isinstance(presented[0], str) else presented[0]
+        return hmac.compare_digest(value, self._expected)  # constant time: no timing oracle on the token
+
+    @contextmanager
+    def _track(self):
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The same handler, counted in `in_flight` while it runs."""
+        codecs = {"request_deserializer": handler.request_deserializer,
+                  "response_serializer": handler.response_serializer}
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                with self._track():
+                    return await inner(request, context)
+
+            make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return make(call, **codecs)
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            with self._track():
+                async for response in inner_stream(request, context):
+                    yield response
+
+        make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        return make(stream, **codecs)
+
+    async def drain(self, timeout: float) -> bool:
+        """Turn new calls away and wait up to `timeout` s for those in flight; True if they all finished."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

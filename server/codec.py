@@ -2,12 +2,16 @@
 
 Validation happens here, on arrival, before anything is queued: a bad sequence never reaches a
 batch, so it cannot fail the requests batched with it. Every message names the field
-(`sequences[2].steps`) and the limit or expectation it broke.
+(`sequences[2].steps`) and the limit or expectation it broke, and shows a client's values only as
+`excerpt`s. The size of an answer is estimated here too (`AnswerSize`), so a request whose answer
+could not be sent is refused before anything is computed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,9 +20,18 @@ from seqserve.tensors import TensorDecodeError, from_tensor, to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from server.batching import SequenceOutputs
 from server.config import ServerConfig
-from server.errors import InvalidInput, LimitExceeded
+from server.errors import InvalidInput, LimitExceeded, excerpt
 
 DEFAULT_OUTPUTS = frozenset({pb.OUTPUT_HIDDEN, pb.OUTPUT_ATTENTION, pb.OUTPUT_LOGITS})
+PER_STEP_OUTPUTS = {pb.OUTPUT_OUTPUTS: "OUTPUT_OUTPUTS", pb.OUTPUT_STEP_LOGITS: "OUTPUT_STEP_LOGITS"}
+# The most steps a stream may count (steps_seen): far beyond any real stream, and with room to add
+# chunks without passing int64 (2**63 - 1), the type of every steps_seen field on the wire.
+MAX_STEPS_SEEN = 2**62
+# Protobuf framing, upper bounds: a field's tag and length prefix (1 + up to 5 bytes), a varint field
+# (tag + up to 10 bytes), and headroom for an answer's envelope (EncodeStream's request_id and tags).
+FIELD_BYTES = 6
+VARINT_FIELD_BYTES = 11
+ENVELOPE_BYTES = 1024
 
 
 def decode(tensor: pb.Tensor, field: str) -> np.ndarray:
@@ -33,7 +46,7 @@ def decode_steps(
 ) -> np.ndarray:
     """A sequence or chunk: float32 (T, F) with F the model's features, finite, within limits."""
     if len(tensor.shape) != 2:
-        raise InvalidInput(field, f"shape must be [time, {arch.input_size}], got {list(tensor.shape)}")
+        raise InvalidInput(field, f"shape must be [time, {arch.input_size}], got {excerpt(tensor.shape)}")
     time_steps, features = tensor.shape
     if features != arch.input_size:
         raise InvalidInput(field, f"has {features} features per step, the model expects {arch.input_size}")
@@ -53,10 +66,38 @@ def decode_outputs(requested: Iterable[int], arch: Architecture, field: str = "o
     valid = set(pb.Output.values()) - {pb.OUTPUT_UNSPECIFIED}
     unknown = sorted(wanted - valid)
     if unknown:
-        raise InvalidInput(field, f"unknown output value(s) {unknown}")
+        raise InvalidInput(field, f"unknown output value(s) {excerpt(unknown)}")
     if pb.OUTPUT_STEP_LOGITS in wanted and not arch.step_logits:
         raise InvalidInput(field, "OUTPUT_STEP_LOGITS: this model has no per-step logits")
     return wanted
+
+
+def check_version(version: int, field: str = "version") -> None:
+    """A requested version: 0 (the latest) or a version number, never negative."""
+    if version < 0:
+        raise InvalidInput(field, f"must be 0 (the latest) or a version number, got {version}")
+
+
+def check_state_origin(state: pb.State, name: str, version: int, field: str) -> None:
+    """A state may only continue on the model version that produced it.
+
+    `state.model` and `state.version` name that version; left empty (or 0), they mean "unknown":
+    the client vouches that the state fits, and only its tensors' shapes are checked. A state from
+    another model or another version is refused (its h and c mean nothing to other weights).
+    """
+    check_version(state.version, f"{field}.version")
+    if state.model and state.model != name:
+        raise InvalidInput(f"{field}.model", f"the state belongs to model {excerpt(state.model)}, not {name!r}")
+    if state.version and state.version != version:
+        raise InvalidInput(f"{field}.version", f"the state comes from version {state.version} of {name!r}, this "
+                                               f"stream runs version {version}: open the stream with version "
+                                               f"{state.version}, or start again without initial_state")
+
+
+def check_steps_seen(steps_seen: int, field: str) -> int:
+    if not 0 <= steps_seen <= MAX_STEPS_SEEN:
+        raise InvalidInput(field, f"must be between 0 and 2**62 ({MAX_STEPS_SEEN}), got {steps_seen}")
+    return steps_seen
 
 
 def decode_state(state: pb.State, arch: Architecture, field: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -104,3 +145,65 @@ def encode_result(
     if pb.OUTPUT_STEP_LOGITS in outputs and "step_logits" in result:
         to_tensor(result["step_logits"], msg.step_logits)
     return msg
+
+
+def tensor_bytes(*shape: int) -> int:
+    """The most bytes a Tensor field of `shape` takes: its float32 data, packed shape and framing."""
+    return 4 * math.prod(shape) + 10 * len(shape) + 3 * FIELD_BYTES
+
+
+@dataclass(frozen=True)
+class AnswerSize:
+    """Upper bounds of an answer's bytes, known before anything is computed: from the outputs asked
+    for, the model's shapes and the sequences' lengths (outputs [T, D*H], step_logits [T, C],
+    h_n and c_n [L*D, H], attention [T], context [D*H], logits and probabilities [C]) plus framing.
+    """
+
+    arch: Architecture
+    outputs: frozenset[int]
+    label_bytes: int  # the longest class label, UTF-8
+    name_bytes: int  # the model's name, UTF-8
+
+    @classmethod
+    def of(cls, arch: Architecture, outputs: frozenset[int], labels: list[str], name: str) -> AnswerSize:
+        longest = max((len(label.encode()) for label in labels), default=0)
+        return cls(arch, outputs, max(longest, len(str(arch.num_classes))), len(name.encode()))
+
+    def result(self, steps: int, id_bytes: int = 0) -> int:
+        """One SequenceResult of a `steps`-long sequence whose id takes `id_bytes`."""
+        a, wanted = self.arch, self.outputs
+        width, states, classes = a.directions * a.hidden_size, a.num_layers * a.directions, a.num_classes
+        size = 3 * FIELD_BYTES + id_bytes + self.label_bytes + VARINT_FIELD_BYTES + tensor_bytes(classes)
+        if pb.OUTPUT_LOGITS in wanted:
+            size += tensor_bytes(classes)
+        if pb.OUTPUT_OUTPUTS in wanted:
+            size += tensor_bytes(steps, width)
+        if pb.OUTPUT_HIDDEN in wanted:
+            size += tensor_bytes(states, a.hidden_size) * (2 if a.has_cell_state else 1)
+        if pb.OUTPUT_ATTENTION in wanted and a.has_attention:
+            size += tensor_bytes(steps) + tensor_bytes(width)
+        if pb.OUTPUT_STEP_LOGITS in wanted and a.step_logits:
+            size += tensor_bytes(steps, classes)
+        return size
+
+    def encode_response(self, lengths: Iterable[int], id_bytes: Iterable[int]) -> int:
+        """An EncodeResponse (or EncodeStreamResponse) for sequences of these lengths and ids."""
+        results = sum(self.result(steps, ids) for steps, ids in zip(lengths, id_bytes))
+        return ENVELOPE_BYTES + self.name_bytes + VARINT_FIELD_BYTES + results
+
+    def stream_response(self, steps: int) -> int:
+        """A StreamSequenceResponse answering `steps` steps, with the state a unidirectional model adds."""
+        state = 0
+        if self.arch.streaming:
+            tensors = 2 if self.arch.has_cell_state else 1
+            state = self.name_bytes + 3 * VARINT_FIELD_BYTES + tensors * tensor_bytes(
+                self.arch.num_layers, self.arch.hidden_size)
+        return ENVELOPE_BYTES + self.result(steps) + state + 2 * VARINT_FIELD_BYTES
+
+    def check(self, size: int, limit: int, instead: str) -> None:
+        """Refuse an answer of `size` bytes over `limit`, saying what to ask for `instead`."""
+        if size <= limit:
+            return
+        per_step = [name for value, name in PER_STEP_OUTPUTS.items() if value in self.outputs]
+        hint = f"{instead}, or leave out {' and '.join(per_step)}" if per_step else instead
+        raise LimitExceeded("answer bytes (estimated)", size, limit, "max_message_bytes", hint)

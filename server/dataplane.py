@@ -13,9 +13,12 @@ import numpy as np
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from server.batching import Job, SequenceOutputs, WorkItem
-from server.codec import decode_outputs, decode_state, decode_steps, encode_result
+from server.codec import (
+    MAX_STEPS_SEEN, AnswerSize, check_state_origin, check_steps_seen, check_version, decode_outputs, decode_state,
+    decode_steps, encode_result,
+)
 from server.config import ServerConfig
-from server.errors import FailedPrecondition, InvalidInput, LimitExceeded
+from server.errors import FailedPrecondition, InvalidInput, LimitExceeded, ModelNotFound, excerpt
 from server.registry import ModelRegistry, ServedModel
 
 
@@ -63,25 +66,46 @@ class DataPlane:
     def list_models(self) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[self.model_info(self.registry.get(n)) for n in self.registry.names()])
 
+    def find(self, name: str, version: int) -> ServedModel:
+        """The model version a request names (version 0: the latest); its name echoed only as an excerpt."""
+        check_version(version)
+        try:
+            return self.registry.get(name, version)
+        except ModelNotFound:
+            # The registry's own message quotes the name whole: say it again, bounded.
+            versions = self.registry.versions(name)
+            if not versions:
+                raise ModelNotFound.no_model(name, self.registry.names()) from None
+            raise ModelNotFound.no_version(name, version, versions) from None
+
     def get_model(self, request: pb.GetModelRequest) -> pb.GetModelResponse:
-        return pb.GetModelResponse(model=self.model_info(self.registry.get(request.model, request.version)))
+        return pb.GetModelResponse(model=self.model_info(self.find(request.model, request.version)))
 
     def start_encode(self, request: pb.EncodeRequest) -> PendingEncode:
-        """Validate a request and queue its sequences; the caller awaits or watches `job.future`."""
-        model = self.registry.get(request.model, request.version)
+        """Validate a request and queue its sequences; the caller awaits or watches `job.future`.
+
+        Nothing is queued for a request whose answer would be over max_message_bytes.
+        """
+        model = self.find(request.model, request.version)
         arch = model.runtime.arch
-        count = len(request.sequences)
-        if count == 0:
-            raise InvalidInput("sequences", "no sequences in the request")
-        if count > self.config.max_sequences_per_request:
-            raise LimitExceeded("sequences", count, self.config.max_sequences_per_request,
-                                "max_sequences_per_request")
+        self._check_count(len(request.sequences))
         outputs = decode_outputs(request.outputs, arch)
         items = [
             WorkItem(decode_steps(seq.steps, f"sequences[{i}].steps", arch, self.config))
             for i, seq in enumerate(request.sequences)
         ]
+        estimate = answer_size(model, outputs)
+        size = estimate.encode_response((item.length for item in items),
+                                        (len(seq.id.encode()) for seq in request.sequences))
+        estimate.check(size, self.config.max_message_bytes, f"send fewer sequences per call (this one has {len(items)})")
         return PendingEncode(request, model, outputs, model.batcher.enqueue(items))
+
+    def _check_count(self, count: int) -> None:
+        if count == 0:
+            raise InvalidInput("sequences", "no sequences in the request")
+        if count > self.config.max_sequences_per_request:
+            raise LimitExceeded("sequences", count, self.config.max_sequences_per_request,
+                                "max_sequences_per_request")
 
     async def encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
         pending = self.start_encode(request)
@@ -90,6 +114,10 @@ class DataPlane:
         except asyncio.CancelledError:
             pending.job.future.cancel()  # the caller went away: its sequences leave the queue
             raise
+
+
+def answer_size(model: ServedModel, outputs: frozenset[int]) -> AnswerSize:
+    return AnswerSize.of(model.runtime.arch, outputs, model.runtime.version.class_labels, model.name)
 
 
 @dataclass
@@ -122,6 +150,7 @@ class SequenceStream:
         self.config = plane.config
         self.model: ServedModel | None = None
         self.outputs: frozenset[int] = frozenset()
+        self.size: AnswerSize | None = None  # the answers' size, once the model is known
         self.h: np.ndarray | None = None  # (L, H)
         self.c: np.ndarray | None = None  # (L, H)
         self.steps_seen = 0
@@ -133,17 +162,29 @@ class SequenceStream:
     def _open(self, request: pb.StreamSequenceRequest) -> None:
         if not request.model:
             raise InvalidInput("model", "the first message of a stream must name the model")
-        self.model = self.plane.registry.get(request.model, request.version)
+        self.model = self.plane.find(request.model, request.version)
         arch = self.model.runtime.arch
         default = {pb.OUTPUT_HIDDEN, pb.OUTPUT_LOGITS} | ({pb.OUTPUT_ATTENTION} if not arch.streaming else set())
         self.outputs = decode_outputs(request.outputs or default, arch)
+        self.size = answer_size(self.model, self.outputs)
         if request.HasField("initial_state"):
-            state = request.initial_state
-            if state.model and state.model != self.model.name:
-                raise InvalidInput("initial_state.model",
-                                   f"state belongs to model {state.model!r}, not {self.model.name!r}")
-            self.h, self.c = decode_state(state, arch, "initial_state")
-            self.steps_seen = state.steps_seen
+            self._continue_from(request.initial_state)
+
+    def _continue_from(self, state: pb.State) -> None:
+        """Start from a state an earlier stream handed out (see `check_state_origin`)."""
+        check_state_origin(state, self.model.name, self.model.version, "initial_state")
+        self.h, self.c = decode_state(state, self.model.runtime.arch, "initial_state")
+        self.steps_seen = check_steps_seen(state.steps_seen, "initial_state.steps_seen")
+
+    def _check_later(self, request: pb.StreamSequenceRequest) -> None:
+        """A message after the first may repeat the model and version, not change them."""
+        check_version(request.version)
+        if request.model and request.model != self.model.name:
+            raise InvalidInput("model", f"stream is for {self.model.name!r}, chunk names {excerpt(request.model)}")
+        if request.version and request.version != self.model.version:
+            raise InvalidInput("version", f"stream runs version {self.model.version}, chunk names {request.version}")
+        if request.HasField("initial_state"):
+            raise InvalidInput("initial_state", "only the first message of a stream may carry a state")
 
     async def handle(self, request: pb.StreamSequenceRequest) -> pb.StreamSequenceResponse | None:
         """Process one chunk; returns the answer, or None while a bidirectional model buffers."""
@@ -151,22 +192,28 @@ class SequenceStream:
             raise FailedPrecondition("end: the stream's sequence already ended; open a new stream")
         if self.model is None:
             self._open(request)
-        elif request.model and request.model != self.model.name:
-            raise InvalidInput("model", f"stream is for {self.model.name!r}, chunk names {request.model!r}")
-        elif request.HasField("initial_state"):
-            raise InvalidInput("initial_state", "only the first message of a stream may carry a state")
+        else:
+            self._check_later(request)
         field = f"chunk[{self.chunks}].steps"
         self.chunks += 1
         if self.chunks > self.config.max_stream_chunks:
             raise LimitExceeded("chunks", self.chunks, self.config.max_stream_chunks, "max_stream_chunks")
         arch = self.model.runtime.arch
         steps = decode_steps(request.steps, field, arch, self.config, allow_empty=True)
+        self._count(steps.shape[0])
         self.ended = request.end
-        self.steps_seen += steps.shape[0]
         if arch.streaming:
+            self.size.check(self.size.stream_response(len(steps)), self.config.max_message_bytes,
+                            "send shorter chunks")
             return await self._answer_chunk(steps)
         self._buffer(steps)
         return await self._answer_sequence() if self.ended else None
+
+    def _count(self, steps: int) -> None:
+        if self.steps_seen + steps > MAX_STEPS_SEEN:
+            raise InvalidInput("initial_state.steps_seen", f"{self.steps_seen} steps seen and {steps} more would "
+                                                           f"pass the most a stream counts, 2**62")
+        self.steps_seen += steps
 
     @property
     def open_at_close(self) -> bool:
@@ -184,6 +231,8 @@ class SequenceStream:
         if buffered > self.config.max_stream_buffer_steps:
             raise LimitExceeded("buffered steps", buffered, self.config.max_stream_buffer_steps,
                                 "max_stream_buffer_steps")
+        self.size.check(self.size.stream_response(buffered), self.config.max_message_bytes,
+                        "send a shorter sequence")
         self.buffered_steps = buffered
         if len(steps):
             self.buffer.append(steps)

@@ -17,6 +17,7 @@ otherwise nothing more is written and the exit status is non-zero.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shutil
@@ -27,17 +28,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from seqserve.contract import input_specs, output_specs
-from seqserve.repository import (
-    CHECKPOINT_FILE,
+from seqserve.metadata import (
     FP32,
     INT8,
-    METADATA_FILE,
-    METADATA_FORMAT,
+    ArchitectureBlock,
+    MetadataError,
+    ModelMetadata,
+    Normalisation,
+    ParitySummary,
+    Quantization,
+    QuantizationSource,
+    Training,
+    decode,
+)
+from seqserve.repository import (
+    CHECKPOINT_FILE,
     MODEL_FILE,
     PARITY_FILE,
     ModelVersion,
     read_version,
     sha256_of,
+    write_metadata,
 )
 
 TRAIN_EXTRA = ("torch", "onnx", "aeon", "tqdm", "matplotlib")  # what `pip install -e '.[train]'` adds
@@ -69,79 +80,94 @@ except ModuleNotFoundError as exc:  # a serving-only install: one line instead o
     sys.exit(2)
 
 DEFAULT_INT8_MAX_DROP = 0.01  # test accuracy an int8 variant may lose against its float32 model
+NOT_ARCHITECTURE = ("class_labels", "feature_mean", "feature_std")  # config fields metadata.json keeps elsewhere
 
 
 def build_metadata(
     name: str, version: int, description: str, model: RecurrentEncoder, extra: dict,
     report: ParityReport, folder: Path,
-) -> dict:
+) -> ModelMetadata:
+    """metadata.json of the fp32 version in `folder`; the checkpoint's free-form parts are decoded
+    through the schema, so a bad one raises MetadataError naming its field."""
     cfg = model.config
     arch = cfg.architecture
-    return {
-        "format": METADATA_FORMAT,
-        "name": name,
-        "version": version,
-        "description": description,
-        "architecture": {k: v for k, v in cfg.to_dict().items() if k not in ("class_labels", "feature_mean", "feature_std")},
-        "streaming": arch.streaming,
-        "precision": FP32,
-        "inputs": [s.to_dict() for s in input_specs(arch)],
-        "outputs": [s.to_dict() for s in output_specs(arch)],
-        "class_labels": list(cfg.class_labels) or [str(i) for i in range(cfg.num_classes)],
-        "normalisation": {"feature_mean": list(cfg.feature_mean), "feature_std": list(cfg.feature_std)},
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "training": extra.get("metrics", {}),
-        "train_config": extra.get("train_config", {}),
-        "parity": {
-            "passed": report.passed,
-            "atol": report.atol,
-            "rtol": report.rtol,
-            "max_abs_error": report.max_abs_error,
-            "max_abs_error_per_output": {k: v.max_abs for k, v in report.outputs.items()},
-            "max_abs_vs_reference": report.worst("max_abs_vs_reference"),
-            "max_abs_vs_torch32": report.worst("max_abs_vs_torch32"),
-            "max_tolerance_used": report.worst("max_tolerance_used"),
-            "cases": len(report.cases),
-        },
-        "onnx_sha256": sha256_of(folder / MODEL_FILE),
-        "checkpoint_sha256": sha256_of(folder / CHECKPOINT_FILE),
-        "opset": OPSET,
-        "versions": {
+    return ModelMetadata(
+        name=name,
+        version=version,
+        description=description,
+        architecture=decode(ArchitectureBlock, {k: v for k, v in cfg.to_dict().items() if k not in NOT_ARCHITECTURE},
+                            "architecture"),
+        streaming=arch.streaming,
+        precision=FP32,
+        inputs=tuple(input_specs(arch)),
+        outputs=tuple(output_specs(arch)),
+        class_labels=tuple(cfg.class_labels) or tuple(str(i) for i in range(cfg.num_classes)),
+        normalisation=Normalisation(feature_mean=tuple(cfg.feature_mean), feature_std=tuple(cfg.feature_std)),
+        parameters=sum(p.numel() for p in model.parameters()),
+        training=decode(Training, extra.get("metrics", {}), "training"),
+        train_config=extra.get("train_config", {}),
+        parity=ParitySummary(
+            passed=report.passed,
+            atol=report.atol,
+            rtol=report.rtol,
+            max_abs_error=report.max_abs_error,
+            max_abs_error_per_output={k: v.max_abs for k, v in report.outputs.items()},
+            max_abs_vs_reference=report.worst("max_abs_vs_reference"),
+            max_abs_vs_torch32=report.worst("max_abs_vs_torch32"),
+            max_tolerance_used=report.worst("max_tolerance_used"),
+            cases=len(report.cases),
+        ),
+        onnx_sha256=sha256_of(folder / MODEL_FILE),
+        checkpoint_sha256=sha256_of(folder / CHECKPOINT_FILE),
+        opset=OPSET,
+        versions={
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(),
         },
-    }
+    )
 
 
 def build_int8_metadata(
     source: ModelVersion, name: str, ops: dict[str, int], comparison: Int8Comparison, max_drop: float, folder: Path,
-) -> dict:
-    """The float32 version's metadata, less its parity summary, for the int8 file in `folder`."""
-    inherited = {k: v for k, v in source.metadata.items() if k != "parity"}
-    description = source.metadata.get("description", "")
-    return inherited | {
-        "name": name,
-        "description": f"int8 dynamic quantization of {source.name} v{source.version}"
-                       + (f": {description}" if description else ""),
-        "precision": INT8,
-        "onnx_sha256": sha256_of(folder / MODEL_FILE),
-        "quantization": {
-            "scheme": SCHEME,
-            "source": {"name": source.name, "version": source.version, "onnx_sha256": source.metadata["onnx_sha256"]},
-            "test_split": f"{DATASET} test",
-            "test_sequences": comparison.sequences,
-            "fp32_test_accuracy": comparison.fp32_accuracy,
-            "int8_test_accuracy": comparison.int8_accuracy,
-            "accuracy_drop": comparison.accuracy_drop,
-            "max_accuracy_drop": max_drop,
-            "max_abs_logits_difference_vs_fp32": comparison.max_abs_logits_difference,
-            "recurrent_layers_quantized": recurrent_layers_quantized(ops),
-            "ops": ops,
-            "onnxruntime": onnxruntime.__version__,
-        },
-    }
+) -> ModelMetadata:
+    """The float32 version's metadata, with a quantization report instead of its parity summary, for the
+    int8 file in `folder`."""
+    description = source.metadata.description
+    return dataclasses.replace(
+        source.metadata,
+        name=name,
+        description=f"int8 dynamic quantization of {source.name} v{source.version}"
+                    + (f": {description}" if description else ""),
+        precision=INT8,
+        parity=None,
+        onnx_sha256=sha256_of(folder / MODEL_FILE),
+        quantization=Quantization(
+            scheme=SCHEME,
+            source=QuantizationSource(name=source.name, version=source.version,
+                                      onnx_sha256=source.metadata.onnx_sha256),
+            test_split=f"{DATASET} test",
+            test_sequences=comparison.sequences,
+            fp32_test_accuracy=comparison.fp32_accuracy,
+            int8_test_accuracy=comparison.int8_accuracy,
+            accuracy_drop=comparison.accuracy_drop,
+            max_accuracy_drop=max_drop,
+            max_abs_logits_difference_vs_fp32=comparison.max_abs_logits_difference,
+            recurrent_layers_quantized=recurrent_layers_quantized(ops),
+            ops=dict(ops),
+            onnxruntime=onnxruntime.__version__,
+        ),
+    )
+
+
+@contextmanager
+def schema_checked(name: str) -> Iterator[None]:
+    """Metadata that would not validate is an export error: nothing is published."""
+    try:
+        yield
+    except MetadataError as exc:
+        raise SeqserveModelError(f"metadata.json of {name} would not validate: {exc}; not published") from None
 
 
 def refuse_existing(target: Path, overwrite: bool) -> None:
@@ -181,8 +207,11 @@ def publish(
         if not report.passed:
             raise ParityError(f"parity check failed, {name} not published:\n{report.summary()}")
         shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
-        metadata = build_metadata(name, version, description, model, extra, report, staging) | (extra_metadata or {})
-        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        with schema_checked(name):
+            metadata = build_metadata(name, version, description, model, extra, report, staging)
+            if extra_metadata:  # more top-level sections, as JSON (e.g. accuracy_over_seeds)
+                metadata = ModelMetadata.from_json(metadata.to_json() | extra_metadata)
+            write_metadata(staging, metadata)
     return report
 
 
@@ -204,8 +233,8 @@ def publish_int8(
                 f"({comparison.fp32_accuracy:.4f} -> {comparison.int8_accuracy:.4f}), more than the limit "
                 f"{max_drop:.4f} (--int8-max-drop); {name} not published"
             )
-        metadata = build_int8_metadata(source, name, ops, comparison, max_drop, staging)
-        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        with schema_checked(name):
+            write_metadata(staging, build_int8_metadata(source, name, ops, comparison, max_drop, staging))
     return comparison
 
 

@@ -5,24 +5,32 @@ given a model's architecture (the `architecture` block of its metadata.json).
 
 Symbolic dimensions are the strings "batch" and "time"; the rest are fixed by the architecture.
 `right_pad` and `zero_state_feeds` build a model's inputs from raw (T, F) sequences.
+
+The annotations are the schema seqserve.metadata checks metadata.json against: `Literal` fields
+accept only the listed values, and a field's `metadata` may bound it ({"min": .., "max": ..}).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
 BATCH, TIME = "batch", "time"
 Dim = int | str
+DType = Literal["float32", "int64"]  # numpy dtype names
+Cell = Literal["rnn", "lstm", "gru"]
+Attention = Literal["additive", "none"]
+INT32_MAX = 2**31 - 1
+SIZE = {"min": 1, "max": INT32_MAX}  # a width or count: positive, and within the int32 fields of ModelInfo
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # numpy dtype name: float32 | int64
+    dtype: DType
     shape: tuple[Dim, ...]
     description: str
 
@@ -34,13 +42,13 @@ class TensorSpec:
 class Architecture:
     """The fields of an encoder's config that decide its I/O contract."""
 
-    cell: str
-    input_size: int
-    hidden_size: int
-    num_layers: int
+    cell: Cell
+    input_size: int = field(metadata=SIZE)
+    hidden_size: int = field(metadata=SIZE)
+    num_layers: int = field(metadata=SIZE)
     bidirectional: bool
-    attention: str
-    num_classes: int
+    attention: Attention
+    num_classes: int = field(metadata=SIZE)
     step_logits: bool = False
 
     @classmethod

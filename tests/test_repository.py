@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -155,9 +156,10 @@ def _broken_repository(tmp_repository: Path, root: Path) -> dict[str, Path]:
     (folders["bad_format"] / "metadata.json").write_text(json.dumps({**meta, "format": "other/9"}))
     arch = {k: v for k, v in meta["architecture"].items() if k != "hidden_size"}
     (folders["bad_architecture"] / "metadata.json").write_text(json.dumps({**meta, "architecture": arch}))
-    (root / "not_a_version").mkdir()  # ignored: no integer version folder
-    (root / "good" / "latest").mkdir()  # ignored: not an integer
-    (root / ".staging-abc" / "1").mkdir(parents=True)  # ignored: hidden
+    (root / "not_a_version").mkdir()  # skipped and named: no version folder
+    (root / "good" / "latest").mkdir()  # skipped and named: not a version number
+    (root / ".staging-abc" / "1").mkdir(parents=True)  # passed over: hidden (export.py stages here)
+    (root / "README.md").write_text("plain files beside the models are passed over\n")
     return folders
 
 
@@ -166,24 +168,26 @@ def test_scan_repository_reports_broken_versions(tmp_repository, tmp_path):
     folders = _broken_repository(tmp_repository, root)
     good, problems = scan_repository(root)
     assert [(v.name, v.version) for v in good] == [("good", 1)]
-    assert len(problems) == 6, problems
+    assert len(problems) == 8, problems
     expected = {
-        "bad_sha": "does not match metadata onnx_sha256",
-        "no_metadata": "missing metadata.json",
-        "bad_json": "not valid JSON",
-        "no_model": "missing model.onnx",
-        "bad_format": "format is 'other/9'",
-        "bad_architecture": "architecture",
+        "bad_sha/1/model.onnx": "does not match metadata onnx_sha256",
+        "no_metadata/1": "missing metadata.json",
+        "bad_json/1/metadata.json": "not valid JSON",
+        "no_model/1": "missing model.onnx",
+        "bad_format/1/metadata.json": "format: expected 'seqserve.model/1', got the string 'other/9'",
+        "bad_architecture/1/metadata.json": "architecture.hidden_size: missing field",
+        "not_a_version": "no version folders; skipped",
+        "good/latest": "not a version number",
     }
-    for name, text in expected.items():
-        matching = [p for p in problems if f"/{name}/1" in p]
-        assert len(matching) == 1, (name, problems)
-        assert text in matching[0], (name, matching[0])
+    for where, text in expected.items():
+        matching = [p for p in problems if p.startswith(f"{root / where}: ")]
+        assert len(matching) == 1, (where, problems)
+        assert text in matching[0], (where, matching[0])
     # without hash verification the tampered model reads (the other problems remain)
     good, problems = scan_repository(root, verify_hash=False)
-    assert sorted(v.name for v in good) == ["bad_sha", "good"] and len(problems) == 5
+    assert sorted(v.name for v in good) == ["bad_sha", "good"] and len(problems) == 7
     assert not any("/bad_sha/" in p for p in problems)
-    assert set(folders) == set(expected) | {"good"}
+    assert set(folders) == {where.split("/")[0] for where in expected} - {"not_a_version"}
 
 
 def test_read_version_raises_naming_the_problem(tmp_repository, tmp_path):
@@ -224,9 +228,24 @@ def test_read_version_rejects_an_int8_model_without_its_accuracy(tmp_repository,
     folder = tmp_path / "repo" / "odd_int8" / "1"
     shutil.copytree(tmp_repository / "tiny_bilstm" / "1", folder)
     meta = json.loads((folder / "metadata.json").read_text())
-    for quantization in (None, {"int8_test_accuracy": "high"}):
-        (folder / "metadata.json").write_text(json.dumps({**meta, "precision": "int8", "quantization": quantization}))
-        with pytest.raises(RepositoryError, match=r"quantization\.int8_test_accuracy"):
+    int8 = {k: v for k, v in meta.items() if k != "parity"} | {"precision": "int8"}
+    quantization = {
+        "scheme": "dynamic", "source": {"name": "tiny_bilstm", "version": 1, "onnx_sha256": meta["onnx_sha256"]},
+        "test_split": "test", "test_sequences": 4, "fp32_test_accuracy": 0.5, "int8_test_accuracy": 0.5,
+        "accuracy_drop": 0.0, "max_accuracy_drop": 0.01, "max_abs_logits_difference_vs_fp32": 0.1,
+        "recurrent_layers_quantized": True, "ops": {"DynamicQuantizeLSTM": 1}, "onnxruntime": "1",
+    }
+    (folder / "metadata.json").write_text(json.dumps(int8 | {"quantization": quantization}))
+    assert read_version(folder).test_accuracy == 0.5
+    cases = {
+        "quantization: missing field": int8,
+        "quantization: expected an object, got null": int8 | {"quantization": None},
+        "quantization.int8_test_accuracy: expected a finite number, got the string 'high'":
+            int8 | {"quantization": quantization | {"int8_test_accuracy": "high"}},
+    }
+    for message, content in cases.items():
+        (folder / "metadata.json").write_text(json.dumps(content))
+        with pytest.raises(RepositoryError, match=f"{folder / 'metadata.json'}: {re.escape(message)}"):
             read_version(folder)
 
 

@@ -6,7 +6,7 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from seqserve.repository import RepositoryError, scan_repository
+from seqserve.repository import ModelVersion, RepositoryError, scan_repository
 from server.batching import Batcher
 from server.config import ServerConfig
 from server.errors import ModelNotFound, NotReady
@@ -40,13 +40,12 @@ class ModelRegistry:
         self.ready = False
 
     def load(self) -> None:
-        """Load every model version; a broken one is logged, recorded and skipped."""
+        """Load every model version. A broken one (files, metadata.json, onnxruntime session, warm-up run)
+        and every folder the repository scan passes over are logged, recorded in `problems` and skipped."""
         versions, self.problems = scan_repository(self.config.model_repository)
         for version in versions:
             try:
-                runtime = ModelRuntime(version, self.config.threads, self.config.ort_spinning)
-                if self.config.warmup:
-                    runtime.warm_up()
+                runtime = self._runtime(version)
             except RepositoryError as exc:
                 self.problems.append(str(exc))
                 continue
@@ -57,6 +56,13 @@ class ModelRegistry:
             log.error("model skipped", extra={"problem": problem})
         self.metrics.models_loaded.set(sum(len(v) for v in self._models.values()))
         self.metrics.models_failed.set(len(self.problems))
+
+    def _runtime(self, version: ModelVersion) -> ModelRuntime:
+        """An onnxruntime session for `version`, warmed up if configured; raises RepositoryError."""
+        runtime = ModelRuntime(version, self.config.threads, self.config.ort_spinning)
+        if self.config.warmup:
+            runtime.warm_up()
+        return runtime
 
     def start(self) -> None:
         for model in self.all():

@@ -12,6 +12,7 @@ from seqserve.contract import Architecture, input_names, input_specs, output_nam
 from seqserve.repository import ModelVersion, RepositoryError
 
 log = logging.getLogger(__name__)
+WARM_UP_SHAPES = ((1, 8), (8, 32))  # (batch, time) run once per model before serving
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,13 @@ class ModelRuntime:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
     def warm_up(self) -> None:
-        """Run a few shapes once so the first real request does not pay for allocations."""
+        """Run a few shapes once so the first real request does not pay for allocations; a model that
+        loads but cannot run raises RepositoryError."""
         F = self.arch.input_size
-        for batch, time in ((1, 8), (8, 32)):
-            x = np.zeros((batch, time, F), dtype=np.float32)
-            self.run(BatchInputs(x, np.full(batch, time, dtype=np.int64)))
+        try:
+            for batch, time in WARM_UP_SHAPES:
+                x = np.zeros((batch, time, F), dtype=np.float32)  # (B, T, F)
+                self.run(BatchInputs(x, np.full(batch, time, dtype=np.int64)))
+        except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
+            raise RepositoryError(f"{self.version.model_file}: warm-up run failed: {exc}") from None
         log.info("warmed up", extra={"model": self.name, "version": self.number})

@@ -178,6 +178,7 @@ class Batcher:
         self.failure: BaseException | None = None  # why the loop died, once it has
         self._seconds_per_step: float | None = None  # measured run time per padded step (moving average)
         self._queued = 0  # sequences in the queue
+        self._in_hand: list[WorkItem] = []  # taken from the queue, not yet answered
         self._open_jobs = 0  # requests queued or running
         self._idle_since = 0.0  # when the last open request finished
         self._queue: asyncio.Queue[WorkItem | None] = asyncio.Queue()
@@ -199,8 +200,10 @@ class Batcher:
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not None:
-                item.job.fail(self._not_ready())
-        self._queued = 0
+                self._in_hand.append(item)
+        for item in self._in_hand:
+            item.job.fail(self._not_ready())
+        self._in_hand, self._queued = [], 0
         self.on_failure(self.failure)
 
     def _not_ready(self) -> NotReady:
@@ -256,8 +259,8 @@ class Batcher:
             raise
 
     async def _collect(self, first: WorkItem) -> tuple[list[WorkItem], bool]:
-        """Gather up to max_batch_size items; returns (items, stop requested)."""
-        items = [first]
+        """Gather up to max_batch_size items (into `_in_hand`); returns (items, stop requested)."""
+        items = self._in_hand
         # Waiting for more only pays under load; a request after an idle spell runs at once.
         delay = self.max_delay if first.job.after_idle < self.inline_min_idle else 0.0
         deadline = time.perf_counter() + delay
@@ -337,6 +340,7 @@ class Batcher:
             if first is None:
                 break
             self._queued -= 1
+            self._in_hand = [first]
             items, stopping = await self._collect(first)
             live = [it for it in items if not it.job.gone]  # cancelled callers leave cleanly
             for group in group_by_length(live, self.max_waste):
@@ -353,3 +357,4 @@ class Batcher:
                 for it, result in zip(group, results):
                     if not it.job.gone:
                         it.job.deliver(it.index, result)
+            self._in_hand = []

@@ -1,0 +1,148 @@
+"""The batcher on its own: grouping by length, cancellation, a failing run, a dying loop, the queue bound.
+
+A fake runtime stands in for onnxruntime: logits are each sequence's sum over its real steps, and a
+sequence holding POISON makes the whole run raise, as a runtime error in one input would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from server.batching import Batcher, BatchPolicy, WorkItem, group_by_length
+from server.errors import LimitExceeded, NotReady
+from server.metrics import Metrics
+
+POISON = 666.0
+FEATURES = 3
+
+
+class FakeRuntime:
+    name, number = "fake", 1
+    arch = SimpleNamespace(input_size=FEATURES, streaming=False, has_cell_state=False)
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def run(self, batch) -> dict[str, np.ndarray]:
+        if (batch.x == POISON).any():
+            raise RuntimeError("onnxruntime: bad input")
+        self.batch_sizes.append(len(batch.lengths))
+        return {"logits": batch.x.sum(axis=1)}  # (B, F): padding is zeros, so this is the real steps' sum
+
+
+def steps(length: int, value: float = 1.0) -> np.ndarray:
+    return np.full((length, FEATURES), value, np.float32)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def started(runtime: FakeRuntime, **policy) -> Batcher:
+    batcher = Batcher(runtime, ThreadPoolExecutor(1), Metrics().for_model("fake"), BatchPolicy(**policy))
+    batcher.start()
+    return batcher
+
+
+def test_group_by_length_cuts_where_padding_would_exceed_the_waste():
+    items = [WorkItem(steps(n)) for n in (10, 1, 11, 30, 12, 29)]
+    groups = group_by_length(items, max_waste=0.5)
+    assert [[it.length for it in g] for g in groups] == [[1], [10, 11, 12], [29, 30]]
+    assert len(group_by_length(items, max_waste=100.0)) == 1
+
+
+def test_one_batch_answers_every_request_with_its_own_slice():
+    async def scenario():
+        runtime = FakeRuntime()
+        batcher = await started(runtime)
+        batcher.hold()
+        jobs = [batcher.enqueue([WorkItem(steps(n, value=n))]) for n in (4, 5, 6)]
+        batcher.release()
+        results = [await job.future for job in jobs]
+        await batcher.stop()
+        return runtime, results
+
+    runtime, results = run(scenario())
+    assert runtime.batch_sizes == [3]
+    for n, [result] in zip((4, 5, 6), results):
+        np.testing.assert_array_equal(result["logits"], np.full(FEATURES, n * n, np.float32))
+        np.testing.assert_allclose(result["probabilities"].sum(), 1.0, rtol=1e-6)
+
+
+def test_a_cancelled_request_leaves_the_batch():
+    async def scenario():
+        runtime = FakeRuntime()
+        batcher = await started(runtime)
+        batcher.hold()
+        gone = batcher.enqueue([WorkItem(steps(5))])
+        kept = batcher.enqueue([WorkItem(steps(5))])
+        gone.future.cancel()
+        batcher.release()
+        result = await kept.future
+        await batcher.stop()
+        return runtime, result
+
+    runtime, result = run(scenario())
+    assert runtime.batch_sizes == [1] and len(result) == 1
+
+
+def test_a_failing_batch_fails_only_its_culprit():
+    async def scenario():
+        runtime = FakeRuntime()
+        batcher = await started(runtime)
+        batcher.hold()
+        good = [batcher.enqueue([WorkItem(steps(5))]) for _ in range(3)]
+        bad = batcher.enqueue([WorkItem(steps(5, POISON))])
+        batcher.release()
+        answers = [await job.future for job in good]
+        with pytest.raises(RuntimeError, match="bad input"):
+            await bad.future
+        await batcher.stop()
+        return runtime, answers
+
+    runtime, answers = run(scenario())
+    assert all(len(a) == 1 for a in answers)
+    assert runtime.batch_sizes == [1, 1, 1]  # the batch of 4 failed, then each ran alone
+
+
+def test_a_dead_loop_fails_its_queue_refuses_new_work_and_reports():
+    async def scenario():
+        runtime = FakeRuntime()
+        batcher = await started(runtime)
+        reported = []
+        batcher.on_failure = reported.append
+
+        async def broken_collect(first):
+            raise ValueError("bug in the batcher")
+
+        batcher._collect = broken_collect
+        queued = batcher.enqueue([WorkItem(steps(3))])
+        with pytest.raises(NotReady, match="not ready"):
+            await queued.future
+        with pytest.raises(NotReady):
+            batcher.enqueue([WorkItem(steps(3))])
+        await batcher.stop()
+        return reported
+
+    [failure] = run(scenario())
+    assert isinstance(failure, ValueError)
+
+
+def test_the_queue_is_bounded():
+    async def scenario():
+        batcher = await started(FakeRuntime(), max_queued=4)
+        batcher.hold()
+        batcher.enqueue([WorkItem(steps(2)) for _ in range(3)])
+        with pytest.raises(LimitExceeded, match="max_queued_sequences") as refused:
+            batcher.enqueue([WorkItem(steps(2)) for _ in range(2)])
+        batcher.enqueue([WorkItem(steps(2))])  # exactly at the bound
+        batcher.release()
+        await batcher.stop()
+        return str(refused.value)
+
+    assert "5 is over the limit of 4" in run(scenario())

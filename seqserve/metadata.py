@@ -2,8 +2,8 @@
 through the same class.
 
 Every section is a frozen dataclass; its annotations are the schema. `ModelMetadata.from_json`
-checks a parsed file against them — types (an int is not a float's place only if it is a bool; no
-null anywhere; finite numbers; ints within int64), required and unknown fields, the values a
+checks a parsed file against them — types (an integer may stand for a number, a boolean for neither;
+no null anywhere; numbers finite, integers within int64), required and unknown fields, the values a
 `Literal` allows, and the bounds or pattern a field declares in its `metadata` — and raises
 MetadataError naming the field: `architecture.hidden_size: expected an integer, got null`.
 `to_json` is its inverse (an absent optional section stays absent), so a valid file round-trips.
@@ -330,7 +330,7 @@ def decode(tp: Any, value: Any, where: str) -> Any:
         return {k: decode(args[1], v, join(where, k)) for k, v in value.items()}
     if origin is Literal and isinstance(value, str) and value in args:
         return value
-    if origin in (Union, UnionType) and any(_accepts(a, value) for a in args):
+    if origin in (Union, UnionType) and any(SCALARS[a](value) for a in args):  # unions here are of scalars
         return value
     if tp in SCALARS and SCALARS[tp](value):
         return value
@@ -344,11 +344,6 @@ def _near_miss(tp: Any, value: Any) -> str | None:
     if tp is str and isinstance(value, str):
         return "expected UTF-8 text, got a string with an unpaired surrogate"
     return None
-
-
-def _accepts(tp: Any, value: Any) -> bool:
-    """A scalar union's member check (unions here are of scalars only)."""
-    return SCALARS[tp](value)
 
 
 def _decode_dataclass(cls: type, value: Any, where: str) -> Any:

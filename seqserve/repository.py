@@ -184,6 +184,11 @@ def _folders(folder: Path) -> list[Path]:
                   if not p.name.startswith(".") and (p.is_dir() or p.is_symlink() and not p.exists()))
 
 
+def _skip_reason(entry: Path, real_root: Path, valid_name: bool, rule: str) -> str | None:
+    """Why a folder is not read: a link out of the repository or to nothing, or a name against `rule`."""
+    return _leaves(entry, real_root) or (None if valid_name else rule)
+
+
 def _skipped(path: Path, why: str) -> str:
     return f"{path}: {why}; skipped"
 
@@ -196,7 +201,8 @@ def _model_versions(model_dir: Path, real_root: Path) -> tuple[list[Path], list[
         return [], [_skipped(model_dir, f"cannot list it: {exc.strerror or exc}")]
     versions, skipped = [], []
     for entry in entries:
-        if (why := _leaves(entry, real_root) or (None if version_number(entry.name) else _NOT_A_VERSION)):
+        why = _skip_reason(entry, real_root, version_number(entry.name) is not None, _NOT_A_VERSION)
+        if why:
             skipped.append(_skipped(entry, why))
         else:
             versions.append(entry)
@@ -211,7 +217,8 @@ def walk_repository(root: Path) -> tuple[list[Path], list[str]]:
     real_root = root.resolve()
     versions, skipped = [], []
     for model_dir in _folders(root):
-        if (why := _leaves(model_dir, real_root) or (None if MODEL_NAME.fullmatch(model_dir.name) else _NOT_A_MODEL)):
+        why = _skip_reason(model_dir, real_root, MODEL_NAME.fullmatch(model_dir.name) is not None, _NOT_A_MODEL)
+        if why:
             skipped.append(_skipped(model_dir, why))
             continue
         found, problems = _model_versions(model_dir, real_root)

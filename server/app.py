@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +17,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve.repository import RepositoryError
 from server.admission import Admission
 from server.config import ServerConfig
@@ -26,6 +26,7 @@ from server.metrics import Metrics
 from server.reflection import enable_reflection
 from server.registry import ModelRegistry, ServedModel
 from server.service import SeqserveService
+from server.wire import add_service
 
 log = logging.getLogger(__name__)
 # After draining: time for calls that raced the drain (answered UNAVAILABLE) and health watches to close.
@@ -71,8 +72,8 @@ class SeqserveServer:
 
     async def _start(self) -> int:
         await self._set_health(NOT_SERVING)
-        pb_grpc.add_SeqserveServiceServicer_to_server(
-            SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc
+        add_service(  # the generated registration, with request deserializers that never raise (server/wire.py)
+            SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc, self.metrics
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if self.config.reflection:
@@ -138,7 +139,11 @@ class SeqserveServer:
         grace = self.config.grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
+        started = time.monotonic()
         finished = await self.admission.drain(grace)
+        # Calls that raced the signal (sent before the client saw NOT_SERVING) still get a clean
+        # UNAVAILABLE from the interceptor, not a CANCELLED from gRPC core's shutdown.
+        await asyncio.sleep(max(0.0, min(grace, self.config.drain_seconds) - (time.monotonic() - started)))
         if not finished:
             log.warning("grace period over; cancelling the calls still running",
                         extra={"in_flight": self.admission.in_flight})

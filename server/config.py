@@ -39,6 +39,7 @@ class ServerConfig:
     max_stream_buffer_steps: int = 16384  # steps buffered for a bidirectional StreamSequence
     max_stream_chunks: int = 65536  # messages in one StreamSequence, empty chunks included
     grace_seconds: float = 10.0  # time in-flight calls get to finish on shutdown
+    drain_seconds: float = 1.0  # on shutdown, at least this long answering new calls UNAVAILABLE (within grace)
     warmup: bool = True
     allow_empty: bool = False  # start even when the repository holds no loadable model
     reflection: bool = True  # serve grpc.reflection (v1 and v1alpha)
@@ -83,6 +84,8 @@ _HELP = {
     "max_stream_buffer_steps": "most steps a bidirectional StreamSequence may buffer",
     "max_stream_chunks": "most chunks (messages, empty ones included) in one StreamSequence",
     "grace_seconds": "time in-flight calls get to finish on SIGTERM/SIGINT",
+    "drain_seconds": "on SIGTERM/SIGINT, answer new calls UNAVAILABLE for at least this long before closing "
+                     "the port (at most grace_seconds)",
     "warmup": "run each model once before reporting SERVING",
     "allow_empty": "start even when the repository holds no loadable model (it may be filled later)",
     "reflection": "serve gRPC server reflection (grpc.reflection.v1 and v1alpha)",

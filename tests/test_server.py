@@ -600,3 +600,108 @@ def test_an_empty_or_missing_repository_refuses_to_start(tmp_path):
         assert code == 2 and f"--model-repository {repository}" in json.loads(line)["msg"]
     with threaded_server(tmp_path, allow_empty=True) as s, SeqserveClient(s.target) as c:
         assert c.list_models() == []
+
+
+# --- hardening: a dead batcher, back-pressure, the concurrent-call cap, calls after SIGTERM ---------
+
+
+def test_a_dead_batcher_turns_only_its_model_unavailable():
+    with threaded_server(REPOSITORY) as s, SeqserveClient(s.target) as c:
+        batcher = s.sync(lambda: s.server.registry.get("jv_bigru_attn").batcher)
+
+        async def broken_collect(first):
+            raise ValueError("a bug in the batcher")
+
+        s.sync(lambda: setattr(batcher, "_collect", broken_collect))
+        health = health_pb2_grpc.HealthStub(c.channel)
+
+        def status(service: str) -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+        assert status("jv_bigru_attn") == health_pb2.HealthCheckResponse.SERVING
+        with assert_rpc_error(grpc.StatusCode.UNAVAILABLE, "jv_bigru_attn", "not ready"):
+            c.encode("jv_bigru_attn", [np.zeros((3, 12), np.float32)])
+        wait_until(lambda: status("jv_bigru_attn") == health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert status("jv_bigru_attn/1") == health_pb2.HealthCheckResponse.NOT_SERVING
+        with assert_rpc_error(grpc.StatusCode.UNAVAILABLE, "not ready"):
+            c.encode("jv_bigru_attn", [np.zeros((3, 12), np.float32)])
+        assert status("jv_bilstm_attn") == health_pb2.HealthCheckResponse.SERVING
+        assert status("") == health_pb2.HealthCheckResponse.SERVING
+        assert c.encode("jv_bilstm_attn", [np.zeros((3, 12), np.float32)])[0].label
+
+
+def test_encode_stream_stops_reading_a_client_that_does_not_read_its_answers():
+    in_flight = 4
+    with threaded_server(REPOSITORY, max_stream_in_flight=in_flight) as s:
+        # No BDP probing: the client's receive window stays at its initial size, so unread answers
+        # fill it at once and what the server holds is what it has read.
+        channel = grpc.insecure_channel(s.target, options=[("grpc.http2.bdp_probe", 0)])
+        stub = pb_grpc.SeqserveServiceStub(channel)
+        big = encode_request("jv_bilstm_attn", [np.ones((500, 12), np.float32)], outputs=["outputs"])  # ~250 kB answer
+        sent = 30
+        answers = stub.EncodeStream(iter(pb.EncodeStreamRequest(request_id=str(i), request=big) for i in range(sent)),
+                                    timeout=120)
+        registry = s.server.metrics.registry
+        answered = lambda: registry.get_sample_value("seqserve_requests_total",  # noqa: E731
+                                                     {"method": "EncodeStream", "code": "OK"}) or 0
+        wait_until(lambda: answered() >= in_flight)
+        time.sleep(1.0)  # time to read more, were it not held back
+        held = answered()
+        assert held <= in_flight + 2, f"read {held} of {sent} requests while the client read no answer"
+        assert len(list(answers)) == sent  # reading resumes as the client reads
+        channel.close()
+
+
+def test_concurrent_call_cap():
+    with threaded_server(REPOSITORY, max_concurrent_rpcs=2) as s, SeqserveClient(s.target) as c:
+        batcher = s.sync(lambda: s.server.registry.get("jv_bigru_attn").batcher)
+        s.sync(batcher.hold)
+        stub = pb_grpc.SeqserveServiceStub(c.channel)
+        request = encode_request("jv_bigru_attn", [np.zeros((3, 12), np.float32)])
+        held = [stub.Encode.future(request, timeout=30) for _ in range(2)]
+        wait_until(lambda: s.sync(lambda: batcher.open_requests) == 2)
+        with assert_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED):
+            stub.Encode(request, timeout=10)
+        s.sync(batcher.release)
+        assert all(len(f.result().results) == 1 for f in held)
+
+
+def test_calls_after_sigterm_get_unavailable_never_cancelled(test_sequences):
+    """Calls that arrive while the server drains (drain_seconds after SIGTERM) are turned away with
+    UNAVAILABLE, which clients retry elsewhere; the call in flight at SIGTERM finishes."""
+    proc = ServerProcess(REPOSITORY, "--grace-seconds", "30", "--drain-seconds", "3")
+    try:
+        channel = grpc.insecure_channel(proc.target)
+        stub = pb_grpc.SeqserveServiceStub(channel)
+        long_call = stub.Encode.future(
+            encode_request("jv_bilstm_attn", [np.zeros((2000, 12), np.float32)] * 32, outputs=["logits"]), timeout=120)
+        short = encode_request("jv_bigru_attn", test_sequences[:2])
+        codes: list[grpc.StatusCode] = []
+        signalled = threading.Event()
+
+        def hammer():
+            deadline = None
+            while deadline is None or time.monotonic() < deadline:
+                if signalled.is_set() and deadline is None:
+                    deadline = time.monotonic() + 1.0  # well inside the drain window
+                try:
+                    stub.Encode(short, timeout=10)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            workers = [pool.submit(hammer) for _ in range(4)]
+            time.sleep(0.5)
+            proc.proc.send_signal(15)
+            signalled.set()
+            for w in workers:
+                w.result()
+        assert len(long_call.result().results) == 32  # in flight at SIGTERM: finished
+        assert proc.wait() == 0
+        assert grpc.StatusCode.CANCELLED not in codes
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
+        assert grpc.StatusCode.UNAVAILABLE in codes
+        channel.close()
+    finally:
+        proc.kill()

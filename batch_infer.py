@@ -25,7 +25,7 @@ from seqserve.batch.errors import BatchError
 from seqserve.batch.pipeline import BATCH_SIZE, CHUNK_SIZE, EXIT_FATAL, EXIT_INTERRUPTED, JobConfig, Summary, run_job
 from seqserve.batch.readers import FORMATS, Fields
 from seqserve.batch.writers import OUTPUT_FORMATS, ROWS_PER_FILE
-from seqserve.client import add_security_args, security_from_args
+from seqserve.channel import add_security_args, security_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from seqserve.client import MAX_MESSAGE_BYTES, encode_request
+from seqserve.channel import MAX_MESSAGE_BYTES
+from seqserve.client import encode_request
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

@@ -23,7 +23,8 @@ import grpc
 import numpy as np
 
 from seqserve.batch.readers import Record, read_records
-from seqserve.client import OUTPUTS, SeqserveClient, add_security_args, security_from_args
+from seqserve.channel import add_security_args, security_from_args
+from seqserve.client import OUTPUTS, SeqserveClient
 from seqserve.numerics import softmax
 from seqserve.plots import PlotUnavailable, plot_encoding, plot_stream
 from seqserve.v1 import seqserve_pb2 as pb

@@ -9,15 +9,13 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
 
+from seqserve.channel import Security, open_channel
 from seqserve.tensors import from_tensor, to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
@@ -29,7 +27,6 @@ OUTPUTS = {
     "logits": pb.OUTPUT_LOGITS,
     "step_logits": pb.OUTPUT_STEP_LOGITS,
 }
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,71 +95,6 @@ def encode_request(
         seq.id = ids[i] if ids is not None else str(i)
         to_tensor(steps, seq.steps)
     return request
-
-
-@dataclass(frozen=True)
-class Security:
-    """How to reach a server that uses TLS and/or a bearer token (all optional; none = plaintext).
-
-    `ca`: PEM roots to verify the server with (TLS with the system roots if only cert/key are given);
-    `cert` + `key`: this client's certificate, for servers that require mutual TLS; `token`: sent as
-    `authorization: Bearer <token>` on every call.
-    """
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    token: str | None = None
-
-    @property
-    def tls(self) -> bool:
-        return any((self.ca, self.cert, self.key))
-
-    @classmethod
-    def from_files(cls, ca: str | None = None, cert: str | None = None, key: str | None = None,
-                   token_file: str | None = None) -> Security:
-        token = Path(token_file).read_text().strip() if token_file else None
-        return cls(*(Path(p) if p else None for p in (ca, cert, key)), token=token or None)
-
-
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` to every call (plaintext or TLS alike)."""
-
-    def __init__(self, token: str) -> None:
-        self.header = ("authorization", f"Bearer {token}")
-
-    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return details._replace(metadata=[*(details.metadata or ()), self.header])
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._with_token(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._with_token(details), request)
-
-    def intercept_stream_unary(self, continuation, details, requests):
-        return continuation(self._with_token(details), requests)
-
-    def intercept_stream_stream(self, continuation, details, requests):
-        return continuation(self._with_token(details), requests)
-
-
-def open_channel(target: str, security: Security = Security()) -> grpc.Channel:
-    """A channel to `target`, with TLS and the bearer token if `security` asks for them."""
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-    if security.tls:
-        def read(path: Path | None) -> bytes | None:
-            return path.read_bytes() if path else None
-
-        credentials = grpc.ssl_channel_credentials(read(security.ca), read(security.key), read(security.cert))
-        channel = grpc.secure_channel(target, credentials, options=options)
-    else:
-        channel = grpc.insecure_channel(target, options=options)
-    if security.token:
-        channel = grpc.intercept_channel(channel, _BearerToken(security.token))
-    return channel
 
 
 class SeqserveClient:
@@ -243,17 +175,3 @@ class SeqserveClient:
                 state=answer.state if answer.HasField("state") else None,
             )
 
-
-def add_security_args(parser: argparse.ArgumentParser) -> None:
-    """--tls-ca/--tls-cert/--tls-key/--token-file (env SEQSERVE_TLS_CA, ...), for every client command line."""
-    group = parser.add_argument_group("connection security (the server's --tls-* and --auth-token-file)")
-    for flag, help_text in (("tls-ca", "PEM roots to verify the server's certificate (turns TLS on)"),
-                            ("tls-cert", "this client's PEM certificate, for mutual TLS"),
-                            ("tls-key", "this client's PEM private key, for mutual TLS"),
-                            ("token-file", "file holding the bearer token to send")):
-        env = "SEQSERVE_" + flag.replace("-", "_").upper()
-        group.add_argument(f"--{flag}", default=os.environ.get(env) or None, help=f"{help_text} [env {env}]")
-
-
-def security_from_args(args: argparse.Namespace) -> Security:
-    return Security.from_files(args.tls_ca, args.tls_cert, args.tls_key, args.token_file)

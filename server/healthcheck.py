@@ -1,7 +1,7 @@
 """`python -m server.healthcheck [--port N]`: exit 0 iff a seqserve server reports SERVING over grpc.health.v1.
 
-The container health probe (Dockerfile HEALTHCHECK, docker-compose healthcheck). It imports only grpcio and
-grpcio-health-checking, so it starts fast and never loads onnxruntime or torch. The port defaults to
+The container health probe (Dockerfile HEALTHCHECK, docker-compose healthcheck). It imports only grpcio,
+grpcio-health-checking and seqserve.channel, so it starts fast and never loads onnxruntime or torch. The port defaults to
 SEQSERVE_PORT, the variable the server itself reads, so one setting moves both.
 """
 
@@ -14,13 +14,15 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from seqserve.channel import Security, add_security_args, open_channel, security_from_args
+
 DEFAULT_PORT = 50051
 DEFAULT_TIMEOUT_S = 3.0
 
 
-def check(target: str, service: str = "", timeout: float = DEFAULT_TIMEOUT_S) -> str:
+def check(target: str, service: str = "", timeout: float = DEFAULT_TIMEOUT_S, security: Security = Security()) -> str:
     """The serving status of `service` ("" = the whole server) at `target`, by name, e.g. "SERVING"."""
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
@@ -39,6 +41,7 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
                         help='service to ask about; "" (default) is the server as a whole')
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help="seconds to wait for the answer (default: %(default)s)")
+    add_security_args(parser, env)  # a TLS server: SEQSERVE_TLS_CA (+ SEQSERVE_CLIENT_CERT/KEY for mutual TLS)
     return parser
 
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     target = f"{args.host}:{args.port}"
     try:
-        status = check(target, args.service, args.timeout)
+        status = check(target, args.service, args.timeout, security_from_args(args))
     except grpc.RpcError as exc:
         print(f"{target}: unhealthy: {exc.code().name} {exc.details() or ''}".rstrip(), file=sys.stderr)
         return 1

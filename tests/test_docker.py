@@ -35,6 +35,7 @@ from server import healthcheck
 from servers import REPOSITORY, ROOT, threaded_server
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+SECURE_OVERRIDE = ROOT / "docker-compose.secure.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SAMPLE = ROOT / "samples" / "japanese_vowels_sample.jsonl"
 BATCH_MODEL = "jv_bilstm_attn"  # docker-compose.yml's default for the batch job
@@ -147,6 +148,21 @@ def test_compose_file_is_valid(compose):
     assert sorted(run([*base, "--profile", "batch", "config", "--services"]).stdout.split()) == ["batch", "server"]
     # (That a plain `up` leaves the batch job out is checked for real below: docker-compose 1.29's
     # `config --services` lists profiled services too.)
+
+
+@pytest.mark.parametrize("compose", COMPOSE_NAMES)
+def test_secure_override_is_valid(compose, tmp_path):
+    if compose not in COMPOSES:
+        pytest.skip("neither docker-compose nor `docker compose` found")
+    command, _ = COMPOSES[compose]
+    for name in ("server.pem", "server.key", "ca.pem", "token"):
+        (tmp_path / name).write_text("placeholder\n")
+    env = {**os.environ, "SEQSERVE_SECRETS": str(tmp_path)}
+    merged = run([*command, "-f", str(COMPOSE_FILE), "-f", str(SECURE_OVERRIDE), "--profile", "batch", "config"],
+                 env=env).stdout
+    for setting in ("SEQSERVE_TLS_CERT: /run/secrets/tls_cert", "SEQSERVE_AUTH_TOKEN_FILE: /run/secrets/auth_token",
+                    "SEQSERVE_TOKEN_FILE: /run/secrets/auth_token"):
+        assert setting in merged, setting
 
 
 # --- for real ------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from seqserve.client import SeqserveClient, Security
+from seqserve.channel import Security
+from seqserve.client import SeqserveClient
 from servers import REPOSITORY, ROOT, threaded_server
 
 TOKEN = "s3cret-token"
@@ -105,3 +106,18 @@ def test_reflection_can_be_turned_off():
         stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
         ask = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
         assert code_of(lambda: list(stub.ServerReflectionInfo(ask, timeout=5))) == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_health_probe_speaks_tls(pki):
+    from server import healthcheck
+
+    with threaded_server(REPOSITORY, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                         auth_token_file=str(pki / "token")) as s:
+        port = str(s.server.port)
+        assert healthcheck.main(["--port", port, "--tls-ca", str(pki / "ca.pem")]) == 0
+        # A name the certificate does not carry fails verification; the override names the one it does.
+        assert healthcheck.main(["--host", "127.0.0.1", "--port", port, "--tls-ca", str(pki / "ca.pem"),
+                                 "--tls-server-name", "wrong.example", "--timeout", "2"]) == 1
+        assert healthcheck.main(["--port", port, "--tls-ca", str(pki / "ca.pem"), "--tls-server-name",
+                                 "localhost"]) == 0
+        assert healthcheck.main(["--port", port, "--timeout", "2"]) == 1  # plaintext to a TLS port

@@ -24,7 +24,8 @@ import onnxruntime as ort
 
 from seqserve.batch.errors import BackendError, RecordRejected
 from seqserve.batch.readers import Record
-from seqserve.client import EncodeResult, SeqserveClient, Security, encode_request
+from seqserve.channel import Security
+from seqserve.client import EncodeResult, SeqserveClient, encode_request
 from seqserve.contract import Architecture, output_names
 from seqserve.cpu import physical_cores
 from seqserve.numerics import softmax

@@ -97,7 +97,8 @@ class DataPlane:
         estimate = answer_size(model, outputs)
         size = estimate.encode_response((item.length for item in items),
                                         (len(seq.id.encode()) for seq in request.sequences))
-        estimate.check(size, self.config.max_message_bytes, f"send fewer sequences per call (this one has {len(items)})")
+        estimate.check(size, self.config.max_message_bytes,
+                       f"send fewer sequences per call (this one has {len(items)})")
         return PendingEncode(request, model, outputs, model.batcher.enqueue(items))
 
     def _check_count(self, count: int) -> None:

@@ -15,7 +15,10 @@ from typing import Any
 
 import grpc
 
+from server.wire import responses_of
+
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+SEQSERVE_PREFIX = "/seqserve.v1."  # registered through server/wire.py, already guarded
 AUTHORIZATION = "authorization"
 
 
@@ -37,8 +40,15 @@ def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: s
                 response_serializer=handler.response_serializer)
 
 
+Guard = Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]
+
+
 class Admission(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str | None = None) -> None:
+    """`guard` wraps the handlers of the services that are not seqserve's own (health, reflection), so
+    that bytes which do not decode are refused there too (server/wire.py)."""
+
+    def __init__(self, token: str | None = None, guard: Guard = lambda handler, method: handler) -> None:
+        self._guard = guard
         self._expected = f"Bearer {token}".encode() if token else None
         self.draining = False
         self.in_flight = 0
@@ -50,7 +60,11 @@ class Admission(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(HEALTH_PREFIX):
+        if handler is None:
+            return handler
+        if not details.method.startswith(SEQSERVE_PREFIX):
+            handler = self._guard(handler, details.method)
+        if details.method.startswith(HEALTH_PREFIX):
             return handler
         if self.draining:
             return _rejecting(handler, grpc.StatusCode.UNAVAILABLE,
@@ -95,7 +109,7 @@ class Admission(grpc.aio.ServerInterceptor):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             with self._track():
-                async for response in inner_stream(request, context):
+                async for response in responses_of(inner_stream(request, context)):
                     yield response
 
         make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler

@@ -8,6 +8,7 @@ which turns NOT_SERVING if that model's batcher dies. All turn NOT_SERVING on sh
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,8 @@ from server.metrics import Metrics
 from server.reflection import enable_reflection
 from server.registry import ModelRegistry, ServedModel
 from server.service import SeqserveService
-from server.wire import add_service
+from server.wire import RateLimitedLog, add_service, guard
+from server.wire import log as wire_log
 
 log = logging.getLogger(__name__)
 # After draining: time for calls that raced the drain (answered UNAVAILABLE) and health watches to close.
@@ -45,7 +47,10 @@ class SeqserveServer:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.registry = ModelRegistry(config, self.executor, self.metrics)
         self.health = health.aio.HealthServicer()
-        self.admission = Admission(read_token(config))
+        decode_log = RateLimitedLog(wire_log)
+        self.admission = Admission(read_token(config), functools.partial(guard, metrics=self.metrics,
+                                                                         decode_log=decode_log))
+        self._decode_log = decode_log
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -73,7 +78,8 @@ class SeqserveServer:
     async def _start(self) -> int:
         await self._set_health(NOT_SERVING)
         add_service(  # the generated registration, with request deserializers that never raise (server/wire.py)
-            SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc, self.metrics
+            SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc,
+            self.metrics, self._decode_log,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if self.config.reflection:

@@ -18,6 +18,7 @@ says how many were left out.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -51,16 +52,20 @@ class Undecodable:
 
 def deserializer(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
     """`message_class.FromString`, returning an Undecodable where the bytes do not parse."""
-    name = message_class.DESCRIPTOR.full_name
+    return never_raising(message_class.FromString, message_class.DESCRIPTOR.full_name)
 
-    def parse(data: bytes) -> Message | Undecodable:
+
+def never_raising(parse: Callable[[bytes], Any], name: str) -> Callable[[bytes], Any]:
+    """`parse`, returning an Undecodable (naming `name`) where it raises."""
+
+    def safe(data: bytes) -> Any:
         try:
-            return message_class.FromString(data)
+            return parse(data)
         except Exception as exc:  # whatever the parser makes of a client's bytes is the client's problem
             reason = str(exc).rpartition(": ")[2] or type(exc).__name__
             return Undecodable(name, len(data), bounded(reason, EXCERPT_CHARS))
 
-    return parse
+    return safe
 
 
 class RateLimitedLog:
@@ -86,6 +91,16 @@ class RateLimitedLog:
         self.suppressed = 0
 
 
+async def responses_of(result: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming behaviour, which is either an async generator or a coroutine
+    that writes them itself with `context.write` (as grpcio-health-checking's Watch does)."""
+    if inspect.isasyncgen(result):
+        async for response in result:
+            yield response
+    else:
+        await result
+
+
 class MethodWire:
     """One method's handler: the servicer's behaviour behind a deserializer that never raises."""
 
@@ -104,10 +119,16 @@ class MethodWire:
             await context.abort(*status_of(self.refuse(request, context)))
         return await self.behaviour(request, context)
 
+    async def unary_stream(self, request: Message | Undecodable, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+        if isinstance(request, Undecodable):
+            await context.abort(*status_of(self.refuse(request, context)))
+        async for response in responses_of(self.behaviour(request, context)):
+            yield response
+
     async def stream(self, requests: AsyncIterator[Message | Undecodable],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
         try:
-            async for response in self.behaviour(self._decoded(requests, context), context):
+            async for response in responses_of(self.behaviour(self._decoded(requests, context), context)):
                 yield response
         except ServingError as exc:  # raised by _decoded, through the servicer's reads
             await context.abort(*status_of(exc))
@@ -120,9 +141,9 @@ class MethodWire:
             yield request
 
 
-def method_handlers(servicer: object, metrics: Metrics) -> dict[str, grpc.RpcMethodHandler]:
+def method_handlers(servicer: object, metrics: Metrics,
+                    decode_log: RateLimitedLog) -> dict[str, grpc.RpcMethodHandler]:
     """Every method of seqserve.v1.SeqserveService, by name, served by `servicer`."""
-    decode_log = RateLimitedLog(log)
     handlers = {}
     for method in SERVICE.methods:
         request_class = getattr(pb, method.input_type.name)
@@ -139,9 +160,26 @@ def method_handlers(servicer: object, metrics: Metrics) -> dict[str, grpc.RpcMet
     return handlers
 
 
-def add_service(servicer: object, server: grpc.aio.Server, metrics: Metrics) -> None:
+def guard(handler: grpc.RpcMethodHandler, method: str, metrics: Metrics,
+          decode_log: RateLimitedLog) -> grpc.RpcMethodHandler:
+    """Another service's handler (health, reflection) behind a deserializer that never raises."""
+    codecs: dict[str, Any] = {"request_deserializer": never_raising(handler.request_deserializer, method),
+                              "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        wire = MethodWire(method, handler.unary_unary, metrics, decode_log)
+        return grpc.unary_unary_rpc_method_handler(wire.unary, **codecs)
+    if handler.unary_stream:
+        wire = MethodWire(method, handler.unary_stream, metrics, decode_log)
+        return grpc.unary_stream_rpc_method_handler(wire.unary_stream, **codecs)
+    if handler.stream_stream:
+        wire = MethodWire(method, handler.stream_stream, metrics, decode_log)
+        return grpc.stream_stream_rpc_method_handler(wire.stream, **codecs)
+    return handler  # client-streaming, unary answer: no such method is served here
+
+
+def add_service(servicer: object, server: grpc.aio.Server, metrics: Metrics, decode_log: RateLimitedLog) -> None:
     """Register `servicer` as seqserve.v1.SeqserveService on `server` (in place of the generated
     add_SeqserveServiceServicer_to_server), with deserializers that never raise."""
-    handlers = method_handlers(servicer, metrics)
+    handlers = method_handlers(servicer, metrics, decode_log)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)

@@ -412,7 +412,7 @@ def test_concurrent_stream_limit():
 def test_deadline_and_cancellation_leave_the_server_healthy(server, client, test_sequences):
     stub = pb_grpc.SeqserveServiceStub(client.channel)
     big = encode_request("jv_bilstm_attn", [np.random.default_rng(0).standard_normal((600, 12), np.float32)] * 64,
-                         outputs=["outputs"])
+                         outputs=["logits"])  # within the answer-size limit: real work to cancel
     with assert_rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED):
         stub.Encode(big, timeout=0.001)
     future = stub.Encode.future(big, timeout=30)
@@ -705,3 +705,18 @@ def test_calls_after_sigterm_get_unavailable_never_cancelled(test_sequences):
         channel.close()
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize(("path", "kind"), [
+    ("/grpc.health.v1.Health/Check", "unary"), ("/grpc.health.v1.Health/Watch", "server-stream"),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "bidi"),
+    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "bidi"),
+])
+def test_health_and_reflection_refuse_undecodable_bytes(client, path, kind):
+    bad = b"\x0a\x04\xff\xfe\xfd\xfc"  # a string field holding invalid UTF-8
+    raw = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+    calls = {"unary": lambda: client.channel.unary_unary(path, **raw)(bad, timeout=5),
+             "server-stream": lambda: list(client.channel.unary_stream(path, **raw)(bad, timeout=5)),
+             "bidi": lambda: list(client.channel.stream_stream(path, **raw)(iter([bad]), timeout=5))}
+    with assert_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "not a valid"):
+        calls[kind]()

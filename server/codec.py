@@ -45,6 +45,19 @@ def decode_steps(
     tensor: pb.Tensor, field: str, arch: Architecture, config: ServerConfig, allow_empty: bool = False
 ) -> np.ndarray:
     """A sequence or chunk: float32 (T, F) with F the model's features, finite, within limits."""
+    check_steps_shape(tensor, field, arch, config, allow_empty)
+    steps = decode(tensor, field)
+    if not np.isfinite(steps).all():
+        bad_step = int(np.argwhere(~np.isfinite(steps))[0][0])
+        raise InvalidInput(field, f"contains NaN or Inf (first at step {bad_step})")
+    return steps
+
+
+def check_steps_shape(
+    tensor: pb.Tensor, field: str, arch: Architecture, config: ServerConfig, allow_empty: bool = False
+) -> int:
+    """The steps a sequence's declared shape holds, checked against the model and the limits (nothing
+    is copied: sizes can be judged before any bytes are decoded)."""
     if len(tensor.shape) != 2:
         raise InvalidInput(field, f"shape must be [time, {arch.input_size}], got {excerpt(tensor.shape)}")
     time_steps, features = tensor.shape
@@ -54,11 +67,7 @@ def decode_steps(
         raise InvalidInput(field, "empty sequence: at least 1 step is needed")
     if time_steps > config.max_sequence_length:
         raise LimitExceeded(field + " length", time_steps, config.max_sequence_length, "max_sequence_length")
-    steps = decode(tensor, field)
-    if not np.isfinite(steps).all():
-        bad_step = int(np.argwhere(~np.isfinite(steps))[0][0])
-        raise InvalidInput(field, f"contains NaN or Inf (first at step {bad_step})")
-    return steps
+    return time_steps
 
 
 def decode_outputs(requested: Iterable[int], arch: Architecture, field: str = "outputs") -> frozenset[int]:

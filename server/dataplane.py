@@ -14,8 +14,8 @@ from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from server.batching import Job, SequenceOutputs, WorkItem
 from server.codec import (
-    MAX_STEPS_SEEN, AnswerSize, check_state_origin, check_steps_seen, check_version, decode_outputs, decode_state,
-    decode_steps, encode_result,
+    MAX_STEPS_SEEN, AnswerSize, check_state_origin, check_steps_seen, check_version, check_steps_shape, decode_outputs,
+    decode_state, decode_steps, encode_result,
 )
 from server.config import ServerConfig
 from server.errors import FailedPrecondition, InvalidInput, LimitExceeded, ModelNotFound, excerpt
@@ -90,15 +90,15 @@ class DataPlane:
         arch = model.runtime.arch
         self._check_count(len(request.sequences))
         outputs = decode_outputs(request.outputs, arch)
-        items = [
-            WorkItem(decode_steps(seq.steps, f"sequences[{i}].steps", arch, self.config))
-            for i, seq in enumerate(request.sequences)
-        ]
+        fields = [f"sequences[{i}].steps" for i in range(len(request.sequences))]
+        lengths = [check_steps_shape(seq.steps, field, arch, self.config)  # before any copy of the data
+                   for seq, field in zip(request.sequences, fields)]
         estimate = answer_size(model, outputs)
-        size = estimate.encode_response((item.length for item in items),
-                                        (len(seq.id.encode()) for seq in request.sequences))
+        size = estimate.encode_response(lengths, (len(seq.id.encode()) for seq in request.sequences))
         estimate.check(size, self.config.max_message_bytes,
-                       f"send fewer sequences per call (this one has {len(items)})")
+                       f"send fewer sequences per call (this one has {len(lengths)})")
+        items = [WorkItem(decode_steps(seq.steps, field, arch, self.config))
+                 for seq, field in zip(request.sequences, fields)]
         return PendingEncode(request, model, outputs, model.batcher.enqueue(items))
 
     def _check_count(self, count: int) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqserve.metadata import ParitySummary
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from server.batching import Job, SequenceOutputs, WorkItem
@@ -18,15 +19,13 @@ from server.codec import (
     decode_state, decode_steps, encode_result,
 )
 from server.config import ServerConfig
-from server.errors import FailedPrecondition, InvalidInput, LimitExceeded, ModelNotFound, excerpt
+from server.errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
 from server.registry import ModelRegistry, ServedModel
 
 
-def parity_summary(parity: dict) -> pb.ParitySummary:
-    return pb.ParitySummary(
-        passed=parity.get("passed", False), max_abs_error=parity.get("max_abs_error", 0.0),
-        atol=parity.get("atol", 0.0), rtol=parity.get("rtol", 0.0), cases=parity.get("cases", 0),
-    )
+def parity_summary(parity: ParitySummary) -> pb.ParitySummary:
+    return pb.ParitySummary(passed=parity.passed, max_abs_error=parity.max_abs_error, atol=parity.atol,
+                            rtol=parity.rtol, cases=parity.cases)
 
 
 class DataPlane:
@@ -36,7 +35,6 @@ class DataPlane:
 
     def model_info(self, model: ServedModel) -> pb.ModelInfo:
         version = model.runtime.version
-        meta = version.metadata
         arch = model.runtime.arch
 
         def tensor_info(spec) -> pb.TensorInfo:
@@ -47,7 +45,7 @@ class DataPlane:
             name=model.name,
             version=model.version,
             versions=self.registry.versions(model.name),
-            description=meta.get("description", ""),
+            description=version.description,
             cell=arch.cell,
             bidirectional=arch.bidirectional,
             layers=arch.num_layers,
@@ -58,7 +56,7 @@ class DataPlane:
             class_labels=version.class_labels,
             inputs=[tensor_info(s) for s in version.inputs],
             outputs=[tensor_info(s) for s in version.outputs],
-            parity=parity_summary(meta["parity"]) if "parity" in meta else None,
+            parity=parity_summary(version.parity) if version.parity is not None else None,
             test_accuracy=version.test_accuracy or 0.0,
             precision=version.precision,
         )
@@ -69,14 +67,7 @@ class DataPlane:
     def find(self, name: str, version: int) -> ServedModel:
         """The model version a request names (version 0: the latest); its name echoed only as an excerpt."""
         check_version(version)
-        try:
-            return self.registry.get(name, version)
-        except ModelNotFound:
-            # The registry's own message quotes the name whole: say it again, bounded.
-            versions = self.registry.versions(name)
-            if not versions:
-                raise ModelNotFound.no_model(name, self.registry.names()) from None
-            raise ModelNotFound.no_version(name, version, versions) from None
+        return self.registry.get(name, version)
 
     def get_model(self, request: pb.GetModelRequest) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=self.model_info(self.find(request.model, request.version)))

@@ -89,12 +89,9 @@ class ModelRegistry:
             raise NotReady("server: models are still loading or the server is shutting down")
         versions = self._models.get(name)
         if not versions:
-            known = ", ".join(self.names()) or "none"
-            raise ModelNotFound(f"model: no model named {name!r} (serving: {known})")
+            raise ModelNotFound.no_model(name, self.names())
         if version == 0:
             return versions[max(versions)]
         if version not in versions:
-            raise ModelNotFound(
-                f"version: model {name!r} has no version {version} (serving: {sorted(versions)})"
-            )
+            raise ModelNotFound.no_version(name, version, versions)
         return versions[version]

@@ -43,6 +43,7 @@ class ServerConfig:
     warmup: bool = True
     allow_empty: bool = False  # start even when the repository holds no loadable model
     reflection: bool = True  # serve grpc.reflection (v1 and v1alpha)
+    replica: str = ""  # this replica's name, sent as `seqserve-replica` in every call's initial metadata ("": the hostname)
     tls_cert: str = ""  # PEM certificate chain: serve TLS on the gRPC port (with tls_key)
     tls_key: str = ""  # PEM private key
     tls_client_ca: str = ""  # PEM CA bundle: require client certificates signed by it (mutual TLS)
@@ -89,6 +90,7 @@ _HELP = {
     "warmup": "run each model once before reporting SERVING",
     "allow_empty": "start even when the repository holds no loadable model (it may be filled later)",
     "reflection": "serve gRPC server reflection (grpc.reflection.v1 and v1alpha)",
+    "replica": "this replica's name, sent as `seqserve-replica` initial metadata on every call (empty: the hostname)",
     "tls_cert": "PEM certificate chain for TLS on the gRPC port (needs --tls-key)",
     "tls_key": "PEM private key for --tls-cert",
     "tls_client_ca": "PEM CA bundle: require and verify client certificates (mutual TLS)",

@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 
 from bench.procs import real_server  # noqa: E402
 from seqserve.batch.backends import LocalBackend, RemoteBackend  # noqa: E402
+from seqserve.inference import pad  # noqa: E402
 from seqserve.cpu import physical_cores  # noqa: E402
 from seqserve.datasets import japanese_vowels_dir  # noqa: E402
 from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
@@ -88,16 +89,11 @@ class Clock:
 def ort_in_process(backend: LocalBackend, sequences: list[np.ndarray], batch_size: int) -> Rate:
     """The bare session on length-sorted batches (padding included, file I/O not)."""
     session, features = backend.model.session, backend.info.input_size
-    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
+    ordered = sorted(sequences, key=len)
     clock = Clock()
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch_lengths = lengths[rows]
-        x = np.zeros((len(rows), int(batch_lengths.max()), features), dtype=np.float32)  # (B, T, F)
-        for i, j in enumerate(rows):
-            x[i, : batch_lengths[i]] = sequences[j]
-        session.run(["logits"], {"x": x, "lengths": batch_lengths})
+    for start in range(0, len(ordered), batch_size):
+        x, lengths = pad(ordered[start : start + batch_size], features)  # (B, T, F), (B,): the core's padding
+        session.run(["logits"], {"x": x, "lengths": lengths})
     return clock.rate(len(sequences))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from seqserve.contract import zero_state_feeds
+from seqserve.inference import Batch
 from server.config import physical_cores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,7 +149,8 @@ def runtime_for(name: str, repository: Path = REPOSITORY, folder: Path | None = 
 
 
 def feeds_for(runtime, x: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
-    return zero_state_feeds(runtime.arch, x, lengths)
+    """Every input of `runtime`'s model for a padded batch, zero states included (the core's feeds)."""
+    return runtime.feeds(Batch(x, lengths))
 
 
 def machine_info() -> dict[str, Any]:

@@ -26,25 +26,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from bench.common import REPOSITORY, THREADS, Mode, at_least, figure, median_ratio, paired_times, quiet_stderr
+from seqserve.inference import open_session
 
 GOAL = 0.75
 BATCH, TIME = 64, 100
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 SYNTHETIC_INPUT = 64  # features of the synthetic hidden >= 128 models
-
-
-def session_options() -> ort.SessionOptions:
-    """The server's session options (server/runtime.py)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
 
 
 def recurrent_only(model_path: Path) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
@@ -86,7 +76,7 @@ def gemm_callables(n: int) -> dict[str, Any]:
     c_info = helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])
     graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "gemm", [a_info, b_info], [c_info])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    session = open_session(model.SerializeToString(), THREADS)  # the server's session options
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
@@ -99,7 +89,7 @@ def gemm_callables(n: int) -> dict[str, Any]:
 
 def measure(model_path: Path, mode: Mode, gemm: dict[str, Any], gemm_flops: float) -> dict[str, Any]:
     model, layers = recurrent_only(model_path)
-    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    session = open_session(model.SerializeToString(), THREADS)  # the server's session options
     rng = np.random.default_rng(1)
     feeds: dict[str, np.ndarray] = {"seq_lens": np.full(BATCH, TIME, dtype=np.int32)}
     for i, layer in enumerate(layers):

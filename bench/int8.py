@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.common import Mode, feeds_for, figure, median_ratio, paired_times, runtime_for
 from model.quantize import compare, quantize_int8, recurrent_layers_quantized
-from seqserve.contract import right_pad
+from seqserve.inference import pad
 from seqserve.repository import MODEL_FILE
 
 
@@ -31,7 +31,7 @@ def measure(name: str, mode: Mode, folder: Path, sequences, targets) -> dict[str
     longest = max(sequences, key=len)
     for batch in (1, 64):
         group = [longest] if batch == 1 else sequences[:batch]
-        x, lengths = right_pad(group)
+        x, lengths = pad(group, fp32.arch.input_size)
         f32, f8 = feeds_for(fp32, x, lengths), feeds_for(int8, x, lengths)
         times = paired_times({"fp32": lambda: fp32.session.run(None, f32), "int8": lambda: int8.session.run(None, f8)},
                              mode.rounds, mode.min_time)

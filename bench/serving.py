@@ -25,7 +25,7 @@ import numpy as np
 
 from bench.common import REPOSITORY, THREADS, Mode, at_least, at_most, feeds_for, figure, runtime_for
 from bench.procs import echo_server, real_server, run_loadgen
-from seqserve.contract import right_pad
+from seqserve.inference import pad
 
 CONCURRENCY = (1, 8, 64)
 MODES = ("unary", "stream")
@@ -45,12 +45,12 @@ def ort_sweep(runtime, sequences: list[np.ndarray], min_time: float) -> dict[str
     for batch in SWEEP:
         for name, ordered in orders.items():
             batches = [ordered[i: i + batch] for i in range(0, len(ordered), batch)]
-            x, lengths = right_pad(batches[0])
+            x, lengths = pad(batches[0], runtime.arch.input_size)
             runtime.session.run(None, feeds_for(runtime, x, lengths))  # warm this shape
             done, i, t0 = 0, 0, time.perf_counter()
             while True:
                 group = batches[i % len(batches)]
-                x, lengths = right_pad(group)
+                x, lengths = pad(group, runtime.arch.input_size)
                 runtime.session.run(None, feeds_for(runtime, x, lengths))
                 done += len(group)
                 i += 1

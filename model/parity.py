@@ -37,6 +37,7 @@ from model.encoder import RecurrentEncoder
 from model.errors import ParityError
 from model.reference import ReferenceEncoder
 from seqserve.contract import BATCH, input_names, output_specs
+from seqserve.inference import open_session
 
 ATOL = 1e-5
 RTOL = 1e-4
@@ -221,10 +222,8 @@ def run_torch(model: RecurrentEncoder, inputs: dict[str, np.ndarray], dtype: tor
 
 
 def make_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """The session the server would run, on `threads` threads (the inference core's options)."""
+    return open_session(path, threads)
 
 
 def check_parity(model: RecurrentEncoder, onnx_path: str | Path, long_length: int = 500) -> ParityReport:

@@ -27,7 +27,8 @@ import onnxruntime as ort
 from model.data import DATASET, load_split
 from model.errors import InputShapeError
 from model.parity import make_session
-from seqserve.contract import Architecture, right_pad, zero_state_feeds
+from seqserve.contract import Architecture
+from seqserve.inference import Batch, OnnxModel, pad
 
 SCHEME = "dynamic: int8 weights (QInt8), activations quantized per call"
 INT8_SUFFIX = "_int8"  # an int8 variant of model `m` is published as model `m_int8`
@@ -72,11 +73,11 @@ def predict_logits(
     session: ort.InferenceSession, arch: Architecture, sequences: Sequence[np.ndarray], batch: int = ACCURACY_BATCH,
 ) -> np.ndarray:
     """Logits (N, C) of every (T_i, F) sequence, `batch` sequences per call, each starting from the zero state."""
+    model = OnnxModel(session, arch)
     parts = []
     for start in range(0, len(sequences), batch):
-        x, lengths = right_pad(sequences[start : start + batch])  # (B, T_max, F), (B,)
-        (logits,) = session.run(["logits"], zero_state_feeds(arch, x, lengths))  # (B, C)
-        parts.append(logits)
+        x, lengths = pad(sequences[start : start + batch], arch.input_size)  # (B, T_max, F), (B,)
+        parts.append(model.run(Batch(x, lengths), ["logits"])["logits"])  # (B, C)
     return np.concatenate(parts)  # (N, C)
 
 

@@ -4,7 +4,6 @@ The exporter, the server, the batch job and the tests all derive the contract fr
 given a model's architecture (the `architecture` block of its metadata.json).
 
 Symbolic dimensions are the strings "batch" and "time"; the rest are fixed by the architecture.
-`right_pad` and `zero_state_feeds` build a model's inputs from raw (T, F) sequences.
 
 The annotations are the schema seqserve.metadata checks metadata.json against: `Literal` fields
 accept only the listed values, and a field's `metadata` may bound it ({"min": .., "max": ..}).
@@ -16,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 
 BATCH, TIME = "batch", "time"
 Dim = int | str
@@ -123,23 +121,3 @@ def dynamic_axes(a: Architecture) -> dict[str, dict[int, str]]:
         s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
         for s in input_specs(a) + output_specs(a)
     }
-
-
-def right_pad(sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The `x` and `lengths` inputs for (T_i, F) sequences: x (B, T_max, F) float32, zero-padded; lengths (B,)."""
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))  # (B,)
-    x = np.zeros((len(sequences), int(lengths.max()), sequences[0].shape[1]), dtype=np.float32)  # (B, T_max, F)
-    for i, s in enumerate(sequences):
-        x[i, : len(s)] = s
-    return x, lengths
-
-
-def zero_state_feeds(a: Architecture, x: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
-    """Every input of the contract for a batch that starts from the zero state (h0, c0 (L, B, H) zeros)."""
-    feeds = {"x": x, "lengths": lengths}
-    state_shape = (a.num_layers, x.shape[0], a.hidden_size)  # (L, B, H)
-    if a.streaming:
-        feeds["h0"] = np.zeros(state_shape, dtype=np.float32)
-        if a.has_cell_state:
-            feeds["c0"] = np.zeros(state_shape, dtype=np.float32)
-    return feeds

@@ -23,17 +23,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seqserve.numerics import softmax
+from seqserve.inference import (
+    Batch, SequenceOutputs, length_groups, pad, per_sequence, stack_states, with_probabilities,
+)
 from server.errors import LimitExceeded, NotReady
 from server.metrics import ModelMetrics
-from server.runtime import BatchInputs, ModelRuntime
+from server.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
-
-# Per-sequence result: contract output name -> that sequence's slice.
-SequenceOutputs = dict[str, np.ndarray]
-
-
 
 @dataclass(frozen=True)
 class BatchPolicy:
@@ -93,72 +90,27 @@ class WorkItem:
         return self.steps.shape[0]
 
 
-def pad_items(runtime: ModelRuntime, items: Sequence[WorkItem]) -> BatchInputs:
-    """Stack items into one right-padded batch: x (B, T, F), lengths (B,), h0/c0 (L, B, H)."""
-    B, F = len(items), runtime.arch.input_size
-    lengths = np.fromiter((it.length for it in items), dtype=np.int64, count=B)
-    T = max(1, int(lengths.max()))  # a batch of empty chunks still needs one (padded) step
-    x = np.zeros((B, T, F), dtype=np.float32)
-    for i, it in enumerate(items):
-        x[i, : it.length] = it.steps
-    h0 = c0 = None
-    if runtime.arch.streaming:
-        h0 = runtime.zero_state(B)
-        for i, it in enumerate(items):
-            if it.h0 is not None:
-                h0[:, i] = it.h0
-        if runtime.arch.has_cell_state:
-            c0 = runtime.zero_state(B)
-            for i, it in enumerate(items):
-                if it.c0 is not None:
-                    c0[:, i] = it.c0
-    return BatchInputs(x, lengths, h0, c0)
-
-
-
-def split_outputs(outputs: dict[str, np.ndarray], lengths: np.ndarray) -> list[SequenceOutputs]:
-    """Cut batch outputs back into per-sequence results, dropping padding steps.
-
-    Adds `probabilities` (softmax of the logits), computed once for the whole batch.
-    """
-    outputs = {**outputs, "probabilities": softmax(outputs["logits"])}
-    per_step = {"outputs", "attention", "step_logits"}  # (B, T, ...)
-    per_state = {"h_n", "c_n"}  # (L*D, B, H)
-    results = []
-    for i, length in enumerate(lengths):
-        item = {}
-        for name, value in outputs.items():
-            if name in per_step:
-                item[name] = value[i, :length]
-            elif name in per_state:
-                item[name] = value[:, i]
-            else:
-                item[name] = value[i]
-        results.append(item)
-    return results
+def batch_of(runtime: ModelRuntime, items: Sequence[WorkItem]) -> Batch:
+    """Items as one right-padded batch: x (B, T, F), lengths (B,), h0/c0 (L, B, H) for streaming models."""
+    x, lengths = pad([it.steps for it in items], runtime.arch.input_size)  # (B, T, F), (B,)
+    if not runtime.arch.streaming:
+        return Batch(x, lengths)
+    layers, hidden = runtime.arch.num_layers, runtime.arch.hidden_size
+    h0 = stack_states([it.h0 for it in items], layers, hidden)  # (L, B, H)
+    c0 = stack_states([it.c0 for it in items], layers, hidden) if runtime.arch.has_cell_state else None
+    return Batch(x, lengths, h0, c0)
 
 
 def run_items(runtime: ModelRuntime, items: Sequence[WorkItem]) -> list[SequenceOutputs]:
-    """Run items as one padded batch (called in the inference thread pool)."""
-    batch = pad_items(runtime, items)
-    return split_outputs(runtime.run(batch), batch.lengths)
+    """Run items as one padded batch (called in the inference thread pool); each gets its own views."""
+    batch = batch_of(runtime, items)
+    return per_sequence(with_probabilities(runtime.run(batch)), batch.lengths)
 
 
 def group_by_length(items: Sequence[WorkItem], max_waste: float) -> list[list[WorkItem]]:
-    """Sort by length and cut where padding would exceed `max_waste` x the real steps."""
-    groups: list[list[WorkItem]] = []
-    current: list[WorkItem] = []
-    real = 0
-    for it in sorted(items, key=lambda it: it.length):
-        steps = max(1, it.length)
-        if current and steps * (len(current) + 1) > (1 + max_waste) * (real + steps):
-            groups.append(current)
-            current, real = [], 0
-        current.append(it)
-        real += steps
-    if current:
-        groups.append(current)
-    return groups
+    """Items grouped by the core's one policy (seqserve.inference.length_groups), shortest first."""
+    lengths = np.fromiter((it.length for it in items), dtype=np.int64, count=len(items))  # (B,)
+    return [[items[i] for i in group.tolist()] for group in length_groups(lengths, max_waste=max_waste)]
 
 
 class Batcher:

@@ -3,45 +3,27 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
-from seqserve.contract import Architecture, input_names, input_specs, output_names
+from seqserve.contract import input_specs
+from seqserve.inference import Batch, OnnxModel, open_session
 from seqserve.repository import ModelVersion, RepositoryError
 
 log = logging.getLogger(__name__)
 WARM_UP_SHAPES = ((1, 8), (8, 32))  # (batch, time) run once per model before serving
 
 
-@dataclass(frozen=True)
-class BatchInputs:
-    x: np.ndarray  # (B, T, F) float32
-    lengths: np.ndarray  # (B,) int64
-    h0: np.ndarray | None = None  # (L, B, H) streaming models
-    c0: np.ndarray | None = None  # (L, B, H) streaming LSTM
-
-
-class ModelRuntime:
-    """Runs one model version; `run` is thread-safe (onnxruntime sessions are)."""
+class ModelRuntime(OnnxModel):
+    """Runs one model version through the inference core; `run` is thread-safe (onnxruntime sessions are)."""
 
     def __init__(self, version: ModelVersion, threads: int, spinning: bool = False) -> None:
         self.version = version
-        self.arch: Architecture = version.architecture
-        self.input_names = input_names(self.arch)
-        self.output_names = output_names(self.arch)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning pool threads burn a core between runs, which the gRPC event loop needs (bench/PROFILE.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
-            self.session = ort.InferenceSession(str(version.model_file), options, providers=["CPUExecutionProvider"])
+            session = open_session(version.model_file, threads, spinning)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise RepositoryError(f"{version.model_file}: onnxruntime cannot load it: {exc}") from None
+        super().__init__(session, version.architecture)
         self._check_contract()
 
     @property
@@ -67,18 +49,6 @@ class ModelRuntime:
                     f"{self.version.model_file}: input {spec.name} has shape {actual.shape}, contract {spec.shape}"
                 )
 
-    def zero_state(self, batch: int) -> np.ndarray:
-        return np.zeros((self.arch.num_layers, batch, self.arch.hidden_size), dtype=np.float32)
-
-    def run(self, inputs: BatchInputs) -> dict[str, np.ndarray]:
-        feeds = {"x": inputs.x, "lengths": inputs.lengths}
-        if self.arch.streaming:
-            batch = inputs.x.shape[0]
-            feeds["h0"] = inputs.h0 if inputs.h0 is not None else self.zero_state(batch)
-            if self.arch.has_cell_state:
-                feeds["c0"] = inputs.c0 if inputs.c0 is not None else self.zero_state(batch)
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
-
     def warm_up(self) -> None:
         """Run a few shapes once so the first real request does not pay for allocations; a model that
         loads but cannot run raises RepositoryError."""
@@ -86,7 +56,7 @@ class ModelRuntime:
         try:
             for batch, time in WARM_UP_SHAPES:
                 x = np.zeros((batch, time, F), dtype=np.float32)  # (B, T, F)
-                self.run(BatchInputs(x, np.full(batch, time, dtype=np.int64)))
+                self.run(Batch(x, np.full(batch, time, dtype=np.int64)))
         except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
             raise RepositoryError(f"{self.version.model_file}: warm-up run failed: {exc}") from None
         log.info("warmed up", extra={"model": self.name, "version": self.number})

@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seqserve.client import SeqserveClient
-from seqserve.contract import right_pad, zero_state_feeds
+from seqserve.inference import Batch, OnnxModel, open_session, pad
 from seqserve.repository import latest_version
 from seqserve.v1 import seqserve_pb2 as pb
 from server.errors import MAX_STATUS_CHARS
@@ -111,10 +110,9 @@ def reference() -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
     answers = {}
     for model in MODELS:
         version = latest_version(REPOSITORY, model)
-        session = ort.InferenceSession(str(version.model_file), providers=["CPUExecutionProvider"])
+        onnx_model = OnnxModel(open_session(version.model_file, threads=1), version.architecture)
         sequences = [rng.standard_normal((n, F), dtype=np.float32) for n in (5, 23, 61)]
-        x, lengths = right_pad(sequences)
-        logits = session.run(["logits"], zero_state_feeds(version.architecture, x, lengths))[0]  # (B, C)
+        logits = onnx_model.run(Batch(*pad(sequences, F)), ["logits"])["logits"]  # (B, C)
         answers[model] = (sequences, logits)
     return answers
 

@@ -28,6 +28,7 @@ from seqserve.channel import Security
 from seqserve.client import EncodeResult, SeqserveClient, encode_request
 from seqserve.contract import Architecture, output_names
 from seqserve.cpu import physical_cores
+from seqserve.inference import Batch, OnnxModel, open_session, pad, per_sequence
 from seqserve.numerics import softmax
 from seqserve.repository import ModelVersion, RepositoryError, latest_version, read_version
 
@@ -42,8 +43,6 @@ TENSORS = {
     "logits": "(C,) class scores",
     "step_logits": "(T, C) running prediction per step",
 }
-PER_STEP = frozenset({"outputs", "attention", "step_logits"})  # (B, T, ...) in a batch
-PER_STATE = frozenset({"h_n", "c_n"})  # (L*D, B, H) in a batch
 # What to ask the server for, per tensor.
 REMOTE_OUTPUT = {"context": "attention", "attention": "attention", "h_n": "hidden", "c_n": "hidden",
                  "outputs": "outputs", "logits": "logits", "step_logits": "step_logits"}
@@ -152,15 +151,6 @@ def resolve_version(repository: str | Path, model: str, version: int = 0) -> Mod
         raise BackendError(f"model {model!r} in {repository}: {exc}") from None
 
 
-def pad(records: Sequence[Record], features: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad with zeros: x (B, T, F) float32, lengths (B,) int64."""
-    lengths = np.fromiter((r.length for r in records), dtype=np.int64, count=len(records))
-    x = np.zeros((len(records), max(1, int(lengths.max())), features), dtype=np.float32)  # (B, T, F)
-    for i, r in enumerate(records):
-        x[i, : r.length] = r.steps
-    return x, lengths
-
-
 class OrtModel:
     """One onnxruntime session for one model version: padded batches in, per-sequence results out."""
 
@@ -173,53 +163,31 @@ class OrtModel:
         self.info = ModelInfo(version.name, version.version, self.arch.input_size, labels, model_tensors(self.arch))
         self.tensors = check_tensors(tensors, self.info)
         self.threads = min(threads or physical_cores(), physical_cores())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between calls: the job's own thread reads and writes meanwhile, and on a shared
-        # machine spinning pool threads halved throughput (bench/batch_bench.py, 2 cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            source = model_bytes if model_bytes is not None else str(version.model_file)
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            session = open_session(model_bytes if model_bytes is not None else version.model_file, self.threads)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"{version.model_file}: onnxruntime cannot load it: {exc}") from None
+        self.model = OnnxModel(session, self.arch)
         self.fetch = ["logits", *(t for t in self.tensors if t != "logits")]
 
-    def run(self, x: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs for a padded batch: logits and the requested tensors, batch-shaped."""
-        feeds = {"x": x, "lengths": lengths}
-        if self.arch.streaming:
-            state = np.zeros((self.arch.num_layers, x.shape[0], self.arch.hidden_size), dtype=np.float32)
-            feeds["h0"] = state
-            if self.arch.has_cell_state:
-                feeds["c0"] = state
-        return dict(zip(self.fetch, self.session.run(self.fetch, feeds)))
+    @property
+    def session(self) -> ort.InferenceSession:
+        return self.model.session
 
     def predict(self, records: Sequence[Record]) -> Predictions:
         """One prediction per record; RecordRejected when onnxruntime fails on the batch."""
-        x, lengths = pad(records, self.info.input_size)
+        x, lengths = pad([r.steps for r in records], self.info.input_size)  # (B, T, F), (B,)
         try:
-            out = self.run(x, lengths)
+            out = self.model.run(Batch(x, lengths), self.fetch)
         except ORT_ERRORS as exc:
             raise RecordRejected(f"onnxruntime: {exc}") from None
         logits = out["logits"]  # (B, C)
         indices = logits.argmax(axis=1)  # (B,)
         names = self.info.class_labels
-        tensors = {}
-        for name in self.tensors:
-            value = out[name]
-            if name in PER_STEP:
-                tensors[name] = [value[i, :length] for i, length in enumerate(lengths.tolist())]  # (T, ...)
-            elif name in PER_STATE:
-                tensors[name] = list(value.transpose(1, 0, 2))  # (L*D, H) each
-            else:
-                tensors[name] = list(value)
+        rows = per_sequence({name: out[name] for name in self.tensors}, lengths)
         return Predictions(
             [r.id for r in records], [names[k] if k < len(names) else str(k) for k in indices.tolist()], indices,
-            softmax(logits), [r.label for r in records], tensors,
+            softmax(logits), [r.label for r in records], {name: [row[name] for row in rows] for name in self.tensors},
         )
 
 

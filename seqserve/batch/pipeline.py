@@ -29,6 +29,7 @@ from seqserve.batch.backends import Backend, ModelInfo, Predictions
 from seqserve.batch.errors import BatchError, RecordRejected
 from seqserve.batch.readers import BadRecord, Fields, Item, Record, detect_format, read_records
 from seqserve.batch.writers import ErrorLog, Writer, detect_output_format, open_writer
+from seqserve.inference import length_groups
 
 BATCH_SIZE = 64
 CHUNK_SIZE = 8192
@@ -174,17 +175,11 @@ class Screen:
 
 def plan_batches(records: Sequence[Record], batch_size: int,
                  max_batch_steps: int = MAX_BATCH_STEPS) -> list[list[Record]]:
-    """Sort by length and cut into batches of at most batch_size records and max_batch_steps padded steps."""
-    batches: list[list[Record]] = []
-    current: list[Record] = []
-    for r in sorted(records, key=lambda r: r.length):
-        if current and (len(current) >= batch_size or (len(current) + 1) * r.length > max_batch_steps):
-            batches.append(current)
-            current = []
-        current.append(r)
-    if current:
-        batches.append(current)
-    return batches
+    """Sort by length and cut into batches of at most batch_size records and max_batch_steps padded
+    steps (the core's one grouping policy, seqserve.inference.length_groups)."""
+    lengths = np.fromiter((r.length for r in records), dtype=np.int64, count=len(records))  # (N,)
+    groups = length_groups(lengths, max_size=batch_size, max_padded_steps=max_batch_steps)
+    return [[records[i] for i in group.tolist()] for group in groups]
 
 
 class Progress:

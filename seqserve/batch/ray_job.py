@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 import seqserve
-from seqserve.batch.backends import PER_STATE, PER_STEP, OrtModel, Predictions, resolve_version
+from seqserve.batch.backends import OrtModel, Predictions, resolve_version
 from seqserve.batch.errors import BackendError, BatchError, RecordRejected
 from seqserve.batch.pipeline import JobConfig, JobOutput, Screen, Summary, one_by_one, plan_batches, split_nonfinite
 from seqserve.batch.readers import BadRecord, Item, Record, detect_format, read_records
+from seqserve.inference import PER_STATE, PER_STEP
 from seqserve.repository import ModelVersion
 
 try:

@@ -1,0 +1,169 @@
+"""The inference core: from raw (T, F) sequences to answers, written once.
+
+Session options, padding, initial states, length grouping, the run, softmax and slicing live here
+and nowhere else. The server's batcher, the batch job (local backend and Ray actors), export's
+parity and int8 checks and the bench all call these, on whole batches with numpy: nothing loops
+over sequences in Python where a vector operation does the work.
+
+Needs onnxruntime (the `serve` extra); never torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from seqserve.contract import Architecture, input_names, output_names
+from seqserve.numerics import softmax
+
+PER_STEP = frozenset({"outputs", "attention", "step_logits"})  # (B, T, ...): cut to each sequence's length
+PER_STATE = frozenset({"h_n", "c_n"})  # (L*D, B, H): the batch is axis 1
+
+# Per-sequence answers: output name -> that sequence's slice (and "probabilities", the logits' softmax).
+SequenceOutputs = dict[str, np.ndarray]
+
+
+def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
+    """How every seqserve session runs: `threads` intra-op threads, one graph at a time, all graph
+    optimisations, and no spin-waiting pool threads between runs unless asked (spinning burns a core
+    that the gRPC event loop or the batch job's reader needs: 44-59 % of the server's CPU, bench/PROFILE.md)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+def open_session(model: str | Path | bytes, threads: int, spinning: bool = False) -> ort.InferenceSession:
+    """An onnxruntime CPU session on a model file (or its bytes)."""
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, session_options(threads, spinning), providers=["CPUExecutionProvider"])
+
+
+def pad(sequences: Sequence[np.ndarray], features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad (T_i, F) sequences with zeros: x (B, T_max, F) float32 and lengths (B,) int64.
+
+    One concatenation and one scatter, whatever the number of sequences.
+    """
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))  # (B,)
+    steps = np.concatenate(sequences) if len(sequences) else np.zeros((0, features), np.float32)  # (N, F)
+    return pad_packed(steps, lengths)
+
+
+def pad_packed(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences already packed end to end, steps (sum T_i, F) + lengths (B,), as x (B, T_max, F)."""
+    B, F = len(lengths), steps.shape[1]
+    T = max(1, int(lengths.max(initial=0)))  # a batch of empty chunks still runs one (padded) step
+    x = np.zeros((B, T, F), dtype=np.float32)  # (B, T, F)
+    if len(steps):
+        starts = np.cumsum(lengths) - lengths  # (B,) where each sequence begins in `steps`
+        rows = np.repeat(np.arange(B) * T - starts, lengths) + np.arange(len(steps))  # (N,) row in x's (B*T, F) view
+        x.reshape(B * T, F)[rows] = steps
+    return x, lengths.astype(np.int64, copy=False)
+
+
+def stack_states(states: Sequence[np.ndarray | None], layers: int, hidden: int) -> np.ndarray:
+    """Per-sequence initial states (L, H), or None for zeros, as one (L, B, H) input."""
+    stacked = np.zeros((layers, len(states), hidden), dtype=np.float32)  # (L, B, H)
+    for i, state in enumerate(states):
+        if state is not None:
+            stacked[:, i] = state
+    return stacked
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One run's inputs."""
+
+    x: np.ndarray  # (B, T, F) float32, right-padded
+    lengths: np.ndarray  # (B,) int64
+    h0: np.ndarray | None = None  # (L, B, H) streaming models; None: zeros
+    c0: np.ndarray | None = None  # (L, B, H) streaming LSTM; None: zeros
+
+
+class OnnxModel:
+    """A model's session and its I/O contract: batches in, named outputs out."""
+
+    def __init__(self, session: ort.InferenceSession, arch: Architecture) -> None:
+        self.session = session
+        self.arch = arch
+        self.input_names = input_names(arch)
+        self.output_names = output_names(arch)
+
+    def feeds(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Every input of the contract; states the batch leaves out start at zero."""
+        feeds = {"x": batch.x, "lengths": batch.lengths}
+        if self.arch.streaming:
+            zeros = np.zeros((self.arch.num_layers, len(batch.lengths), self.arch.hidden_size), np.float32)  # (L, B, H)
+            feeds["h0"] = zeros if batch.h0 is None else batch.h0
+            if self.arch.has_cell_state:
+                feeds["c0"] = zeros if batch.c0 is None else batch.c0
+        return feeds
+
+    def run(self, batch: Batch, fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The outputs named in `fetch` (default: all of the contract's), batch-shaped."""
+        names = list(fetch or self.output_names)
+        return dict(zip(names, self.session.run(names, self.feeds(batch))))
+
+
+def length_groups(lengths: np.ndarray, max_size: int | None = None, max_waste: float = float("inf"),
+                  max_padded_steps: int | None = None) -> list[np.ndarray]:
+    """Indices of sequences grouped into runs, shortest first: each group holds at most `max_size`
+    sequences and `max_padded_steps` padded steps (B x T_max), and pads at most `max_waste` x its real
+    steps. The one grouping policy of the server's batcher and the batch job."""
+    order = np.argsort(lengths, kind="stable")  # (B,)
+    groups: list[np.ndarray] = []
+    start, real = 0, 0
+    for end, index in enumerate(order.tolist()):
+        steps = max(1, int(lengths[index]))
+        size = end - start + 1
+        padded = steps * size  # sorted: this sequence is the group's longest
+        if size > 1 and ((max_size is not None and size > max_size)
+                         or (max_padded_steps is not None and padded > max_padded_steps)
+                         or padded > (1 + max_waste) * (real + steps)):
+            groups.append(order[start:end])
+            start, real = end, 0
+        real += steps
+    if start < len(order):
+        groups.append(order[start:])
+    return groups
+
+
+def with_probabilities(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs plus `probabilities`, the logits' softmax, for the whole batch at once."""
+    return {**outputs, "probabilities": softmax(outputs["logits"])}  # (B, C)
+
+
+def per_sequence(outputs: dict[str, np.ndarray], lengths: np.ndarray) -> list[SequenceOutputs]:
+    """Batch outputs cut into each sequence's own views (no copies), padding steps dropped."""
+    cut = {name: _rows(name, value, lengths) for name, value in outputs.items()}
+    return [{name: rows[i] for name, rows in cut.items()} for i in range(len(lengths))]
+
+
+def _rows(name: str, value: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    if name in PER_STEP:
+        return [value[i, :length] for i, length in enumerate(lengths.tolist())]  # (T_i, ...)
+    if name in PER_STATE:
+        return list(value.transpose(1, 0, 2))  # (L*D, H) each
+    return list(value)  # (...) each
+
+
+def packed(outputs: dict[str, np.ndarray], lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """Batch outputs as contiguous arrays with the batch first and padding dropped: per-step outputs
+    (sum T_i, ...) end to end, states (B, L*D, H), the rest (B, ...)."""
+    result = {}
+    for name, value in outputs.items():
+        if name in PER_STEP:
+            real = np.arange(value.shape[1]) < lengths[:, None]  # (B, T): True on real steps
+            result[name] = value[real]  # (sum T_i, ...)
+        elif name in PER_STATE:
+            result[name] = np.ascontiguousarray(value.transpose(1, 0, 2))  # (B, L*D, H)
+        else:
+            result[name] = value  # (B, ...)
+    return result

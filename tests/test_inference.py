@@ -1,0 +1,69 @@
+"""The inference core on its own: padding, grouping, slicing, session options (seqserve/inference.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqserve.inference import (
+    length_groups, pad, pad_packed, packed, per_sequence, session_options, stack_states, with_probabilities,
+)
+
+F = 3
+
+
+def sequences(lengths: list[int], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, F)).astype(np.float32) for n in lengths]
+
+
+@pytest.mark.parametrize("lengths", [[3, 0, 5, 1], [1], [0, 0], [7, 7, 7]])
+def test_pad_puts_each_sequence_at_the_start_of_its_row_and_zeros_after(lengths):
+    seqs = sequences(lengths)
+    x, got = pad(seqs, F)
+    assert x.shape == (len(lengths), max(1, max(lengths)), F) and x.dtype == np.float32
+    assert got.tolist() == lengths and got.dtype == np.int64
+    for row, s in zip(x, seqs):
+        np.testing.assert_array_equal(row[: len(s)], s)
+        assert not row[len(s):].any()
+    packed_x, _ = pad_packed(np.concatenate(seqs), np.array(lengths))
+    np.testing.assert_array_equal(packed_x, x)
+
+
+def test_states_stack_with_zeros_where_a_sequence_has_none():
+    h = np.ones((2, 4), np.float32)
+    stacked = stack_states([None, h, None], layers=2, hidden=4)  # (L, B, H)
+    assert stacked.shape == (2, 3, 4)
+    assert not stacked[:, 0].any() and (stacked[:, 1] == 1).all() and not stacked[:, 2].any()
+
+
+def test_length_groups_honour_every_bound():
+    lengths = np.array([10, 1, 11, 30, 12, 29])
+    assert [g.tolist() for g in length_groups(lengths, max_waste=0.5)] == [[1], [0, 2, 4], [5, 3]]
+    assert [len(g) for g in length_groups(np.full(10, 5), max_size=4)] == [4, 4, 2]
+    assert [len(g) for g in length_groups(np.full(10, 5), max_padded_steps=12)] == [2, 2, 2, 2, 2]
+    assert [g.tolist() for g in length_groups(np.array([100]), max_padded_steps=10)] == [[0]]  # never empty
+    everything = np.concatenate(length_groups(lengths, max_size=2, max_waste=0.1))
+    assert sorted(everything.tolist()) == list(range(len(lengths)))
+
+
+def test_per_sequence_views_and_packed_arrays_agree():
+    lengths = np.array([3, 1, 4])
+    B, T, H, C = 3, 4, 5, 2
+    rng = np.random.default_rng(1)
+    outputs = {"outputs": rng.standard_normal((B, T, H)), "attention": rng.standard_normal((B, T)),
+               "h_n": rng.standard_normal((2, B, H)), "logits": rng.standard_normal((B, C))}
+    outputs = with_probabilities(outputs)
+    np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0)
+    rows, flat = per_sequence(outputs, lengths), packed(outputs, lengths)
+    np.testing.assert_array_equal(np.concatenate([r["outputs"] for r in rows]), flat["outputs"])
+    np.testing.assert_array_equal(np.concatenate([r["attention"] for r in rows]), flat["attention"])
+    np.testing.assert_array_equal(np.stack([r["h_n"] for r in rows]), flat["h_n"])
+    assert rows[1]["outputs"].shape == (1, H) and flat["outputs"].shape == (8, H)
+    assert np.shares_memory(rows[0]["outputs"], outputs["outputs"])  # views, not copies
+
+
+def test_session_options_never_spin_unless_asked():
+    assert session_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(2, spinning=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert session_options(3).intra_op_num_threads == 3

@@ -20,6 +20,9 @@ from seqserve.tensors import from_tensor, to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
+# PackedResults' tensors, and whether each is per step (cut by lengths) or per sequence (one row each).
+PACKED_TENSORS = {"probabilities": False, "logits": False, "outputs": True, "h_n": False, "c_n": False,
+                  "attention": True, "context": False, "step_logits": True}
 OUTPUTS = {
     "outputs": pb.OUTPUT_OUTPUTS,
     "hidden": pb.OUTPUT_HIDDEN,
@@ -57,6 +60,31 @@ class EncodeResult:
             attention=tensor("attention"), context=tensor("context"), step_logits=tensor("step_logits"),
         )
 
+    @classmethod
+    def from_packed(cls, msg: pb.PackedResults) -> list[EncodeResult]:
+        """Every sequence's results from one PackedResults: views into its tensors, cut per sequence."""
+        cuts = np.cumsum(msg.lengths)[:-1]  # where each sequence's steps end in the per-step tensors
+
+        def rows(name: str, per_step: bool) -> list[np.ndarray | None]:
+            if not msg.HasField(name):
+                return [None] * len(msg.ids)
+            value = from_tensor(getattr(msg, name), name)  # (sum T_i, ...) or (B, ...)
+            return np.split(value, cuts) if per_step else list(value)
+
+        columns = {name: rows(name, per_step) for name, per_step in PACKED_TENSORS.items()}
+        return [
+            cls(id=msg.ids[i], label=msg.labels[i], label_index=msg.label_indices[i],
+                **{name: column[i] for name, column in columns.items()})
+            for i in range(len(msg.ids))
+        ]
+
+
+def results_of(response: pb.EncodeResponse) -> list[EncodeResult]:
+    """An EncodeResponse's results in request order, whichever form it came in."""
+    if response.HasField("packed"):
+        return EncodeResult.from_packed(response.packed)
+    return [EncodeResult.from_proto(r) for r in response.results]
+
 
 @dataclass(frozen=True)
 class StreamUpdate:
@@ -87,13 +115,19 @@ def output_values(outputs: Iterable[str] | None) -> list[int]:
 
 def encode_request(
     model: str, sequences: Sequence[np.ndarray], ids: Sequence[str] | None = None,
-    outputs: Iterable[str] | None = None, version: int = 0,
+    outputs: Iterable[str] | None = None, version: int = 0, packed: bool = False,
 ) -> pb.EncodeRequest:
-    request = pb.EncodeRequest(model=model, version=version, outputs=output_values(outputs))
-    for i, steps in enumerate(sequences):
-        seq = request.sequences.add()
-        seq.id = ids[i] if ids is not None else str(i)
-        to_tensor(steps, seq.steps)
+    """An Encode request for (T_i, F) sequences: one message per sequence, or (`packed`) all of them in
+    one tensor with the answer packed too (the fast form: the same numbers, far less per-sequence work)."""
+    ids = [str(i) for i in range(len(sequences))] if ids is None else list(ids)
+    request = pb.EncodeRequest(model=model, version=version, outputs=output_values(outputs), packed_results=packed)
+    if packed and sequences:  # (no sequences: the per-sequence form, which the server refuses by name)
+        request.packed.lengths.extend(len(s) for s in sequences)
+        request.packed.ids.extend(ids)
+        to_tensor(np.concatenate(sequences), request.packed.steps)  # (sum T_i, F)
+        return request
+    for seq_id, steps in zip(ids, sequences):
+        to_tensor(steps, request.sequences.add(id=seq_id).steps)
     return request
 
 
@@ -127,9 +161,9 @@ class SeqserveClient:
         self, model: str, sequences: Sequence[np.ndarray], ids: Sequence[str] | None = None,
         outputs: Iterable[str] | None = None, version: int = 0,
     ) -> list[EncodeResult]:
-        """Encode sequences (each (T, F)) in one call; results in input order."""
-        response = self.stub.Encode(encode_request(model, sequences, ids, outputs, version), timeout=self.timeout)
-        return [EncodeResult.from_proto(r) for r in response.results]
+        """Encode sequences (each (T, F)) in one call, in the packed form; results in input order."""
+        request = encode_request(model, sequences, ids, outputs, version, packed=True)
+        return results_of(self.stub.Encode(request, timeout=self.timeout))
 
     def encode_stream(
         self, requests: Iterable[tuple[str, pb.EncodeRequest]]
@@ -141,7 +175,7 @@ class SeqserveClient:
             if answer.HasField("error"):
                 yield answer.request_id, StreamError(answer.request_id, answer.error.code, answer.error.message)
             else:
-                yield answer.request_id, [EncodeResult.from_proto(r) for r in answer.response.results]
+                yield answer.request_id, results_of(answer.response)
 
     def stream_sequence(
         self, model: str, chunks: Iterable[np.ndarray], initial_state: pb.State | None = None,

@@ -6,10 +6,12 @@ The gRPC servicer (server/service.py) only moves messages and maps errors to sta
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from seqserve.contract import Architecture
 from seqserve.metadata import ParitySummary
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
@@ -19,6 +21,7 @@ from server.codec import (
     decode_state, decode_steps, encode_result,
 )
 from server.config import ServerConfig
+from server.packed import encode_packed, packed_ids, packed_lengths, unpack
 from server.errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
 from server.registry import ModelRegistry, ServedModel
 
@@ -79,18 +82,31 @@ class DataPlane:
         """
         model = self.find(request.model, request.version)
         arch = model.runtime.arch
-        self._check_count(len(request.sequences))
         outputs = decode_outputs(request.outputs, arch)
-        fields = [f"sequences[{i}].steps" for i in range(len(request.sequences))]
-        lengths = [check_steps_shape(seq.steps, field, arch, self.config)  # before any copy of the data
-                   for seq, field in zip(request.sequences, fields)]
+        lengths, ids, decode = self._sequences_of(request, arch)
         estimate = answer_size(model, outputs)
-        size = estimate.encode_response(lengths, (len(seq.id.encode()) for seq in request.sequences))
+        size = estimate.encode_response(lengths, (len(i.encode()) for i in ids))
         estimate.check(size, self.config.max_message_bytes,
                        f"send fewer sequences per call (this one has {len(lengths)})")
-        items = [WorkItem(decode_steps(seq.steps, field, arch, self.config))
-                 for seq, field in zip(request.sequences, fields)]
-        return PendingEncode(request, model, outputs, model.batcher.enqueue(items))
+        items = [WorkItem(steps) for steps in decode()]
+        return PendingEncode(request, model, outputs, ids, model.batcher.enqueue(items))
+
+    def _sequences_of(
+        self, request: pb.EncodeRequest, arch: Architecture,
+    ) -> tuple[list[int], list[str], Callable[[], list[np.ndarray]]]:
+        """A request's sequence lengths and ids, checked against the limits from the declared shapes
+        alone, and how to decode the sequences themselves (done once the answer's size is known to fit)."""
+        if request.HasField("packed"):
+            if request.sequences:
+                raise InvalidInput("packed", "send the sequences either in `sequences` or in `packed`, not both")
+            lengths = packed_lengths(request.packed, arch, self.config)  # (B,)
+            return lengths.tolist(), packed_ids(request.packed), lambda: unpack(request.packed, lengths)
+        self._check_count(len(request.sequences))
+        fields = [f"sequences[{i}].steps" for i in range(len(request.sequences))]
+        lengths = [check_steps_shape(seq.steps, field, arch, self.config)
+                   for seq, field in zip(request.sequences, fields)]
+        return lengths, [seq.id for seq in request.sequences], lambda: [
+            decode_steps(seq.steps, field, arch, self.config) for seq, field in zip(request.sequences, fields)]
 
     def _check_count(self, count: int) -> None:
         if count == 0:
@@ -119,13 +135,17 @@ class PendingEncode:
     request: pb.EncodeRequest
     model: ServedModel
     outputs: frozenset[int]
+    ids: list[str]
     job: Job
 
     def response(self, results: list[SequenceOutputs]) -> pb.EncodeResponse:
         response = pb.EncodeResponse(model=self.model.name, version=self.model.version)
         labels = self.model.runtime.version.class_labels
-        for seq, result in zip(self.request.sequences, results):
-            encode_result(result, self.outputs, labels, seq.id, response.results.add())
+        if self.request.packed_results:
+            encode_packed(results, self.outputs, labels, self.ids, response.packed)
+            return response
+        for seq_id, result in zip(self.ids, results):
+            encode_result(result, self.outputs, labels, seq_id, response.results.add())
         return response
 
 

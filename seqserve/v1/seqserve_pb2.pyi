@@ -127,16 +127,58 @@ class Sequence(_message.Message):
     def __init__(self, id: _Optional[str] = ..., steps: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("model", "version", "sequences", "outputs")
+    __slots__ = ("model", "version", "sequences", "outputs", "packed", "packed_results")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
+    PACKED_RESULTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     sequences: _containers.RepeatedCompositeFieldContainer[Sequence]
     outputs: _containers.RepeatedScalarFieldContainer[Output]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Output, str]]] = ...) -> None: ...
+    packed: PackedSequences
+    packed_results: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Output, str]]] = ..., packed: _Optional[_Union[PackedSequences, _Mapping]] = ..., packed_results: _Optional[bool] = ...) -> None: ...
+
+class PackedSequences(_message.Message):
+    __slots__ = ("steps", "lengths", "ids")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    steps: Tensor
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, steps: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PackedResults(_message.Message):
+    __slots__ = ("ids", "lengths", "labels", "label_indices", "probabilities", "logits", "outputs", "h_n", "c_n", "attention", "context", "step_logits")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_INDICES_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    H_N_FIELD_NUMBER: _ClassVar[int]
+    C_N_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    STEP_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    label_indices: _containers.RepeatedScalarFieldContainer[int]
+    probabilities: Tensor
+    logits: Tensor
+    outputs: Tensor
+    h_n: Tensor
+    c_n: Tensor
+    attention: Tensor
+    context: Tensor
+    step_logits: Tensor
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., lengths: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., label_indices: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., h_n: _Optional[_Union[Tensor, _Mapping]] = ..., c_n: _Optional[_Union[Tensor, _Mapping]] = ..., attention: _Optional[_Union[Tensor, _Mapping]] = ..., context: _Optional[_Union[Tensor, _Mapping]] = ..., step_logits: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SequenceResult(_message.Message):
     __slots__ = ("id", "label", "label_index", "probabilities", "logits", "outputs", "h_n", "c_n", "attention", "context", "step_logits")
@@ -165,14 +207,16 @@ class SequenceResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., label_index: _Optional[int] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., h_n: _Optional[_Union[Tensor, _Mapping]] = ..., c_n: _Optional[_Union[Tensor, _Mapping]] = ..., attention: _Optional[_Union[Tensor, _Mapping]] = ..., context: _Optional[_Union[Tensor, _Mapping]] = ..., step_logits: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("model", "version", "results")
+    __slots__ = ("model", "version", "results", "packed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     results: _containers.RepeatedCompositeFieldContainer[SequenceResult]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., results: _Optional[_Iterable[_Union[SequenceResult, _Mapping]]] = ...) -> None: ...
+    packed: PackedResults
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., results: _Optional[_Iterable[_Union[SequenceResult, _Mapping]]] = ..., packed: _Optional[_Union[PackedResults, _Mapping]] = ...) -> None: ...
 
 class EncodeStreamRequest(_message.Message):
     __slots__ = ("request_id", "request")

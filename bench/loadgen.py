@@ -6,7 +6,8 @@ The plan names the payloads (an .npz of `steps` (sum T_i, F) and `lengths` (N,))
 scenarios, run one after the other:
 
     {"label", "target": "host:port", "model", "mode": "unary" | "stream",
-     "concurrency": N, "per_call": K, "warmup_s", "duration_s", "pid": server pid (optional)}
+     "concurrency": N, "per_call": K, "packed": bool (optional: the packed form of Encode),
+     "warmup_s", "duration_s", "pid": server pid (optional)}
 
 `unary`: each of N callers loops on `Encode` (K sequences per call), one call in flight each.
 `stream`: each of N callers opens one `EncodeStream` and loops write -> read on it.
@@ -49,11 +50,17 @@ def load_payloads(path: Path) -> list[np.ndarray]:
     return [data["steps"][offsets[i]: offsets[i + 1]] for i in range(len(data["lengths"]))]
 
 
-def build_requests(model: str, sequences: list[np.ndarray], per_call: int) -> list[pb.EncodeRequest]:
+def answered(response: pb.EncodeResponse) -> int:
+    """Sequences an EncodeResponse answers, in either form."""
+    return len(response.packed.ids) if response.HasField("packed") else len(response.results)
+
+
+def build_requests(model: str, sequences: list[np.ndarray], per_call: int,
+                   packed: bool = False) -> list[pb.EncodeRequest]:
     n = len(sequences)
     return [
         encode_request(model, [sequences[(i * per_call + j) % n] for j in range(per_call)],
-                       ids=[str((i * per_call + j) % n) for j in range(per_call)])
+                       ids=[str((i * per_call + j) % n) for j in range(per_call)], packed=packed)
         for i in range(n)
     ]
 
@@ -102,8 +109,8 @@ async def unary_caller(stub, requests, first: int, step: int, per_call: int, win
         except grpc.aio.AioRpcError as exc:
             window.error(f"{exc.code().name}: {exc.details()}")
             continue
-        if len(response.results) != per_call:
-            window.error(f"{len(response.results)} results for {per_call} sequences")
+        if answered(response) != per_call:
+            window.error(f"{answered(response)} results for {per_call} sequences")
         window.record(t0, time.perf_counter())
 
 
@@ -122,8 +129,8 @@ async def stream_caller(stub, requests, first: int, step: int, per_call: int, wi
                 return
             if answer.HasField("error"):
                 window.error(f"{answer.error.code}: {answer.error.message}")
-            elif len(answer.response.results) != per_call:
-                window.error(f"{len(answer.response.results)} results for {per_call} sequences")
+            elif answered(answer.response) != per_call:
+                window.error(f"{answered(answer.response)} results for {per_call} sequences")
             window.record(t0, time.perf_counter())
         await call.done_writing()
         while await call.read() is not grpc.aio.EOF:
@@ -134,7 +141,7 @@ async def stream_caller(stub, requests, first: int, step: int, per_call: int, wi
 
 async def run_scenario(scenario: dict[str, Any], sequences: list[np.ndarray]) -> dict[str, Any]:
     per_call, concurrency = int(scenario.get("per_call", 1)), int(scenario["concurrency"])
-    requests = build_requests(scenario["model"], sequences, per_call)
+    requests = build_requests(scenario["model"], sequences, per_call, bool(scenario.get("packed")))
     caller = {"unary": unary_caller, "stream": stream_caller}[scenario["mode"]]
     pid = scenario.get("pid")
     async with grpc.aio.insecure_channel(scenario["target"], options=CHANNEL_OPTIONS) as channel:

@@ -24,6 +24,7 @@ from server.app import SeqserveServer
 from server.config import ServerConfig, parse_config
 from server.errors import StartupError
 from server.logs import configure
+from server.workers import run_workers
 
 log = logging.getLogger("server")
 EXIT_STARTUP = 2
@@ -48,6 +49,12 @@ async def serve(config: ServerConfig) -> int:
 def main() -> int:
     config = parse_config(sys.argv[1:])
     configure(os.environ.get("SEQSERVE_LOG_LEVEL", "INFO"))
+    if config.workers > 1:
+        try:
+            return run_workers(config, sys.argv[1:])
+        except StartupError as exc:
+            log.error(f"cannot start: {exc}")
+            return EXIT_STARTUP
     sys.setswitchinterval(config.switch_interval_ms / 1000.0)
     return asyncio.run(serve(config))
 

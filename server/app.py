@@ -54,7 +54,7 @@ class SeqserveServer:
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(config.reuse_port)),
         ]
         self.grpc = grpc.aio.server(options=options, interceptors=[self.admission],
                                     maximum_concurrent_rpcs=config.max_concurrent_rpcs)

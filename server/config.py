@@ -28,6 +28,8 @@ class ServerConfig:
     # The inference thread needs the GIL back after every onnxruntime run; with Python's default 5 ms
     # a busy event loop makes it wait that long each time (measured: batches 8x slower, bench/PROFILE.md).
     switch_interval_ms: float = 0.2
+    workers: int = 1  # server processes sharing the port (SO_REUSEPORT); threads are split between them
+    reuse_port: bool = False  # let other processes bind the same port (set for each of --workers' processes)
     padding_waste: float = 0.5  # split a batch when padding would exceed this fraction of real steps
     max_sequence_length: int = 4096  # steps in one sequence
     max_sequences_per_request: int = 256
@@ -76,6 +78,9 @@ _HELP = {
     "switch_interval_ms": "Python's GIL switch interval for the server process (Python's default: 5)",
     "padding_waste": "split a batch by length when padding exceeds this fraction of real steps",
     "max_sequence_length": "most steps in one sequence",
+    "workers": "server processes on the one port (SO_REUSEPORT), each with its own event loop and sessions, "
+               "splitting --intra-op-threads between them; metrics summed over all",
+    "reuse_port": "let other processes bind the same port (each --workers process has it)",
     "max_sequences_per_request": "most sequences in one Encode request",
     "max_message_bytes": "largest gRPC message accepted or sent",
     "max_concurrent_streams": "most open streaming calls",

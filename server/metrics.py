@@ -50,9 +50,13 @@ class Metrics:
             "seqserve_batch_size", "sequences per onnxruntime run", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
         self.sequences = Counter("seqserve_sequences", "sequences encoded", ["model"], registry=r)
-        self.open_streams = Gauge("seqserve_open_streams", "streaming calls open now", registry=r)
-        self.models_loaded = Gauge("seqserve_models_loaded", "model versions serving", registry=r)
-        self.models_failed = Gauge("seqserve_models_failed", "model versions that failed to load", registry=r)
+        # multiprocess_mode: how --workers' processes add up (ignored by a single process).
+        self.open_streams = Gauge("seqserve_open_streams", "streaming calls open now", registry=r,
+                                  multiprocess_mode="livesum")
+        self.models_loaded = Gauge("seqserve_models_loaded", "model versions serving", registry=r,
+                                   multiprocess_mode="livemax")
+        self.models_failed = Gauge("seqserve_models_failed", "model versions that failed to load", registry=r,
+                                   multiprocess_mode="livemax")
         self._http = None  # the /metrics HTTP server, once started
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 

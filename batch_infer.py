@@ -2,7 +2,7 @@
 
     python batch_infer.py --model jv_bilstm_attn --input JapaneseVowels_TEST.ts --output preds.jsonl
     python batch_infer.py --model jv_bilstm_attn --input seqs.parquet --output preds.parquet \\
-        --server localhost:50051 --streams 8
+        --server dns:///seqserve:50051 --streams 8
     python batch_infer.py --model jv_bilstm_attn --input seqs.jsonl --output preds.jsonl --ray
 
 Exit status: 0 all records predicted, 3 some records failed (see the errors file), 1 the run
@@ -18,14 +18,15 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
-from seqserve.batch.backends import TENSORS, LocalBackend, RemoteBackend, RetryPolicy
+from seqserve.batch.backends import BATCH_RETRIES, TENSORS, LocalBackend, RemoteBackend
 from seqserve.batch.errors import BatchError
 from seqserve.batch.pipeline import BATCH_SIZE, CHUNK_SIZE, EXIT_FATAL, EXIT_INTERRUPTED, JobConfig, Summary, run_job
 from seqserve.batch.readers import FORMATS, Fields
 from seqserve.batch.writers import OUTPUT_FORMATS, ROWS_PER_FILE
-from seqserve.channel import add_security_args, security_from_args
+from seqserve.channel import MAX_RETRIES, add_security_args, security_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,10 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "With --ray: per actor, 0 = 1")
 
     remote = parser.add_argument_group("remote backend")
-    remote.add_argument("--server", metavar="HOST:PORT", help="predict through this seqserve gRPC server")
+    remote.add_argument("--server", metavar="TARGET",
+                        help="predict through this seqserve gRPC server: HOST:PORT, or any gRPC target such as "
+                             "dns:///seqserve:50051 (calls balanced round_robin over every address it resolves to)")
     remote.add_argument("--streams", type=int, default=4, help="concurrent Encode calls to the server")
-    remote.add_argument("--retries", type=int, default=5,
-                        help="retries of a call while the server is UNAVAILABLE (exponential backoff)")
+    remote.add_argument("--retries", type=int, default=MAX_RETRIES, choices=range(MAX_RETRIES + 1), metavar="N",
+                        help="attempts beyond the first of a call that fails UNAVAILABLE, by gRPC's own retry policy "
+                             f"with exponential backoff, on any replica (0-{MAX_RETRIES}: gRPC caps a call at "
+                             f"{MAX_RETRIES + 1} attempts; default %(default)s)")
     remote.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
     add_security_args(parser)
 
@@ -112,7 +117,7 @@ def run(args: argparse.Namespace) -> Summary:
                            actors=args.ray_actors, address=args.ray)
     if args.server:
         backend = RemoteBackend(args.server, args.model, args.version, config.tensors, streams=args.streams,
-                                retry=RetryPolicy(retries=args.retries), timeout=args.timeout,
+                                retries=replace(BATCH_RETRIES, retries=args.retries), timeout=args.timeout,
                                 security=security_from_args(args))
         name = f"remote {args.server} ({args.streams} streams)"
     else:

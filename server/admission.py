@@ -1,5 +1,7 @@
 """Who may start a call: an interceptor that turns calls away while the server drains, checks the
-bearer token when one is configured, and counts the calls in flight so shutdown can wait for them.
+bearer token when one is configured, counts the calls in flight so shutdown can wait for them, and
+names the replica that answered (`seqserve-replica` initial metadata) so a client behind a load
+balancer can tell which one it reached.
 
 Health checks are exempt from the token (orchestrators probe without credentials) and are not
 counted (a health Watch stays open for as long as its client likes).
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +23,7 @@ from server.wire import responses_of
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 SEQSERVE_PREFIX = "/seqserve.v1."  # registered through server/wire.py, already guarded
 AUTHORIZATION = "authorization"
+REPLICA_KEY = "seqserve-replica"
 
 
 def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -45,10 +49,14 @@ Guard = Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]
 
 class Admission(grpc.aio.ServerInterceptor):
     """`guard` wraps the handlers of the services that are not seqserve's own (health, reflection), so
-    that bytes which do not decode are refused there too (server/wire.py)."""
+    that bytes which do not decode are refused there too (server/wire.py). `replica` is this replica's
+    name ("": the hostname, a container's id or a pod's name)."""
 
-    def __init__(self, token: str | None = None, guard: Guard = lambda handler, method: handler) -> None:
+    def __init__(self, token: str | None = None, guard: Guard = lambda handler, method: handler,
+                 replica: str = "") -> None:
         self._guard = guard
+        self.replica = replica or socket.gethostname()
+        self._replica_metadata = ((REPLICA_KEY, self.replica),)
         self._expected = f"Bearer {token}".encode() if token else None
         self.draining = False
         self.in_flight = 0
@@ -92,8 +100,23 @@ class Admission(grpc.aio.ServerInterceptor):
             if self.in_flight == 0:
                 self._idle.set()
 
+    # The replica's name goes out with the first answer, never before it: a client's gRPC retries a
+    # call (on another replica) only until response headers arrive, so headers sent as a call starts
+    # would make a call whose replica dies while computing unretryable. A call that fails carries none.
+    async def _name_replica(self, context: grpc.aio.ServicerContext) -> None:
+        await context.send_initial_metadata(self._replica_metadata)
+
+    async def _named(self, responses: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """`responses`, with the replica named just before the first."""
+        named = False
+        async for response in responses:
+            if not named:
+                await self._name_replica(context)
+                named = True
+            yield response
+
     def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """The same handler, counted in `in_flight` while it runs."""
+        """The same handler, counted in `in_flight` while it runs, naming the replica with its answer."""
         codecs = {"request_deserializer": handler.request_deserializer,
                   "response_serializer": handler.response_serializer}
         if handler.unary_unary or handler.stream_unary:
@@ -101,7 +124,9 @@ class Admission(grpc.aio.ServerInterceptor):
 
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 with self._track():
-                    return await inner(request, context)
+                    response = await inner(request, context)
+                    await self._name_replica(context)
+                    return response
 
             make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             return make(call, **codecs)
@@ -109,7 +134,7 @@ class Admission(grpc.aio.ServerInterceptor):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             with self._track():
-                async for response in responses_of(inner_stream(request, context)):
+                async for response in self._named(responses_of(inner_stream(request, context)), context):
                     yield response
 
         make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler

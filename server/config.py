@@ -20,6 +20,7 @@ class ServerConfig:
     metrics_host: str = "0.0.0.0"
     intra_op_threads: int = 0  # onnxruntime threads per session; 0 = physical cores
     ort_spinning: bool = False  # let onnxruntime's idle pool threads spin (costs a core between runs)
+    single_thread_below: int = 16  # batches of fewer sequences run on a one-thread session (0: never)
     batching: bool = True  # dynamic batching of concurrent requests
     max_batch_size: int = 64  # sequences per onnxruntime run
     max_queue_delay_ms: float = 0.0  # extra wait to fill a batch; 0 = take what is queued
@@ -70,6 +71,8 @@ _HELP = {
     "intra_op_threads": "onnxruntime intra-op threads per session (0 = physical cores; never more)",
     "ort_spinning": "let onnxruntime's idle pool threads spin-wait (faster wake-up, burns CPU between runs)",
     "batching": "gather concurrent requests into one onnxruntime run",
+    "single_thread_below": "batches of fewer sequences run on a one-thread onnxruntime session (its recurrent "
+                           "kernels sync threads every step: one thread wins on small batches; 0: never)",
     "max_batch_size": "most sequences in one onnxruntime run",
     "max_queue_delay_ms": "how long a request may wait for others to fill its batch",
     "inline_max_ms": "run a lone sequence on the event loop (skipping two thread hops) when its expected run "

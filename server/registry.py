@@ -59,7 +59,8 @@ class ModelRegistry:
 
     def _runtime(self, version: ModelVersion) -> ModelRuntime:
         """An onnxruntime session for `version`, warmed up if configured; raises RepositoryError."""
-        runtime = ModelRuntime(version, self.config.threads, self.config.ort_spinning)
+        runtime = ModelRuntime(version, self.config.threads, self.config.ort_spinning,
+                               self.config.single_thread_below)
         if self.config.warmup:
             runtime.warm_up()
         return runtime

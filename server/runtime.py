@@ -11,19 +11,24 @@ from seqserve.inference import Batch, OnnxModel, open_session
 from seqserve.repository import ModelVersion, RepositoryError
 
 log = logging.getLogger(__name__)
-WARM_UP_SHAPES = ((1, 8), (8, 32))  # (batch, time) run once per model before serving
+WARM_UP_SHAPES = ((1, 8), (8, 32), (32, 32))  # (batch, time) run once per model before serving: both sessions
 
 
 class ModelRuntime(OnnxModel):
     """Runs one model version through the inference core; `run` is thread-safe (onnxruntime sessions are)."""
 
-    def __init__(self, version: ModelVersion, threads: int, spinning: bool = False) -> None:
+    def __init__(self, version: ModelVersion, threads: int, spinning: bool = False,
+                 single_thread_below: int = 0) -> None:
+        """`single_thread_below`: batches of fewer sequences run on a one-thread session (0: never)."""
         self.version = version
         try:
             session = open_session(version.model_file, threads, spinning)
+            small = None
+            if threads > 1 and single_thread_below > 1:
+                small = (single_thread_below, open_session(version.model_file, 1, spinning))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise RepositoryError(f"{version.model_file}: onnxruntime cannot load it: {exc}") from None
-        super().__init__(session, version.architecture)
+        super().__init__(session, version.architecture, small)
         self._check_contract()
 
     @property

@@ -67,3 +67,16 @@ def test_session_options_never_spin_unless_asked():
     assert session_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert session_options(2, spinning=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert session_options(3).intra_op_num_threads == 3
+
+
+def test_small_batches_take_the_small_session():
+    from seqserve.inference import OnnxModel
+    from seqserve.repository import latest_version
+    from servers import REPOSITORY
+
+    arch = latest_version(REPOSITORY, "jv_bigru_attn").architecture
+    big, small = object(), object()  # stand-ins: only which one is picked matters here
+    model = OnnxModel(big, arch, small=(16, small))
+    assert model.session_for(1) is small and model.session_for(15) is small
+    assert model.session_for(16) is big and model.session_for(64) is big
+    assert OnnxModel(big, arch).session_for(1) is big

@@ -117,6 +117,18 @@ def serving_table(serving: dict[str, Any], figures: dict[str, dict]) -> list[str
                  med("server", "unary", PER_CALL_CONCURRENCY, "p50_ms", PER_CALL),
                  med("server", "unary", PER_CALL_CONCURRENCY, "p99_ms", PER_CALL),
                  med("echo", "unary", PER_CALL_CONCURRENCY, "p50_ms", PER_CALL)])
+    if "serving.per_call_64_packed" in figures:  # results from before the packed form have no such rows
+        f = figures["serving.per_call_64_packed"]
+        rows.append([f"unary, {PER_CALL} seq/call, packed", PER_CALL_CONCURRENCY,
+                     statistics.median(p["packed_seqs_per_s"] for p in f["details"]["per_rep"]), None,
+                     statistics.median(p["ort_best_seqs_per_s"] for p in f["details"]["per_rep"]), None,
+                     f"{f['value']:.3g} of ort_best; "
+                     f"{figures['serving.packed_over_per_sequence']['value']:.3g}x the per-sequence form",
+                     statistics.median(p["packed_p50_ms"] for p in f["details"]["per_rep"]), None, None])
+        w = figures["serving.workers"]
+        rows.append([f"unary, --workers {w['details']['workers']}", 64,
+                     statistics.median(p[f"{w['details']['workers']}_workers_seqs_per_s"] for p in w["details"]["per_rep"]),
+                     None, None, None, f"{w['value']:.3g}x one process", None, None, None])
     rows.append(["unary, batching off", 64, med("server_nobatch", "unary", 64, "seqs_per_s"), None, None, None,
                  f"on/off {figures['serving.dynamic_batching']['value']:.3g} "
                  f"(onnxruntime b64/b1 {figures['serving.dynamic_batching']['details']['ort_b64_over_b1']:.3g})",

@@ -34,6 +34,7 @@ PER_CALL_CONCURRENCY = 2  # callers sending 64-sequence calls: one decodes while
 SWEEP = (1, 4, 8, 16, 32, 64, 128)
 GOAL_RATIO = 0.8
 GOAL_OVERHEAD_MS = 0.3
+WORKERS = 2  # the --workers figure: this many server processes against one
 
 
 def ort_sweep(runtime, sequences: list[np.ndarray], min_time: float) -> dict[str, dict[str, float]]:
@@ -77,11 +78,12 @@ def ort_latency(runtime, sequences: list[np.ndarray], min_time: float) -> dict[s
 def build_plan(model: str, payloads: Path, servers: dict[str, Any], mode: Mode, rep: int) -> dict[str, Any]:
     scenarios = []
 
-    def add(target: str, kind: str, concurrency: int, per_call: int = 1) -> None:
+    def add(target: str, kind: str, concurrency: int, per_call: int = 1, packed: bool = False) -> None:
         s = servers[target]
-        scenarios.append({"label": f"{target}/{kind}/c{concurrency}/k{per_call}", "server": target,
+        form = "/packed" if packed else ""
+        scenarios.append({"label": f"{target}/{kind}/c{concurrency}/k{per_call}{form}", "server": target,
                           "target": s.target, "pid": s.pid, "model": model, "mode": kind,
-                          "concurrency": concurrency, "per_call": per_call,
+                          "concurrency": concurrency, "per_call": per_call, "packed": packed,
                           "warmup_s": mode.warmup_s, "duration_s": mode.duration_s})
 
     pairs = [(kind, c, 1) for kind in MODES for c in CONCURRENCY] + [("unary", PER_CALL_CONCURRENCY, PER_CALL)]
@@ -90,14 +92,20 @@ def build_plan(model: str, payloads: Path, servers: dict[str, Any], mode: Mode, 
         for target in order:
             add(target, kind, c, k)
     add("server_nobatch", "unary", 64)
+    add("server", "unary", PER_CALL_CONCURRENCY, PER_CALL, packed=True)
+    for target in (("server", "server_workers") if rep % 2 == 0 else ("server_workers", "server")):
+        add(target, "unary", 64)  # 1 vs WORKERS processes (the first also in the sweep above)
     return {"payloads": str(payloads), "scenarios": scenarios}
 
 
-def pick(results: list[dict[str, Any]], server: str, mode: str, concurrency: int, per_call: int = 1) -> dict[str, Any]:
-    for r in results:
-        if (r["server"], r["mode"], r["concurrency"], r["per_call"]) == (server, mode, concurrency, per_call):
-            return r
-    raise KeyError(f"no result for {server}/{mode}/c{concurrency}/k{per_call}")
+def pick(results: list[dict[str, Any]], server: str, mode: str, concurrency: int, per_call: int = 1,
+         packed: bool = False) -> dict[str, Any]:
+    """The (last) result of one scenario."""
+    found = [r for r in results if (r["server"], r["mode"], r["concurrency"], r["per_call"], r.get("packed", False))
+             == (server, mode, concurrency, per_call, packed)]
+    if not found:
+        raise KeyError(f"no result for {server}/{mode}/c{concurrency}/k{per_call}{'/packed' if packed else ''}")
+    return found[-1]
 
 
 def ceiling(ort_best: float, echo: float) -> float:
@@ -117,6 +125,7 @@ def run(mode: Mode, model: str, work_dir: Path) -> tuple[dict[str, dict], dict[s
         servers["server"] = real_server(REPOSITORY, work_dir, "server")
         servers["server_nobatch"] = real_server(REPOSITORY, work_dir, "server_nobatch", "--no-batching")
         servers["echo"] = echo_server(REPOSITORY, work_dir)
+        servers["server_workers"] = real_server(REPOSITORY, work_dir, "server_workers", "--workers", str(WORKERS))
         for s in servers.values():  # started together, waited for one by one
             s.wait_ready()
         for rep in range(mode.serving_reps):
@@ -189,6 +198,8 @@ def figures_from(reps: list[dict[str, Any]], model: str) -> dict[str, dict]:
         ort_b64_over_b1=statistics.median(p["ort_b64_over_b1"] for p in per_rep),
         ratios=ratios, per_rep=per_rep, **common)
 
+    figures.update(packed_and_workers_figures(reps, common))
+
     overheads, per_rep = [], []
     for rep in reps:
         served = pick(rep["loadgen"], "server", "unary", 1)
@@ -204,4 +215,36 @@ def figures_from(reps: list[dict[str, Any]], model: str) -> dict[str, dict]:
         served_p50_ms=statistics.median(p["served_p50_ms"] for p in per_rep),
         served_p99_ms=statistics.median(p["served_p99_ms"] for p in per_rep),
         overheads=overheads, per_rep=per_rep, **common)
+    return figures
+
+
+def packed_and_workers_figures(reps: list[dict[str, Any]], common: dict[str, Any]) -> dict[str, dict]:
+    """64-sequence calls in the packed form (against onnxruntime at its best batch, and against the
+    per-sequence form), and 64 one-sequence clients on WORKERS processes against one."""
+    figures = {}
+    packed_ratios, gains, per_rep = [], [], []
+    for rep in reps:
+        best, where = ort_best(rep)
+        packed = pick(rep["loadgen"], "server", "unary", PER_CALL_CONCURRENCY, PER_CALL, packed=True)
+        plain = pick(rep["loadgen"], "server", "unary", PER_CALL_CONCURRENCY, PER_CALL)
+        packed_ratios.append(packed["seqs_per_s"] / best)
+        gains.append(packed["seqs_per_s"] / plain["seqs_per_s"])
+        per_rep.append({"packed_seqs_per_s": packed["seqs_per_s"], "per_sequence_seqs_per_s": plain["seqs_per_s"],
+                        "ort_best_seqs_per_s": best, "ort_best_at": where, "packed_p50_ms": packed["p50_ms"]})
+    value = statistics.median(packed_ratios)
+    figures["serving.per_call_64_packed"] = figure(
+        value, *at_least(value, GOAL_RATIO), "served seq/s (packed) / ort_best", per_call=PER_CALL,
+        concurrency=PER_CALL_CONCURRENCY, ratios=packed_ratios, per_rep=per_rep, **common)
+    figures["serving.packed_over_per_sequence"] = figure(
+        statistics.median(gains), None, None, "packed / per-sequence form, 64-sequence calls", ratios=gains,
+        **common)
+    ratios, per_rep = [], []
+    for rep in reps:
+        one = pick(rep["loadgen"], "server", "unary", 64)["seqs_per_s"]
+        many = pick(rep["loadgen"], "server_workers", "unary", 64)["seqs_per_s"]
+        ratios.append(many / one)
+        per_rep.append({"one_process_seqs_per_s": one, f"{WORKERS}_workers_seqs_per_s": many})
+    figures["serving.workers"] = figure(
+        statistics.median(ratios), None, None, f"served seq/s with --workers {WORKERS} / one process (unary, 64 clients)",
+        workers=WORKERS, ratios=ratios, per_rep=per_rep, **common)
     return figures

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from seqserve.batch.errors import BackendError, RecordRejected
 from seqserve.batch.readers import Record
 from seqserve.channel import Retries, Security, open_channel
-from seqserve.client import EncodeResult, SeqserveClient, encode_request
+from seqserve.client import SeqserveClient, encode_request, results_of
 from seqserve.contract import Architecture, output_names
 from seqserve.cpu import physical_cores
 from seqserve.inference import Batch, OnnxModel, open_session, pad, per_sequence
@@ -259,12 +259,12 @@ class RemoteBackend:
 
     def infer(self, records: Sequence[Record]) -> Predictions:
         request = encode_request(self.info.name, [r.steps for r in records], [r.id for r in records],
-                                 self.outputs, self.info.version)
+                                 self.outputs, self.info.version, packed=True)
         response = checked_call(lambda: self.client.stub.Encode(request, timeout=self.client.timeout),
                                 f"{self.target}: Encode", self.retries)
-        if len(response.results) != len(records):
-            raise BackendError(f"{self.target}: Encode answered {len(response.results)} results for {len(records)}")
-        results = [EncodeResult.from_proto(msg) for msg in response.results]
+        results = results_of(response)
+        if len(results) != len(records):
+            raise BackendError(f"{self.target}: Encode answered {len(results)} results for {len(records)}")
         return Predictions(
             [r.id for r in records], [res.label for res in results],
             np.array([res.label_index for res in results], dtype=np.int64),

@@ -5,6 +5,8 @@ on the Compose network (it needs only the seqserve client, which the serving ima
 
     python scale_load.py TARGET --seconds 8 --threads 8    # prints "ready", then one JSON line
     python scale_load.py TARGET --calls 30                  # 30 calls, one after the other
+
+The README's capacity figures are its `sequences_per_s` (calls answered x --sequences / seconds).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ CALL_TIMEOUT_S = 30.0
 class Tally:
     answered: collections.Counter = field(default_factory=collections.Counter)  # replica -> calls
     failed: list[str] = field(default_factory=list)  # "CODE: details" of each call that failed
+    seconds: float = 0.0  # how long the calls took, all of them
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, replica: str | None = None, failure: str | None = None) -> None:
@@ -43,13 +46,16 @@ class Tally:
             else:
                 self.failed.append(failure)
 
-    def to_dict(self) -> dict:
-        return {"answered": dict(self.answered), "failed": self.failed}
+    def to_dict(self, sequences_per_call: int) -> dict:
+        calls = sum(self.answered.values())
+        return {"answered": dict(self.answered), "failed": self.failed, "seconds": round(self.seconds, 3),
+                "sequences_per_s": round(calls * sequences_per_call / self.seconds, 1) if self.seconds else 0.0}
 
 
-def sample_request() -> pb.EncodeRequest:
+def sample_request(sequences: int = 4) -> pb.EncodeRequest:
+    """`sequences` random sequences of 20 steps (JapaneseVowels utterances have 7-29)."""
     rng = np.random.default_rng(0)
-    return encode_request(MODEL, [rng.normal(size=(20, FEATURES)).astype(np.float32) for _ in range(4)])
+    return encode_request(MODEL, [rng.normal(size=(20, FEATURES)).astype(np.float32) for _ in range(sequences)])
 
 
 def call_until(client: SeqserveClient, request: pb.EncodeRequest, tally: Tally, more: Callable[[], bool]) -> None:
@@ -61,22 +67,25 @@ def call_until(client: SeqserveClient, request: pb.EncodeRequest, tally: Tally, 
             tally.add(failure=f"{exc.code().name}: {exc.details()}")
 
 
-def count_calls(client: SeqserveClient, calls: int) -> Tally:
+def count_calls(client: SeqserveClient, calls: int, sequences: int = 4) -> Tally:
     """`calls` Encode calls, one after the other."""
-    tally, left = Tally(), iter(range(calls))
-    call_until(client, sample_request(), tally, lambda: next(left, None) is not None)
+    tally, left, started = Tally(), iter(range(calls)), time.monotonic()
+    call_until(client, sample_request(sequences), tally, lambda: next(left, None) is not None)
+    tally.seconds = time.monotonic() - started
     return tally
 
 
-def load(client: SeqserveClient, seconds: float, threads: int) -> Tally:
+def load(client: SeqserveClient, seconds: float, threads: int, sequences: int = 4) -> Tally:
     """Encode calls from `threads` threads for `seconds`."""
-    tally, request, until = Tally(), sample_request(), time.monotonic() + seconds
+    tally, request, started = Tally(), sample_request(sequences), time.monotonic()
+    until = started + seconds
     workers = [threading.Thread(target=call_until, args=(client, request, tally, lambda: time.monotonic() < until))
                for _ in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+    tally.seconds = time.monotonic() - started
     return tally
 
 
@@ -86,13 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, help="this many calls, one after the other")
     parser.add_argument("--seconds", type=float, default=5.0, help="otherwise: calls for this long")
     parser.add_argument("--threads", type=int, default=8, help="... from this many threads")
+    parser.add_argument("--sequences", type=int, default=4, help="sequences per call")
     args = parser.parse_args(argv)
     with SeqserveClient(args.target) as client:
         client.wait_ready(timeout=CALL_TIMEOUT_S)
         client.list_models()  # connected, and answered
         print("ready", flush=True)
-        tally = count_calls(client, args.calls) if args.calls else load(client, args.seconds, args.threads)
-    print(json.dumps(tally.to_dict()), flush=True)
+        if args.calls:
+            tally = count_calls(client, args.calls, args.sequences)
+        else:
+            tally = load(client, args.seconds, args.threads, args.sequences)
+    print(json.dumps(tally.to_dict(args.sequences)), flush=True)
     return 0
 
 

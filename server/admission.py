@@ -1,6 +1,6 @@
 """Who may start a call: an interceptor that turns calls away while the server drains, checks the
 bearer token when one is configured, counts the calls in flight so shutdown can wait for them, and
-names the replica that answered (`seqserve-replica` initial metadata) so a client behind a load
+names the replica that answered (`seqserve-replica` trailing metadata) so a client behind a load
 balancer can tell which one it reached.
 
 Health checks are exempt from the token (orchestrators probe without credentials) and are not
@@ -26,11 +26,12 @@ AUTHORIZATION = "authorization"
 REPLICA_KEY = "seqserve-replica"
 
 
-def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
+               trailers: tuple = ()) -> grpc.RpcMethodHandler:
     """A handler of the same kind (and codecs) as `handler` that answers every call with `code`."""
 
     async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
+        await context.abort(code, message, trailers)
 
     if handler.unary_unary:
         make = grpc.unary_unary_rpc_method_handler
@@ -76,7 +77,8 @@ class Admission(grpc.aio.ServerInterceptor):
             return handler
         if self.draining:
             return _rejecting(handler, grpc.StatusCode.UNAVAILABLE,
-                              "server: shutting down; retry the call (another replica, or this one once restarted)")
+                              "server: shutting down; retry the call (another replica, or this one once restarted)",
+                              self._replica_metadata)
         if self._expected is not None and not self._authorized(details.invocation_metadata):
             return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED,
                               "authorization: a valid `authorization: Bearer <token>` header is required")
@@ -100,23 +102,15 @@ class Admission(grpc.aio.ServerInterceptor):
             if self.in_flight == 0:
                 self._idle.set()
 
-    # The replica's name goes out with the first answer, never before it: a client's gRPC retries a
-    # call (on another replica) only until response headers arrive, so headers sent as a call starts
-    # would make a call whose replica dies while computing unretryable. A call that fails carries none.
-    async def _name_replica(self, context: grpc.aio.ServicerContext) -> None:
-        await context.send_initial_metadata(self._replica_metadata)
-
-    async def _named(self, responses: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        """`responses`, with the replica named just before the first."""
-        named = False
-        async for response in responses:
-            if not named:
-                await self._name_replica(context)
-                named = True
-            yield response
+    # The replica's name travels in the trailers, set as the call starts: they go out with the status,
+    # in the send that ends every call, answered or failed. Initial metadata would need a send of its
+    # own (measured: +115 us on a 0.85 ms unary call here) and, sent early, would commit the call on the
+    # client, so gRPC could no longer retry it on another replica.
+    def _name_replica(self, context: grpc.aio.ServicerContext) -> None:
+        context.set_trailing_metadata(self._replica_metadata)
 
     def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """The same handler, counted in `in_flight` while it runs, naming the replica with its answer."""
+        """The same handler, counted in `in_flight` while it runs, naming the replica in its trailers."""
         codecs = {"request_deserializer": handler.request_deserializer,
                   "response_serializer": handler.response_serializer}
         if handler.unary_unary or handler.stream_unary:
@@ -124,9 +118,8 @@ class Admission(grpc.aio.ServerInterceptor):
 
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 with self._track():
-                    response = await inner(request, context)
-                    await self._name_replica(context)
-                    return response
+                    self._name_replica(context)
+                    return await inner(request, context)
 
             make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             return make(call, **codecs)
@@ -134,7 +127,8 @@ class Admission(grpc.aio.ServerInterceptor):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             with self._track():
-                async for response in self._named(responses_of(inner_stream(request, context)), context):
+                self._name_replica(context)
+                async for response in responses_of(inner_stream(request, context)):
                     yield response
 
         make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler

@@ -1,4 +1,4 @@
-"""Encode calls from several threads, counted by the replica that answered (`seqserve-replica`).
+"""Encode calls from several threads, counted by the replica that answered (`seqserve-replica` trailer).
 
 The scale-out tests use it in their own process, or as a script on this host or inside a container
 on the Compose network (it needs only the seqserve client, which the serving image holds):
@@ -62,7 +62,7 @@ def call_until(client: SeqserveClient, request: pb.EncodeRequest, tally: Tally, 
     while more():
         try:
             _, call = client.stub.Encode.with_call(request, timeout=CALL_TIMEOUT_S)
-            tally.add(replica=dict(call.initial_metadata()).get(REPLICA_KEY))
+            tally.add(replica=dict(call.trailing_metadata()).get(REPLICA_KEY))
         except grpc.RpcError as exc:
             tally.add(failure=f"{exc.code().name}: {exc.details()}")
 

@@ -3,11 +3,11 @@ the proxy's gRPC health check, and docker-compose.scale.yml for real.
 
 Without an engine: the channel's service config; round_robin over several in-process servers (an
 `ipv4:` target with one address per server), a draining replica's UNAVAILABLE retried on another by
-gRPC alone; `seqserve-replica` initial metadata on unary and streaming calls; the batch script's
+gRPC alone; the `seqserve-replica` trailer on unary and streaming calls, failed ones too; the batch script's
 --retries bound; HAProxy's hand-written HTTP/2 health check sent to a real server (SERVING and
 NOT_SERVING); `config` of the scale override by every Compose found; hadolint on the proxy's Dockerfile.
 With an engine (`bash ../shared/tools/docker-harness.sh` as root): 3 replicas behind HAProxy, with
-300 calls spread over all 3 (told by `seqserve-replica` and by HAProxy's per-replica metrics), the
+300 calls spread over all 3 (told by the `seqserve-replica` trailer and by HAProxy's per-replica metrics), the
 direct dns:/// route from a container on the Compose network, a StreamSequence continued on another
 replica equal to one full run, and a replica killed under load (through the proxy, then through
 dns:///) without a lost call.
@@ -70,7 +70,7 @@ def sequences(count: int, length: int = 20, seed: int = 0) -> list[np.ndarray]:
 
 
 def replica_of(call: grpc.Call) -> str | None:
-    return dict(call.initial_metadata()).get(REPLICA_KEY)
+    return dict(call.trailing_metadata() or ()).get(REPLICA_KEY)
 
 
 def ipv4_target(servers: list[ThreadedServer]) -> str:
@@ -192,7 +192,7 @@ def test_batch_script_retries_are_bounded_by_grpcs_cap(capsys):
 
 # --- the replica's name ---------------------------------------------------------------------------------
 
-def test_replica_named_on_unary_and_streaming_answers(replicas):
+def test_replica_named_in_the_trailers_of_unary_and_streaming_calls(replicas):
     server = replicas[0]
     with SeqserveClient(server.target) as client:
         _, call = client.stub.ListModels.with_call(pb.ListModelsRequest(), timeout=10)
@@ -205,10 +205,17 @@ def test_replica_named_on_unary_and_streaming_answers(replicas):
         encode_stream = client.stub.EncodeStream(tagged, timeout=10)
         assert [answer.request_id for answer in encode_stream] == ["a"]
         assert replica_of(encode_stream) == "r0"
-        # A refused call carries no name: nothing was answered.
+        # Failures too: a refused call, and a draining replica's UNAVAILABLE.
         with pytest.raises(grpc.RpcError) as refused:
             client.stub.GetModel(pb.GetModelRequest(model="no_such_model"), timeout=10)
-        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and replica_of(refused.value) is None
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and replica_of(refused.value) == "r0"
+        set_draining(server, True)
+        try:
+            with pytest.raises(grpc.RpcError) as drained:
+                client.stub.ListModels(pb.ListModelsRequest(), timeout=10)
+        finally:
+            set_draining(server, False)
+        assert drained.value.code() == grpc.StatusCode.UNAVAILABLE and replica_of(drained.value) == "r0"
 
 
 def test_replica_name_defaults_to_the_hostname():

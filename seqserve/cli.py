@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m seqserve.cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", default=os.environ.get("SEQSERVE_SERVER", "localhost:50051"),
-                   help="host:port of the server [env SEQSERVE_SERVER]")
+                   help="the server: host:port or any gRPC target, e.g. dns:///seqserve:50051 to balance over every "
+                        "address the name resolves to [env SEQSERVE_SERVER]")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     add_security_args(p)
     sub = p.add_subparsers(dest="command", required=True)

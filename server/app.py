@@ -59,6 +59,8 @@ class SeqserveServer:
         self.grpc = grpc.aio.server(options=options, interceptors=[self.admission],
                                     maximum_concurrent_rpcs=config.max_concurrent_rpcs)
         self.port = 0
+            *((("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),)
+              if config.max_connection_age_s > 0 else ()),
         self.metrics_port = 0
 
     async def start(self) -> int:

@@ -36,6 +36,9 @@ class ServerConfig:
     max_sequences_per_request: int = 256
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_streams: int = 256
+    # Connections are closed (GOAWAY, calls in flight finish) after this long, so clients resolve the
+    # service's name again and find replicas added by a scale-up (gRPC re-resolves only on a new connection).
+    max_connection_age_s: float = 300.0
     max_concurrent_rpcs: int = 1024  # calls of any kind being served at once; more get RESOURCE_EXHAUSTED
     max_queued_sequences: int = 8192  # per model version: sequences waiting for a batch; more are shed
     max_stream_in_flight: int = 64  # EncodeStream: requests queued or unsent per stream before reading pauses
@@ -46,7 +49,7 @@ class ServerConfig:
     warmup: bool = True
     allow_empty: bool = False  # start even when the repository holds no loadable model
     reflection: bool = True  # serve grpc.reflection (v1 and v1alpha)
-    replica: str = ""  # this replica's name, sent as `seqserve-replica` in every call's initial metadata ("": the hostname)
+    replica: str = ""  # this replica's name, sent as `seqserve-replica` in every call's trailing metadata ("": the hostname)
     tls_cert: str = ""  # PEM certificate chain: serve TLS on the gRPC port (with tls_key)
     tls_key: str = ""  # PEM private key
     tls_client_ca: str = ""  # PEM CA bundle: require client certificates signed by it (mutual TLS)
@@ -89,6 +92,8 @@ _HELP = {
     "max_concurrent_streams": "most open streaming calls",
     "max_concurrent_rpcs": "most calls of any kind served at once; more are refused with RESOURCE_EXHAUSTED",
     "max_queued_sequences": "most sequences waiting for a batch, per model version; more are refused",
+    "max_connection_age_s": "close a client's connection after this long (it reconnects, re-resolving the name: "
+                            "new replicas get traffic); calls in flight finish; 0 = never",
     "max_stream_in_flight": "EncodeStream: most requests queued or unanswered per stream before reading pauses",
     "max_stream_buffer_steps": "most steps a bidirectional StreamSequence may buffer",
     "max_stream_chunks": "most chunks (messages, empty ones included) in one StreamSequence",
@@ -98,7 +103,7 @@ _HELP = {
     "warmup": "run each model once before reporting SERVING",
     "allow_empty": "start even when the repository holds no loadable model (it may be filled later)",
     "reflection": "serve gRPC server reflection (grpc.reflection.v1 and v1alpha)",
-    "replica": "this replica's name, sent as `seqserve-replica` initial metadata on every call (empty: the hostname)",
+    "replica": "this replica's name, sent as `seqserve-replica` trailing metadata on every call (empty: the hostname)",
     "tls_cert": "PEM certificate chain for TLS on the gRPC port (needs --tls-key)",
     "tls_key": "PEM private key for --tls-cert",
     "tls_client_ca": "PEM CA bundle: require and verify client certificates (mutual TLS)",

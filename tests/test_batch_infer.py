@@ -26,10 +26,11 @@ from servers import threaded_server  # noqa: E402
 import batch_infer  # noqa: E402
 from model.data import dataset_dir  # noqa: E402
 from seqserve.batch import backends, pipeline  # noqa: E402
-from seqserve.batch.backends import LocalBackend, RemoteBackend, RetryPolicy, call_with_retry  # noqa: E402
-from seqserve.batch.errors import BackendError, RecordRejected  # noqa: E402
+from seqserve.batch.backends import LocalBackend, RemoteBackend  # noqa: E402
+from seqserve.batch.errors import BackendError  # noqa: E402
 from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
 from seqserve.batch.readers import read_records  # noqa: E402
+from seqserve.channel import Retries  # noqa: E402
 from seqserve.ts_format import iter_ts  # noqa: E402
 
 REPOSITORY = ROOT / "model_repository"
@@ -261,54 +262,11 @@ def test_remote_rejections_fail_only_their_records(tmp_path, sample, reference):
     check_against_reference(read_jsonl(out), reference, {s[0]: s[1] for s in sample if s[0] not in long_ids})
 
 
-def test_retries_with_backoff_on_unavailable_only():
-    import grpc
-
-    class Failure(grpc.RpcError):
-        def __init__(self, code):
-            self._code = code
-
-        def code(self):
-            return self._code
-
-        def details(self):
-            return "test"
-
-    sleeps: list[float] = []
-    answers = [Failure(grpc.StatusCode.UNAVAILABLE)] * 3 + ["ok"]
-
-    def flaky():
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    policy = RetryPolicy(retries=5, initial=0.1, maximum=10.0)
-    assert call_with_retry(flaky, "Encode", policy, sleep=sleeps.append) == "ok"
-    assert len(sleeps) == 3 and all(0.05 * 2**i <= s <= 0.1 * 2**i for i, s in enumerate(sleeps))
-
-    def always(code):
-        def fn():
-            raise Failure(code)
-        return fn
-
-    sleeps.clear()
-    with pytest.raises(BackendError, match="after 2 retries"):
-        call_with_retry(always(grpc.StatusCode.UNAVAILABLE), "Encode", RetryPolicy(retries=2), sleep=sleeps.append)
-    assert len(sleeps) == 2
-    sleeps.clear()
-    with pytest.raises(RecordRejected):
-        call_with_retry(always(grpc.StatusCode.INVALID_ARGUMENT), "Encode", policy, sleep=sleeps.append)
-    with pytest.raises(BackendError, match="INTERNAL"):
-        call_with_retry(always(grpc.StatusCode.INTERNAL), "Encode", policy, sleep=sleeps.append)
-    assert sleeps == []
-
-
 def test_unreachable_server_stops_the_run(tmp_path, sample):
     source = tmp_path / "in.jsonl"
     write_jsonl(source, sample[:3])
     with pytest.raises(BackendError, match="UNAVAILABLE"):
-        RemoteBackend("127.0.0.1:1", MODEL, retry=RetryPolicy(retries=1, initial=0.01), timeout=2)
+        RemoteBackend("127.0.0.1:1", MODEL, retries=Retries(1, initial_backoff_s=0.01), timeout=2)
     assert run_cli("--model", MODEL, "--input", source, "--output", tmp_path / "p.jsonl", "--server",
                    "127.0.0.1:1", "--retries", "0", "--timeout", "2") == pipeline.EXIT_FATAL
 

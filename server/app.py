@@ -1,8 +1,9 @@
 """Assemble and run the service: models, batchers, gRPC server, health, reflection, metrics.
 
-Health: "" (the server) and `seqserve.v1.SeqserveService` are SERVING once every model is loaded and
-warmed up; each model also has its own entry, `<model>/<version>` and `<model>` (its latest version),
-which turns NOT_SERVING if that model's batcher dies. All turn NOT_SERVING on shutdown.
+Health: "" (the server), `seqserve.v1.SeqserveService` and `inference.GRPCInferenceService` are SERVING
+once every model is loaded and warmed up; each model also has its own entry, `<model>/<version>` and
+`<model>` (its latest version), which turns NOT_SERVING if that model's batcher dies. All turn
+NOT_SERVING on shutdown.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from server.config import ServerConfig
 from server.dataplane import DataPlane
 from server.errors import StartupError
 from server.metrics import Metrics
+from server.oip.plane import InferencePlane
+from server.oip.service import SERVICE_NAME as OIP_SERVICE_NAME
+from server.oip.service import InferenceService, add_inference_service
 from server.reflection import enable_reflection
 from server.registry import ModelRegistry, ServedModel
 from server.service import SeqserveService
@@ -83,9 +87,13 @@ class SeqserveServer:
             SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc,
             self.metrics, self._decode_log,
         )
+        add_inference_service(  # the Open Inference Protocol (KServe v2) on the same port and batchers
+            InferenceService(InferencePlane(self.registry, self.config, self.metrics), self.metrics, self.config),
+            self.grpc,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if self.config.reflection:
-            enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.grpc)
+            enable_reflection((SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME), self.grpc)
         self.port = self._bind_grpc()
         await self.grpc.start()
         if self.config.metrics_port:
@@ -133,6 +141,7 @@ class SeqserveServer:
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
+        await self.health.set(OIP_SERVICE_NAME, status)
 
     async def _set_model_health(self, model: ServedModel, status: int) -> None:
         await self.health.set(f"{model.name}/{model.version}", status)

@@ -44,6 +44,8 @@ class ServerConfig:
     max_stream_in_flight: int = 64  # EncodeStream: requests queued or unsent per stream before reading pauses
     max_stream_buffer_steps: int = 16384  # steps buffered for a bidirectional StreamSequence
     max_stream_chunks: int = 65536  # messages in one StreamSequence, empty chunks included
+    max_live_sequences: int = 4096  # Open Inference Protocol: sequences (sequence_id) whose state the server keeps
+    sequence_idle_timeout_s: float = 60.0  # a sequence with no request for this long ends and its state is freed
     grace_seconds: float = 10.0  # time in-flight calls get to finish on shutdown
     drain_seconds: float = 1.0  # on shutdown, at least this long answering new calls UNAVAILABLE (within grace)
     warmup: bool = True
@@ -97,6 +99,10 @@ _HELP = {
     "max_stream_in_flight": "EncodeStream: most requests queued or unanswered per stream before reading pauses",
     "max_stream_buffer_steps": "most steps a bidirectional StreamSequence may buffer",
     "max_stream_chunks": "most chunks (messages, empty ones included) in one StreamSequence",
+    "max_live_sequences": "Open Inference Protocol: most sequences (sequence_id) whose state the server keeps at "
+                          "once; starting another is refused with RESOURCE_EXHAUSTED",
+    "sequence_idle_timeout_s": "Open Inference Protocol: a sequence with no request for this many seconds ends and "
+                               "its state is freed",
     "grace_seconds": "time in-flight calls get to finish on SIGTERM/SIGINT",
     "drain_seconds": "on SIGTERM/SIGINT, answer new calls UNAVAILABLE for at least this long before closing "
                      "the port (at most grace_seconds)",

@@ -19,7 +19,8 @@ def fresh(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", [f for api in APIS for f in api.files])
 def test_generated_code_is_current(fresh: Path, name: str):
-    assert (fresh / name).read_text() == (ROOT / name).read_text(), f"{name} is stale: run `python -m seqserve.protogen`"
+    stale = f"{name} is stale: run `python -m seqserve.protogen`"
+    assert (fresh / name).read_text() == (ROOT / name).read_text(), stale
 
 
 def test_api_package_and_service():

@@ -1,0 +1,323 @@
+"""The Open Inference Protocol's data plane, free of gRPC plumbing: health, metadata, inference, statistics.
+
+A ModelInfer request is a padded batch: x (B, T, F) with optional lengths (B,) (absent: every row is
+T long) and, for unidirectional models, optional h0/c0 (L, B, H). It is validated whole on arrival,
+then split into its B sequences, which join the model's dynamic batcher beside seqserve.v1's Encode
+traffic; the answers are put back into batch-shaped tensors (B, T, ...), zeros on padding, as the
+ONNX model itself would give them. With `sequence_id` the request continues a sequence whose state
+the server keeps (server/oip/sequences.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+
+from seqserve.contract import BATCH, TIME
+from seqserve.inference import SequenceOutputs
+from seqserve.oip import grpc_service_pb2 as pb
+from server.batching import WorkItem
+from server.config import ServerConfig
+from server.errors import InvalidInput, LimitExceeded, ModelNotFound, NotReady, excerpt
+from server.metrics import Metrics
+from server.oip.sequences import SequenceControl, SequenceStore, sequence_control
+from server.oip.statistics import Outcomes, model_statistics
+from server.oip.tensors import (
+    PLATFORM, TensorMeta, answer_bytes, decode_inputs, encode_output, label_bytes, model_inputs, model_outputs,
+)
+from server.registry import ModelRegistry, ServedModel
+
+SERVER_NAME = "seqserve"
+EXTENSIONS = ["sequence", "statistics", "parameters"]  # Triton's names for the extensions served
+MAX_VERSION_DIGITS = 18  # a version number fits in int64
+CLASSIFICATION = "classification"  # Triton's output parameter for its classification extension (not served)
+
+
+def version_number(text: str, field: str) -> int:
+    """A version given as a string: empty (or "0") for the latest, else its number."""
+    if not text:
+        return 0
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_VERSION_DIGITS):
+        raise InvalidInput(field, f"must be empty (the latest) or a version number, got {excerpt(text)}")
+    return int(text)
+
+
+def server_version() -> str:
+    try:
+        return metadata.version(SERVER_NAME)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class InferCall:
+    """A validated ModelInfer request, ready to run."""
+
+    request: pb.ModelInferRequest
+    model: ServedModel
+    outputs: list[TensorMeta]  # in answer order
+    x: np.ndarray  # (B, T, F)
+    lengths: np.ndarray  # (B,)
+    h0: np.ndarray | None  # (L, B, H)
+    c0: np.ndarray | None  # (L, B, H)
+    control: SequenceControl | None
+    full_length: bool  # every row is T long: no padding to put back
+
+    def items(self) -> list[WorkItem]:
+        """One work item per row: its real steps (a view), and its initial state when given."""
+        return [WorkItem(self.x[i, :length],
+                         None if self.h0 is None else self.h0[:, i],  # (L, H)
+                         None if self.c0 is None else self.c0[:, i])  # (L, H)
+                for i, length in enumerate(self.lengths.tolist())]
+
+    def response(self, results: list[SequenceOutputs]) -> pb.ModelInferResponse:
+        response = pb.ModelInferResponse(model_name=self.model.name, model_version=str(self.model.version),
+                                          id=self.request.id)
+        for meta in self.outputs:
+            encode_output(response, meta, self._batched(meta, results))
+        return response
+
+    def _batched(self, meta: TensorMeta, results: list[SequenceOutputs]) -> np.ndarray:
+        """One output for the whole batch, shaped as the model gives it for x: per-step tensors (B, T, ...)
+        with zeros on padding, states (L*D, B, H), the rest (B, ...)."""
+        if meta.name == "label":
+            labels = self.model.runtime.version.class_labels
+            index = [int(r["logits"].argmax()) for r in results]  # as Encode picks its label
+            return np.array([labels[i] if i < len(labels) else str(i) for i in index], dtype=object)  # (B,)
+        rows = [r[meta.name] for r in results]
+        if TIME in meta.shape and not self.full_length:
+            B, T = self.x.shape[:2]
+            batch = np.zeros((B, T, *rows[0].shape[1:]), dtype=np.float32)  # (B, T, ...)
+            real = np.arange(T) < self.lengths[:, None]  # (B, T): True on real steps
+            batch[real] = np.concatenate(rows)  # (sum T_i, ...) in row order
+            return batch
+        axis = meta.shape.index(BATCH)
+        if len(rows) == 1:
+            return rows[0].reshape(rows[0].shape[:axis] + (1,) + rows[0].shape[axis:])
+        return np.stack(rows, axis=axis)
+
+
+class InferencePlane:
+    def __init__(self, registry: ModelRegistry, config: ServerConfig, metrics: Metrics) -> None:
+        self.registry = registry
+        self.config = config
+        self.metrics = metrics
+        self.sequences = SequenceStore(config.max_live_sequences, config.sequence_idle_timeout_s)
+        self.outcomes: defaultdict[tuple[str, int], Outcomes] = defaultdict(Outcomes)
+
+    # --- health and metadata ----------------------------------------------------------------
+
+    def server_live(self) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    def server_ready(self) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.registry.ready)
+
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS)
+
+    def find(self, name: str, version: str, field: str = "version") -> ServedModel:
+        return self.registry.get(name, version_number(version, field))
+
+    def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        """Ready: served, and its batcher running; an unknown model or version is simply not ready."""
+        number = version_number(request.version, "version")
+        try:
+            model = self.registry.get(request.name, number)
+        except (ModelNotFound, NotReady):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=model.batcher.failure is None)
+
+    def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        model = self.find(request.name, request.version)
+        arch = model.runtime.arch
+        return pb.ModelMetadataResponse(
+            name=model.name, versions=[str(v) for v in self.registry.versions(model.name)], platform=PLATFORM,
+            inputs=[m.metadata() for m in model_inputs(arch).values()],
+            outputs=[m.metadata() for m in model_outputs(arch).values()],
+        )
+
+    def repository_index(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for model in self.registry.all():
+            failure = model.batcher.failure
+            if request.ready and failure is not None:
+                continue
+            response.models.add(name=model.name, version=str(model.version),
+                                state="READY" if failure is None else "UNAVAILABLE",
+                                reason="" if failure is None else "its batcher stopped after an internal error")
+        return response
+
+    def model_statistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+        """Every version of every model, of the named model, or one version of it."""
+        if not request.name:
+            if request.version:
+                raise InvalidInput("version", "a version needs a model name")
+            models = self.registry.all()
+        elif request.version:
+            models = [self.find(request.name, request.version)]
+        else:
+            latest = self.find(request.name, "")
+            models = [self.registry.get(latest.name, v) for v in self.registry.versions(latest.name)]
+        return pb.ModelStatisticsResponse(model_stats=[
+            model_statistics(m.name, m.version, self.outcomes[(m.name, m.version)], self.metrics) for m in models])
+
+    # --- inference ------------------------------------------------------------------------------
+
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """Validate, run and answer one request. Everything up to a sequence's `enter` runs before the
+        first await, so the requests of one stream enter their sequences in the order they were read."""
+        started = time.perf_counter_ns()
+        model = self.find(request.model_name, request.model_version, "model_version")
+        outcomes = self.outcomes[(model.name, model.version)]
+        try:
+            call = self.prepare(request, model)
+            response = await (self._run_in_sequence(call) if call.control is not None else self._run(call))
+        except BaseException:
+            outcomes.record(False, started)
+            raise
+        outcomes.record(True, started)
+        return response
+
+    def prepare(self, request: pb.ModelInferRequest, model: ServedModel) -> InferCall:
+        """Check everything about a request before any of it is queued."""
+        arch = model.runtime.arch
+        control = sequence_control(request.parameters)
+        inputs = decode_inputs(request, model_inputs(arch))
+        if "x" not in inputs:
+            raise InvalidInput("inputs", "the input 'x' is required")
+        x = inputs["x"]  # (B, T, F)
+        batch, steps = x.shape[:2]
+        self._check_batch(batch)
+        h0, c0 = (self._state(inputs, name, batch) for name in ("h0", "c0"))
+        stateful = control is not None or h0 is not None or c0 is not None
+        lengths = self._lengths(inputs.get("lengths"), batch, steps, allow_empty=stateful)
+        check_finite(x, lengths)
+        if control is not None:
+            self._check_sequence(model, batch, h0, c0)
+        outputs = self._outputs(request, model)
+        self._check_answer_size(model, outputs, batch, steps)
+        full_length = bool((lengths == steps).all())
+        return InferCall(request, model, outputs, x, lengths, h0, c0, control, full_length)
+
+    def _check_batch(self, batch: int) -> None:
+        if batch == 0:
+            raise InvalidInput("input 'x'", "no rows: the batch dimension is 0")
+        if batch > self.config.max_sequences_per_request:
+            raise LimitExceeded("input 'x' rows", batch, self.config.max_sequences_per_request,
+                                "max_sequences_per_request")
+
+    def _lengths(self, lengths: np.ndarray | None, batch: int, steps: int, allow_empty: bool) -> np.ndarray:
+        """Each row's real steps (B,): as given (within 0..T), or T for every row when absent."""
+        field = "input 'lengths'" if lengths is not None else "input 'x'"
+        if lengths is None:
+            lengths, shortest, longest = np.full(batch, steps, dtype=np.int64), steps, steps  # (B,)
+        elif len(lengths) != batch:
+            raise InvalidInput(field, f"{len(lengths)} lengths for {batch} rows of x")
+        else:
+            shortest, longest = int(lengths.min()), int(lengths.max())
+        if shortest < 0 or longest > steps:
+            row = first_row((lengths < 0) | (lengths > steps))
+            raise InvalidInput(field, f"row {row}: length {lengths[row]} is not within 0..{steps} (x's time dimension)")
+        if shortest == 0 and not allow_empty:
+            raise InvalidInput(field, f"row {first_row(lengths == 0)} is an empty sequence: at least 1 step is needed")
+        if longest > self.config.max_sequence_length:
+            row = first_row(lengths > self.config.max_sequence_length)
+            raise LimitExceeded(f"input 'x' row {row} length", int(lengths[row]), self.config.max_sequence_length,
+                                "max_sequence_length")
+        return lengths
+
+    def _state(self, inputs: dict[str, np.ndarray], name: str, batch: int) -> np.ndarray | None:
+        """An initial state input (L, B, H), its batch matching x's, finite."""
+        state = inputs.get(name)
+        if state is None:
+            return None
+        if state.shape[1] != batch:
+            raise InvalidInput(f"input {name!r}", f"shape {list(state.shape)}: its batch dimension (1) must be "
+                                                  f"x's, {batch}")
+        if not np.isfinite(state).all():
+            raise InvalidInput(f"input {name!r}", "contains NaN or Inf")
+        return state
+
+    def _check_sequence(self, model: ServedModel, batch: int, h0: np.ndarray | None, c0: np.ndarray | None) -> None:
+        if not model.runtime.arch.streaming:
+            raise InvalidInput("parameters['sequence_id']", f"model {model.name!r} is bidirectional: it needs the "
+                                                            "whole sequence at once, so it keeps no sequences")
+        if batch != 1:
+            raise InvalidInput("input 'x'", f"a request in a sequence carries one row (batch 1), got {batch}")
+        if h0 is not None or c0 is not None:
+            name = "h0" if h0 is not None else "c0"
+            raise InvalidInput(f"input {name!r}", "a request in a sequence continues from the state the server "
+                                                  "keeps; send either sequence_id or h0/c0, not both")
+
+    def _outputs(self, request: pb.ModelInferRequest, model: ServedModel) -> list[TensorMeta]:
+        """The outputs asked for, in that order; none asked for: every output."""
+        available = model_outputs(model.runtime.arch)
+        if not request.outputs:
+            return list(available.values())
+        chosen: dict[str, TensorMeta] = {}
+        for i, wanted in enumerate(request.outputs):
+            name = wanted.name
+            if name not in available:
+                raise InvalidInput(f"outputs[{i}]", f"the model has no output {excerpt(name)} "
+                                                    f"(outputs: {', '.join(available)})")
+            if name in chosen:
+                raise InvalidInput(f"outputs[{i}]", f"output {name!r} asked for twice")
+            if wanted.parameters and CLASSIFICATION in wanted.parameters:
+                raise InvalidInput(f"outputs[{i}].parameters['{CLASSIFICATION}']",
+                                   "the classification extension is not served; ask for 'probabilities' and 'label'")
+            chosen[name] = available[name]
+        return list(chosen.values())
+
+    def _check_answer_size(self, model: ServedModel, outputs: list[TensorMeta], batch: int, steps: int) -> None:
+        longest_label = label_bytes(model.runtime.version.class_labels, model.runtime.arch.num_classes)
+        size = answer_bytes(tuple(outputs), batch, steps, longest_label)
+        if size > self.config.max_message_bytes:
+            per_step = [m.name for m in outputs if TIME in m.shape]
+            hint = "send fewer rows per request" + (f", or leave out {', '.join(per_step)}" if per_step else "")
+            raise LimitExceeded("answer bytes (estimated)", size, self.config.max_message_bytes, "max_message_bytes",
+                                hint)
+
+    async def _run(self, call: InferCall) -> pb.ModelInferResponse:
+        job = call.model.batcher.enqueue(call.items())
+        try:
+            return call.response(await job.future)
+        except asyncio.CancelledError:
+            job.future.cancel()  # the caller went away: its sequences leave the queue
+            raise
+
+    async def _run_in_sequence(self, call: InferCall) -> pb.ModelInferResponse:
+        """One request of a stateful sequence: in its turn, from the state the one before it left."""
+        model = call.model
+        turn = self.sequences.enter((model.name, model.version, call.control.id), call.control)
+        try:
+            await turn.wait()
+            sequence = turn.sequence
+            [item] = call.items()
+            item.h0, item.c0 = sequence.h, sequence.c
+            [result] = await model.batcher.submit([item])
+            sequence.advance(result)
+        finally:
+            turn.finish()
+        return call.response([result])
+
+
+def first_row(mask: np.ndarray) -> int:
+    """The first True row of a (B,) mask that has one."""
+    return int(np.flatnonzero(mask)[0])
+
+
+def check_finite(x: np.ndarray, lengths: np.ndarray) -> None:
+    """x (B, T, F) holds no NaN or Inf on its real steps (padding is never read)."""
+    if np.isfinite(x).all():
+        return
+    real = np.arange(x.shape[1]) < lengths[:, None]  # (B, T)
+    bad = ~np.isfinite(x).all(axis=2) & real  # (B, T)
+    if bad.any():
+        row, step = (int(i) for i in np.argwhere(bad)[0])
+        raise InvalidInput("input 'x'", f"contains NaN or Inf (first at row {row}, step {step})")

@@ -28,7 +28,7 @@ from server.metrics import Metrics
 from server.oip.sequences import SequenceControl, SequenceStore, sequence_control
 from server.oip.statistics import Outcomes, model_statistics
 from server.oip.tensors import (
-    PLATFORM, TensorMeta, answer_bytes, decode_inputs, encode_output, label_bytes, model_inputs, model_outputs,
+    PLATFORM, TensorMeta, answer, answer_bytes, decode_inputs, label_bytes, model_inputs, model_outputs,
 )
 from server.registry import ModelRegistry, ServedModel
 
@@ -76,11 +76,9 @@ class InferCall:
                 for i, length in enumerate(self.lengths.tolist())]
 
     def response(self, results: list[SequenceOutputs]) -> pb.ModelInferResponse:
-        response = pb.ModelInferResponse(model_name=self.model.name, model_version=str(self.model.version),
-                                          id=self.request.id)
-        for meta in self.outputs:
-            encode_output(response, meta, self._batched(meta, results))
-        return response
+        values = [self._batched(meta, results) for meta in self.outputs]
+        return answer(self.outputs, values, model_name=self.model.name, model_version=str(self.model.version),
+                      id=self.request.id)
 
     def _batched(self, meta: TensorMeta, results: list[SequenceOutputs]) -> np.ndarray:
         """One output for the whole batch, shaped as the model gives it for x: per-step tensors (B, T, ...)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,13 +114,21 @@ def decode_inputs(request: pb.ModelInferRequest, metas: dict[str, TensorMeta]) -
     return arrays
 
 
-def encode_output(response: pb.ModelInferResponse, meta: TensorMeta, value: np.ndarray) -> None:
-    """Append one output to an answer: its metadata in `outputs`, its data in `raw_output_contents`."""
-    response.outputs.add(name=meta.name, datatype=meta.datatype, shape=value.shape)
+def answer(metas: Sequence[TensorMeta], values: Sequence[np.ndarray], **fields: str) -> pb.ModelInferResponse:
+    """A ModelInferResponse with `fields` (model_name, model_version, id) carrying `values` as the outputs
+    `metas`: each one's name, datatype and shape in `outputs`, its data in `raw_output_contents`."""
+    return pb.ModelInferResponse(
+        **fields,
+        outputs=[{"name": m.name, "datatype": m.datatype, "shape": v.shape} for m, v in zip(metas, values)],
+        raw_output_contents=[raw_contents(m, v) for m, v in zip(metas, values)],
+    )
+
+
+def raw_contents(meta: TensorMeta, value: np.ndarray) -> bytes:
+    """A tensor's raw data: little-endian, row-major (BYTES: see serialize_bytes)."""
     if meta.datatype == BYTES:
-        response.raw_output_contents.append(serialize_bytes(value.reshape(-1).tolist()))
-    else:
-        response.raw_output_contents.append(np.ascontiguousarray(value, NUMPY[meta.datatype]).tobytes())
+        return serialize_bytes(value.reshape(-1).tolist())
+    return value.astype(NUMPY[meta.datatype], copy=False).tobytes()
 
 
 def serialize_bytes(elements: Iterable[str]) -> bytes:

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,18 +144,23 @@ async def run_scenario(scenario: dict[str, Any], sequences: list[np.ndarray]) ->
     per_call, concurrency = int(scenario.get("per_call", 1)), int(scenario["concurrency"])
     requests = build_requests(scenario["model"], sequences, per_call, bool(scenario.get("packed")))
     caller = {"unary": unary_caller, "stream": stream_caller}[scenario["mode"]]
-    pid = scenario.get("pid")
     async with grpc.aio.insecure_channel(scenario["target"], options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = pb_grpc.SeqserveServiceStub(channel)
-        window = Window(float(scenario["warmup_s"]), float(scenario["duration_s"]))
-        tasks = [asyncio.create_task(caller(stub, requests, w, concurrency, per_call, window))
-                 for w in range(concurrency)]
-        await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
-        cpu0 = (cpu_seconds(None), cpu_seconds(pid) if pid else None)
-        await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
-        cpu1 = (cpu_seconds(None), cpu_seconds(pid) if pid else None)
-        await asyncio.gather(*tasks)
+        return await measure(scenario, lambda window: [caller(stub, requests, w, concurrency, per_call, window)
+                                                       for w in range(concurrency)])
+
+
+async def measure(scenario: dict[str, Any], callers: Callable[[Window], list[Awaitable[None]]]) -> dict[str, Any]:
+    """Run the scenario's callers on a fresh window; its calls/s, sequences/s, latencies, errors and CPU."""
+    per_call, pid = int(scenario.get("per_call", 1)), scenario.get("pid")
+    window = Window(float(scenario["warmup_s"]), float(scenario["duration_s"]))
+    tasks = [asyncio.create_task(caller) for caller in callers(window)]
+    await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
+    cpu0 = (cpu_seconds(None), cpu_seconds(pid) if pid else None)
+    await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
+    cpu1 = (cpu_seconds(None), cpu_seconds(pid) if pid else None)
+    await asyncio.gather(*tasks)
     seconds = window.end - window.start
     lat_ms = np.asarray(window.latencies) * 1e3
     pct = (lambda q: float(np.percentile(lat_ms, q))) if len(lat_ms) else (lambda q: float("nan"))
@@ -169,17 +175,21 @@ async def run_scenario(scenario: dict[str, Any], sequences: list[np.ndarray]) ->
     }
 
 
-async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
+ScenarioRunner = Callable[[dict[str, Any], list[np.ndarray]], Awaitable[dict[str, Any]]]
+
+
+async def run_plan(plan: dict[str, Any], run: ScenarioRunner = run_scenario) -> list[dict[str, Any]]:
     sequences = load_payloads(Path(plan["payloads"]))
-    return [await run_scenario(s, sequences) for s in plan["scenarios"]]
+    return [await run(s, sequences) for s in plan["scenarios"]]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, run: ScenarioRunner = run_scenario, prog: str = "python -m bench.loadgen",
+         description: str = __doc__.split("\n\n")[0]) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--plan", type=Path, required=True, help="JSON plan: payloads and scenarios")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
     args = parser.parse_args(argv)
-    results = asyncio.run(run_plan(json.loads(args.plan.read_text())))
+    results = asyncio.run(run_plan(json.loads(args.plan.read_text()), run))
     args.out.write_text(json.dumps(results, indent=1))
     return 0
 

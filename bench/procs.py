@@ -76,12 +76,13 @@ def echo_server(repository: Path, log_dir: Path) -> Served:
     return Served("echo", ["-m", "bench.echo_server", "--model-repository", str(repository), "--port", "0"], log_dir)
 
 
-def run_loadgen(plan: dict[str, Any], work_dir: Path, tag: str) -> list[dict[str, Any]]:
-    """Run `python -m bench.loadgen` on `plan` in its own process; returns one result per scenario."""
+def run_loadgen(plan: dict[str, Any], work_dir: Path, tag: str, module: str = "bench.loadgen") -> list[dict[str, Any]]:
+    """Run `python -m <module>` (a load generator: bench.loadgen, or bench.oip's) on `plan` in its own process;
+    returns one result per scenario."""
     plan_path, out_path = work_dir / f"plan-{tag}.json", work_dir / f"loadgen-{tag}.json"
     plan_path.write_text(json.dumps(plan, indent=1))
     budget = 60 + sum(s["warmup_s"] + s["duration_s"] + 5 for s in plan["scenarios"])
-    done = subprocess.run([sys.executable, "-m", "bench.loadgen", "--plan", str(plan_path), "--out", str(out_path)],
+    done = subprocess.run([sys.executable, "-m", module, "--plan", str(plan_path), "--out", str(out_path)],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=budget)
     if done.returncode != 0:

@@ -592,3 +592,31 @@ def test_health_and_reflection_name_the_service(server):
         ask = [reflection_pb2.ServerReflectionRequest(list_services="")]
         [listed] = list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter(ask), timeout=5))
         assert SERVICE in {s.name for s in listed.list_services_response.service}
+
+
+def test_a_stream_ends_at_an_undecodable_message_after_answering_the_ones_before(server, sequences):
+    good = raw_request("jv_bigru_attn", sequences[0][None], id="good").SerializeToString()
+    with grpc.insecure_channel(server.target) as channel:
+        call = channel.stream_stream(f"/{SERVICE}/ModelStreamInfer", request_serializer=lambda b: b,
+                                     response_deserializer=pb.ModelStreamInferResponse.FromString)
+        answers = call(iter([good, b"\x0a\x04\xff\xfe\xfd\xfc"]), timeout=30)
+        first = next(answers)
+        with pytest.raises(grpc.RpcError) as caught:
+            next(answers)
+    assert first.infer_response.id == "good" and not first.error_message
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_streams_count_against_max_concurrent_streams(sequences):
+    with threaded_server(REPOSITORY, max_concurrent_streams=1) as s, grpc.insecure_channel(s.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        requests: queue.Queue = queue.Queue()
+        first = stub.ModelStreamInfer(iter(requests.get, None), timeout=30)
+        requests.put(raw_request("jv_bigru_attn", sequences[0][None], id="open"))
+        assert next(first).infer_response.id == "open"  # the first stream is open
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.ModelStreamInfer(iter([raw_request("jv_bigru_attn", sequences[0][None])]), timeout=30))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_concurrent_streams" in caught.value.details()
+        requests.put(None)
+        assert list(first) == []

@@ -620,3 +620,24 @@ def test_streams_count_against_max_concurrent_streams(sequences):
         assert "max_concurrent_streams" in caught.value.details()
         requests.put(None)
         assert list(first) == []
+
+
+def test_a_stream_stops_reading_a_client_that_does_not_read_its_answers():
+    in_flight = 4
+    with threaded_server(REPOSITORY, max_stream_in_flight=in_flight) as s:
+        # No BDP probing: the client's receive window stays at its initial size, so unread answers
+        # fill it at once and what the server holds is what it has read.
+        channel = grpc.insecure_channel(s.target, options=[("grpc.http2.bdp_probe", 0)])
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        big = raw_request("jv_bilstm_attn", np.ones((1, 500, 12), np.float32), outputs=[{"name": "outputs"}])
+        sent = 30  # each answer ~250 kB
+        answers = stub.ModelStreamInfer(iter([big] * sent), timeout=120)
+        registry = s.server.metrics.registry
+        answered = lambda: registry.get_sample_value("seqserve_requests_total",  # noqa: E731
+                                                     {"method": "ModelStreamInfer", "code": "OK"}) or 0
+        wait_until(lambda: answered() >= in_flight)
+        time.sleep(1.0)  # time to read more, were it not held back
+        held = answered()
+        assert held <= in_flight + 2, f"read {held} of {sent} requests while the client read no answer"
+        assert len(list(answers)) == sent  # reading resumes as the client reads
+        channel.close()

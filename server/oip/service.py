@@ -93,9 +93,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task] = set()  # read, not yet answered
 
         async def read_requests() -> None:
+            requests = aiter(request_iterator)
             try:
-                async for request in request_iterator:
-                    await slots.acquire()
+                while True:
+                    await slots.acquire()  # a slot before reading: the cap holds what is read
+                    try:
+                        request = await anext(requests)
+                    except StopAsyncIteration:
+                        break
                     task = asyncio.create_task(self._stream_answer(request))  # tasks start in the order read
                     tasks.add(task)
                     task.add_done_callback(answers.put_nowait)

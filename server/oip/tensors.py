@@ -148,22 +148,22 @@ def _label_bytes(labels: tuple[str, ...], classes: int) -> int:
     return max([len(label.encode()) for label in labels] + [len(str(classes))])
 
 
-def answer_bytes(outputs: tuple[TensorMeta, ...], batch: int, time: int, label_bytes: int) -> int:
+def answer_bytes(outputs: tuple[TensorMeta, ...], batch: int, time: int, longest_label: int) -> int:
     """The most bytes an answer with `outputs` for `batch` rows of `time` steps takes, known before anything
     runs: fixed + batch x per row + batch x time x per step (every output has one batch dimension)."""
-    fixed, per_row, per_step = answer_layout(outputs, label_bytes)
+    fixed, per_row, per_step = answer_layout(outputs, longest_label)
     return fixed + batch * per_row + batch * time * per_step
 
 
 @functools.lru_cache(maxsize=1024)
-def answer_layout(outputs: tuple[TensorMeta, ...], label_bytes: int) -> tuple[int, int, int]:
+def answer_layout(outputs: tuple[TensorMeta, ...], longest_label: int) -> tuple[int, int, int]:
     """(fixed, per row, per row and step) bytes of an answer: each tensor's data and shape (up to 10 bytes a
     dimension), the headers of its message, name, datatype, shape and data fields, and the envelope."""
     fixed, per_row, per_step = ENVELOPE_BYTES, 0, 0
     for meta in outputs:
         fixed += 5 * FIELD_BYTES + len(meta.name) + len(meta.datatype) + 10 * len(meta.shape)
         if meta.datatype == BYTES:
-            per_row += LENGTH_PREFIX.size + label_bytes
+            per_row += LENGTH_PREFIX.size + longest_label
             continue
         element = NUMPY[meta.datatype].itemsize * math.prod(d for d in meta.shape if isinstance(d, int))
         if TIME in meta.shape:

@@ -53,18 +53,19 @@ class SeqserveServer:
         self.health = health.aio.HealthServicer()
         decode_log = RateLimitedLog(wire_log)
         self.admission = Admission(read_token(config), functools.partial(guard, metrics=self.metrics,
-                                                                         decode_log=decode_log))
+                                                                         decode_log=decode_log),
+                                   replica=config.replica)
         self._decode_log = decode_log
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", int(config.reuse_port)),
+            *((("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),)
+              if config.max_connection_age_s > 0 else ()),
         ]
         self.grpc = grpc.aio.server(options=options, interceptors=[self.admission],
                                     maximum_concurrent_rpcs=config.max_concurrent_rpcs)
         self.port = 0
-            *((("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),)
-              if config.max_connection_age_s > 0 else ()),
         self.metrics_port = 0
 
     async def start(self) -> int:

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.repository import RepositoryError
 from server.admission import Admission
+from server.calls import Calls
 from server.config import ServerConfig
 from server.dataplane import DataPlane
 from server.errors import StartupError
@@ -84,12 +85,13 @@ class SeqserveServer:
 
     async def _start(self) -> int:
         await self._set_health(NOT_SERVING)
+        calls = Calls(self.metrics, self.config)  # one stream count for both APIs
         add_service(  # the generated registration, with request deserializers that never raise (server/wire.py)
-            SeqserveService(DataPlane(self.registry, self.config), self.metrics, self.config), self.grpc,
+            SeqserveService(DataPlane(self.registry, self.config), calls, self.config), self.grpc,
             self.metrics, self._decode_log,
         )
         add_inference_service(  # the Open Inference Protocol (KServe v2) on the same port and batchers
-            InferenceService(InferencePlane(self.registry, self.config, self.metrics), self.metrics, self.config),
+            InferenceService(InferencePlane(self.registry, self.config, self.metrics), calls, self.config),
             self.grpc,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

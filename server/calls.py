@@ -2,8 +2,8 @@
 (`server.errors.status_of`, the one mapping) and abort with it, and hold streaming calls to
 max_concurrent_streams.
 
-The Open Inference Protocol servicer (server/oip/service.py) uses it; seqserve.v1's servicer keeps
-the same steps as its own methods.
+One instance serves both servicers (seqserve.v1's and the Open Inference Protocol's), so their
+streams count against one max_concurrent_streams.
 """
 
 from __future__ import annotations

@@ -1,86 +1,42 @@
-"""The gRPC servicer: moves messages between the wire and the DataPlane, maps errors to status codes.
+"""The gRPC servicer of seqserve.v1: moves messages between the wire and the DataPlane.
 
-Every failure goes through `server.errors.status_of`, the one place that picks a status code.
+Every call goes through `server.calls.Calls` (shared with the Open Inference Protocol servicer):
+timing, counting, the stream cap, and `server.errors.status_of`, the one place that picks a code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from server.calls import Calls
 from server.config import ServerConfig
 from server.dataplane import DataPlane, PendingEncode, SequenceStream
-from server.errors import LimitExceeded, status_of
-from server.metrics import Metrics
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class SeqserveService(pb_grpc.SeqserveServiceServicer):
-    def __init__(self, plane: DataPlane, metrics: Metrics, config: ServerConfig) -> None:
+    def __init__(self, plane: DataPlane, calls: Calls, config: ServerConfig) -> None:
         self.plane = plane
-        self.metrics = metrics
+        self.calls = calls  # timing, counting, status mapping and the stream cap, shared with the v2 servicer
         self.config = config
-        self._open_streams = 0
-
-    def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        requests, seconds = self.metrics.rpc(method, code.name)
-        requests.inc()
-        seconds.observe(time.perf_counter() - started)
-
-    async def _answer(self, method: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T] | T]) -> T:
-        """Run one call (or one message of a stream), count it, and abort with its status if it fails."""
-        started = time.perf_counter()
-        try:
-            result = call()
-            if asyncio.iscoroutine(result):
-                result = await result
-        except asyncio.CancelledError:
-            self._record(method, grpc.StatusCode.CANCELLED, started)
-            raise
-        except Exception as exc:
-            code, message = status_of(exc)
-            self._record(method, code, started)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("internal error", extra={"method": method})
-            await context.abort(code, message)
-        self._record(method, grpc.StatusCode.OK, started)
-        return result
-
-    async def _open_stream(self, context: grpc.aio.ServicerContext) -> None:
-        """Count a streaming call in, or refuse it past max_concurrent_streams."""
-        if self._open_streams >= self.config.max_concurrent_streams:
-            exc = LimitExceeded("streams", self._open_streams + 1, self.config.max_concurrent_streams,
-                                "max_concurrent_streams")
-            await context.abort(*status_of(exc))
-        self._open_streams += 1
-        self.metrics.open_streams.inc()
-
-    def _close_stream(self) -> None:
-        self._open_streams -= 1
-        self.metrics.open_streams.dec()
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return await self._answer("ListModels", context, self.plane.list_models)
+        return await self.calls.answer("ListModels", context, self.plane.list_models)
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
-        return await self._answer("GetModel", context, lambda: self.plane.get_model(request))
+        return await self.calls.answer("GetModel", context, lambda: self.plane.get_model(request))
 
     async def Encode(self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
-        return await self._answer("Encode", context, lambda: self.plane.encode(request))
+        return await self.calls.answer("Encode", context, lambda: self.plane.encode(request))
 
     def _tagged_error(self, request_id: str, exc: BaseException, started: float) -> pb.EncodeStreamResponse:
-        code, message = status_of(exc)
-        self._record("EncodeStream", code, started)
+        code, message = self.calls.failed("EncodeStream", exc, started)
         return pb.EncodeStreamResponse(request_id=request_id, error=pb.Error(code=code.name, message=message))
 
     async def EncodeStream(
@@ -92,7 +48,7 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
         back when its answer has been sent, so a client that stops reading answers stops being read
         (gRPC flow control then holds its writes) instead of piling answers up in server memory.
         """
-        await self._open_stream(context)
+        await self.calls.open_stream(context)
         answers: asyncio.Queue[pb.EncodeStreamResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self.config.max_stream_in_flight)
         jobs: set[asyncio.Future] = set()
@@ -106,7 +62,7 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
                 else:
                     answers.put_nowait(pb.EncodeStreamResponse(
                         request_id=request_id, response=pending.response(future.result())))
-                    self._record("EncodeStream", grpc.StatusCode.OK, started)
+                    self.calls.record("EncodeStream", grpc.StatusCode.OK, started)
             if not reading and not jobs:
                 answers.put_nowait(None)
 
@@ -144,19 +100,19 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
             reader.cancel()
             for future in list(jobs):
                 future.cancel()
-            self._close_stream()
+            self.calls.close_stream()
 
     async def StreamSequence(
         self, request_iterator: AsyncIterator[pb.StreamSequenceRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamSequenceResponse]:
-        await self._open_stream(context)
+        await self.calls.open_stream(context)
         stream = SequenceStream(self.plane)
         try:
             async for request in request_iterator:
-                response = await self._answer("StreamSequence", context, functools.partial(stream.handle, request))
+                response = await self.calls.answer("StreamSequence", context, functools.partial(stream.handle, request))
                 if response is not None:
                     yield response
             if stream.open_at_close:
-                yield await self._answer("StreamSequence", context, stream.finish)
+                yield await self.calls.answer("StreamSequence", context, stream.finish)
         finally:
-            self._close_stream()
+            self.calls.close_stream()

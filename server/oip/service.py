@@ -18,7 +18,6 @@ from seqserve.oip import grpc_service_pb2 as pb
 from seqserve.oip import grpc_service_pb2_grpc as pb_grpc
 from server.calls import Calls
 from server.config import ServerConfig
-from server.metrics import Metrics
 from server.oip.plane import InferencePlane
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -33,9 +32,9 @@ def add_inference_service(servicer: InferenceService, server: grpc.aio.Server) -
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: InferencePlane, metrics: Metrics, config: ServerConfig) -> None:
+    def __init__(self, plane: InferencePlane, calls: Calls, config: ServerConfig) -> None:
         self.plane = plane
-        self.calls = Calls(metrics, config)
+        self.calls = calls  # shared with seqserve.v1's servicer: one count of open streams for both
         self.config = config
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:

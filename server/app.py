@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from seqserve.oip import grpc_service_pb2 as oip_pb
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.repository import RepositoryError
 from server.admission import Admission
@@ -96,7 +97,8 @@ class SeqserveServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if self.config.reflection:
-            enable_reflection((SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME), self.grpc)
+            enable_reflection((SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME),
+                              (pb.DESCRIPTOR, oip_pb.DESCRIPTOR, health_pb2.DESCRIPTOR), self.grpc)
         self.port = self._bind_grpc()
         await self.grpc.start()
         if self.config.metrics_port:

@@ -3,6 +3,10 @@
 grpcio-reflection (1.85) ships only the v1alpha service. The v1 protocol is the same messages
 under a new package name (grpc/reflection/v1/reflection.proto was copied from v1alpha), so the
 one servicer answers both: its v1alpha messages are byte-for-byte what a v1 client sends and expects.
+
+The servicer reads one pool holding every served file: the Open Inference Protocol's generated code
+lives in a pool of its own (tritonclient defines the same `inference.*` names in the default pool),
+so the default pool alone could list that service but not describe it.
 """
 
 from __future__ import annotations
@@ -10,15 +14,39 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 
 
-def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
-    """Serve reflection (v1 and v1alpha) listing `service_names` and the reflection services themselves."""
+def merged_pool(files: Iterable[FileDescriptor]) -> descriptor_pool.DescriptorPool:
+    """A pool with `files` and everything they import, whatever pools they came from."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.Add(proto)
+        added.add(file.name)
+
+    for file in files:
+        add(file)
+    return pool
+
+
+def enable_reflection(service_names: Iterable[str], files: Iterable[FileDescriptor], server: grpc.aio.Server) -> None:
+    """Serve reflection (v1 and v1alpha) listing `service_names` and the reflection services themselves,
+    describing them from `files` (the .proto files that define them)."""
     names = (*service_names, reflection.SERVICE_NAME, V1_SERVICE_NAME)
-    servicer = reflection.aio.ReflectionServicer(names)
+    pool = merged_pool((*files, reflection_pb2.DESCRIPTOR))
+    servicer = reflection.aio.ReflectionServicer(names, pool=pool)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,

@@ -440,9 +440,10 @@ def test_health_and_reflection(client):
         names = {s.name for s in answer.list_services_response.service}
         assert {"seqserve.v1.SeqserveService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
                 "grpc.reflection.v1alpha.ServerReflection"} <= names
-        [described] = list(call(iter([reflection_pb2.ServerReflectionRequest(
-            file_containing_symbol="seqserve.v1.SeqserveService")]), timeout=5))
-        assert described.file_descriptor_response.file_descriptor_proto
+        for symbol in ("seqserve.v1.SeqserveService", "inference.GRPCInferenceService", "grpc.health.v1.Health"):
+            [described] = list(call(iter([reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol=symbol)]), timeout=5))
+            assert described.file_descriptor_response.file_descriptor_proto, (symbol, described)
 
 
 def test_metrics_endpoint_counts_requests_by_code(test_sequences):

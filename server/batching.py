@@ -32,6 +32,7 @@ from server.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class BatchPolicy:
     """How a Batcher forms batches (server flags of the same names)."""

@@ -41,6 +41,15 @@ def decode(tensor: pb.Tensor, field: str) -> np.ndarray:
         raise InvalidInput(exc.field, exc.detail) from None
 
 
+def check_sequence_count(count: int, field: str, config: ServerConfig, none: str) -> None:
+    """A request's number of sequences: at least one (else `none`, the caller's words), at most
+    max_sequences_per_request. The one count check of every request form (sequences, packed, v2 rows)."""
+    if count == 0:
+        raise InvalidInput(field, none)
+    if count > config.max_sequences_per_request:
+        raise LimitExceeded(field, count, config.max_sequences_per_request, "max_sequences_per_request")
+
+
 def decode_steps(
     tensor: pb.Tensor, field: str, arch: Architecture, config: ServerConfig, allow_empty: bool = False
 ) -> np.ndarray:

@@ -17,7 +17,7 @@ from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from server.batching import Job, SequenceOutputs, WorkItem
 from server.codec import (
-    MAX_STEPS_SEEN, AnswerSize, check_state_origin, check_steps_seen, check_version, check_steps_shape, decode_outputs,
+    MAX_STEPS_SEEN, AnswerSize, check_sequence_count, check_state_origin, check_steps_seen, check_version, check_steps_shape, decode_outputs,
     decode_state, decode_steps, encode_result,
 )
 from server.config import ServerConfig
@@ -101,19 +101,12 @@ class DataPlane:
                 raise InvalidInput("packed", "send the sequences either in `sequences` or in `packed`, not both")
             lengths = packed_lengths(request.packed, arch, self.config)  # (B,)
             return lengths.tolist(), packed_ids(request.packed), lambda: unpack(request.packed, lengths)
-        self._check_count(len(request.sequences))
+        check_sequence_count(len(request.sequences), "sequences", self.config, "no sequences in the request")
         fields = [f"sequences[{i}].steps" for i in range(len(request.sequences))]
         lengths = [check_steps_shape(seq.steps, field, arch, self.config)
                    for seq, field in zip(request.sequences, fields)]
         return lengths, [seq.id for seq in request.sequences], lambda: [
             decode_steps(seq.steps, field, arch, self.config) for seq, field in zip(request.sequences, fields)]
-
-    def _check_count(self, count: int) -> None:
-        if count == 0:
-            raise InvalidInput("sequences", "no sequences in the request")
-        if count > self.config.max_sequences_per_request:
-            raise LimitExceeded("sequences", count, self.config.max_sequences_per_request,
-                                "max_sequences_per_request")
 
     async def encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
         pending = self.start_encode(request)

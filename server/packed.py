@@ -16,7 +16,7 @@ from seqserve.contract import Architecture
 from seqserve.inference import SequenceOutputs
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
-from server.codec import decode
+from server.codec import check_sequence_count, decode
 from server.config import ServerConfig
 from server.errors import InvalidInput, LimitExceeded, excerpt
 
@@ -33,10 +33,7 @@ OUTPUT_TENSORS = {pb.OUTPUT_OUTPUTS: ("outputs",), pb.OUTPUT_HIDDEN: ("h_n", "c_
 def packed_lengths(packed: pb.PackedSequences, arch: Architecture, config: ServerConfig) -> np.ndarray:
     """Each sequence's steps (B,), checked against the tensor's declared shape and the limits (no copy)."""
     count = len(packed.lengths)
-    if count == 0:
-        raise InvalidInput(f"{FIELD}.lengths", "no sequences: give the steps of each")
-    if count > config.max_sequences_per_request:
-        raise LimitExceeded(f"{FIELD}.lengths", count, config.max_sequences_per_request, "max_sequences_per_request")
+    check_sequence_count(count, f"{FIELD}.lengths", config, "no sequences: give the steps of each")
     lengths = np.fromiter(packed.lengths, dtype=np.int64, count=count)  # (B,)
     if (lengths < 1).any():
         first = int(np.flatnonzero(lengths < 1)[0])

@@ -8,7 +8,7 @@ import asyncio
 import json
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -27,7 +27,7 @@ from seqserve.oip import grpc_service_pb2 as pb
 from seqserve.oip import grpc_service_pb2_grpc as pb_grpc
 from seqserve.repository import latest_version
 from server.batching import WorkItem, group_by_length
-from servers import REPOSITORY, ROOT, threaded_server
+from servers import REPOSITORY, ROOT, threaded_server, wait_until
 
 MODELS = ["jv_bilstm_attn", "jv_bigru_attn", "jv_lstm_stream"]
 STREAM_MODEL = "jv_lstm_stream"
@@ -100,13 +100,6 @@ def expect_error(code: grpc.StatusCode, *fragments: str):
             assert fragment in caught.value.message(), (fragment, caught.value.message())
 
     return check()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 # --- health and metadata ---------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -30,7 +29,7 @@ from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from server.batching import WorkItem, group_by_length
-from servers import REPOSITORY, ROOT, ServerProcess, threaded_server
+from servers import REPOSITORY, ROOT, ServerProcess, threaded_server, wait_until
 
 BI_MODELS = ["jv_bilstm_attn", "jv_bigru_attn"]
 STREAM_MODEL = "jv_lstm_stream"
@@ -179,13 +178,6 @@ def test_many_concurrent_clients_with_different_lengths(server, test_sequences):
         results = list(pool.map(call, range(len(sequences))))
     for i, r in enumerate(results):
         np.testing.assert_allclose(r.logits, reference["logits"][i], atol=1e-5)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def test_batching_on_and_off_give_the_same_results(test_sequences):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 import urllib.request
 
@@ -12,13 +11,7 @@ import numpy as np
 import pytest
 
 from seqserve.client import SeqserveClient
-from servers import REPOSITORY, ServerProcess
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from servers import REPOSITORY, ServerProcess, free_port
 
 
 def children_of(pid: int) -> list[int]:

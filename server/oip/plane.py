@@ -22,6 +22,7 @@ from seqserve.contract import BATCH, TIME
 from seqserve.inference import SequenceOutputs
 from seqserve.oip import grpc_service_pb2 as pb
 from server.batching import WorkItem
+from server.codec import check_sequence_count
 from server.config import ServerConfig
 from server.errors import InvalidInput, LimitExceeded, ModelNotFound, NotReady, excerpt
 from server.metrics import Metrics
@@ -191,7 +192,7 @@ class InferencePlane:
             raise InvalidInput("inputs", "the input 'x' is required")
         x = inputs["x"]  # (B, T, F)
         batch, steps = x.shape[:2]
-        self._check_batch(batch)
+        check_sequence_count(batch, "input 'x' rows", self.config, "no rows: the batch dimension is 0")
         h0, c0 = (self._state(inputs, name, batch) for name in ("h0", "c0"))
         stateful = control is not None or h0 is not None or c0 is not None
         lengths = self._lengths(inputs.get("lengths"), batch, steps, allow_empty=stateful)
@@ -202,13 +203,6 @@ class InferencePlane:
         self._check_answer_size(model, outputs, batch, steps)
         full_length = bool((lengths == steps).all())
         return InferCall(request, model, outputs, x, lengths, h0, c0, control, full_length)
-
-    def _check_batch(self, batch: int) -> None:
-        if batch == 0:
-            raise InvalidInput("input 'x'", "no rows: the batch dimension is 0")
-        if batch > self.config.max_sequences_per_request:
-            raise LimitExceeded("input 'x' rows", batch, self.config.max_sequences_per_request,
-                                "max_sequences_per_request")
 
     def _lengths(self, lengths: np.ndarray | None, batch: int, steps: int, allow_empty: bool) -> np.ndarray:
         """Each row's real steps (B,): as given (within 0..T), or T for every row when absent."""

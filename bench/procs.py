@@ -15,14 +15,16 @@ from bench.common import ROOT
 
 
 class Served:
-    """A server subprocess whose JSON log goes to a file; the port comes from its "serving" line."""
+    """A server subprocess whose JSON log goes to a file; the port comes from its "serving" line.
+
+    `python` runs it from another environment (bench.peers' KServe and MLServer venvs)."""
 
     def __init__(self, name: str, args: list[str], log_dir: Path, timeout: float = 120.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, python: str = sys.executable) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([python, *args], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         self.timeout = timeout
         self.port = 0

@@ -66,6 +66,7 @@ CONCURRENCY = (1, 8, 64)
 BIG_CALL, BIG_CLIENTS = 64, 2  # 64-sequence calls from 2 clients
 ANSWER = ["logits", "probabilities"]
 PROBE_ROUNDS, PROBE_REQUESTS, PROBE_ATOL = 20, 8, 1e-4
+PROBE_TRAFFIC = {"mixed": "half padded by the client, half not", "padded": "every request padded, with lengths"}
 NETNS_ENV = "BENCH_PEERS_NETNS"
 SECTION_START = "<!-- bench.peers: start -->"
 SECTION_END = "<!-- bench.peers: end -->"
@@ -210,22 +211,26 @@ def measure_server(name: str, model: str, payloads: Path, pad_to: int, work_dir:
 
 # --- the correctness probe -------------------------------------------------------------------------
 
-def probe_requests(sequences: list[np.ndarray], round_: int, pad_to: int) -> list[tuple[int, np.ndarray, bool]]:
-    """One round's requests: (sequence index, x (1, T or pad_to, F), send lengths); even ones padded."""
+def probe_requests(sequences: list[np.ndarray], round_: int, pad_to: int,
+                   traffic: str = "mixed") -> list[tuple[int, np.ndarray, bool]]:
+    """One round's requests: (sequence index, x (1, T or pad_to, F), send lengths).
+
+    `mixed`: the even ones padded to `pad_to` with lengths, the odd ones unpadded without;
+    `padded`: every one padded (one shape: the traffic MLServer's batcher can join)."""
     rng = np.random.default_rng(round_)
     picks = rng.choice(len(sequences), PROBE_REQUESTS, replace=False)
     requests = []
     for i, index in enumerate(picks):
         steps = sequences[index]  # (T, F)
-        padded = i % 2 == 0
+        padded = traffic == "padded" or i % 2 == 0
         x = np.pad(steps, ((0, pad_to - len(steps)), (0, 0))) if padded else steps  # (T', F)
         requests.append((int(index), np.ascontiguousarray(x[None], dtype=np.float32), padded))
     return requests
 
 
 async def probe_server(target: str, model: str, sequences: list[np.ndarray], reference: list[np.ndarray],
-                       pad_to: int, rounds: int = PROBE_ROUNDS) -> dict[str, Any]:
-    """Concurrent mixed-length requests, `rounds` times; each answer's logits against `reference`."""
+                       pad_to: int, traffic: str = "mixed", rounds: int = PROBE_ROUNDS) -> dict[str, Any]:
+    """Concurrent requests of `traffic` (see probe_requests), `rounds` times; logits against `reference`."""
     import tritonclient.grpc as tc
     import tritonclient.grpc.aio as tca
 
@@ -243,7 +248,7 @@ async def probe_server(target: str, model: str, sequences: list[np.ndarray], ref
     client = tca.InferenceServerClient(target)
     try:
         for r in range(rounds):
-            requests = probe_requests(sequences, r, pad_to)
+            requests = probe_requests(sequences, r, pad_to, traffic)
             answers = await asyncio.gather(*(one(client, *req) for req in requests), return_exceptions=True)
             wrong = failed = 0
             for (index, _, _), answer in zip(requests, answers):
@@ -317,8 +322,8 @@ def table_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def section(figures: dict[str, dict[str, Any]], rows: list[dict[str, Any]], probes: dict[str, dict[str, Any]],
-            meta: dict[str, Any]) -> str:
+def section(figures: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
+            probes: dict[str, dict[str, dict[str, Any]]], meta: dict[str, Any]) -> str:
     lines = [
         SECTION_START,
         "## Peers: seqserve vs KServe ModelServer and MLServer",
@@ -346,15 +351,18 @@ def section(figures: dict[str, dict[str, Any]], rows: list[dict[str, Any]], prob
                      f"{r['seqs_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
     if probes:
         lines += ["", f"Correctness probe: {PROBE_ROUNDS} rounds of {PROBE_REQUESTS} concurrent one-sequence "
-                  f"requests of mixed lengths (half padded by the client to {meta['pad_to']} steps with lengths, "
-                  f"half unpadded), logits against in-process onnxruntime on the unpadded sequence (max abs "
-                  f"difference <= {PROBE_ATOL:g}).", "",
-                  "| server | requests | wrong answers | failed calls | rounds with a wrong / failed answer "
-                  "| max abs diff (answered) | first failure |", "|---|---|---|---|---|---|---|"]
-        for server, p in probes.items():
-            failure = p["first_failure"].replace("|", "/").replace("\n", " ")[:120]
-            lines.append(f"| {server} | {p['requests']} | {p['wrong']} | {p['failed']} | {p['rounds_with_wrong']} / "
-                         f"{p['rounds_with_failed']} of {p['rounds']} | {p['max_abs_diff']:.1e} | {failure} |")
+                  f"requests of mixed lengths (7-{meta['pad_to']} steps), `mixed`: half padded by the client to "
+                  f"{meta['pad_to']} steps with lengths, half unpadded without; `padded`: all padded, with lengths. "
+                  f"Logits against in-process onnxruntime on the unpadded sequence (max abs difference <= "
+                  f"{PROBE_ATOL:g}).", "",
+                  "| server | traffic | requests | wrong answers | failed calls | rounds with a wrong / failed answer "
+                  "| max abs diff (answered) | first failure |", "|---|---|---|---|---|---|---|---|"]
+        for server, by_traffic in probes.items():
+            for traffic, p in by_traffic.items():
+                failure = p["first_failure"].replace("|", "/").replace("\n", " ")[:120]
+                lines.append(f"| {server} | {traffic} | {p['requests']} | {p['wrong']} | {p['failed']} | "
+                             f"{p['rounds_with_wrong']} / {p['rounds_with_failed']} of {p['rounds']} | "
+                             f"{p['max_abs_diff']:.1e} | {failure} |")
     lines += ["", "![throughput vs concurrency, one line per server and API](peers_throughput.png)"]
     return "\n".join([*lines, "", SECTION_END])
 
@@ -408,17 +416,20 @@ def peer_versions() -> dict[str, str]:
 
 
 def probe_all(servers: tuple[str, ...], model: str, sequences: list[np.ndarray], pad_to: int, work_dir: Path,
-              rounds: int = PROBE_ROUNDS) -> dict[str, dict[str, Any]]:
+              rounds: int = PROBE_ROUNDS) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per server, per traffic (mixed, padded): the probe's counts."""
     reference = reference_logits(model, sequences)
-    probes = {}
+    probes: dict[str, dict[str, dict[str, Any]]] = {}
     for name in servers:
         served = start_server(name, model, work_dir)
         try:
-            probes[name] = asyncio.run(probe_server(served.target, model, sequences, reference, pad_to, rounds))
+            probes[name] = {traffic: asyncio.run(probe_server(served.target, model, sequences, reference, pad_to,
+                                                              traffic, rounds)) for traffic in PROBE_TRAFFIC}
         finally:
             served.stop()
-        print(f"bench.peers: probe {name}: {probes[name]['wrong']} wrong, {probes[name]['failed']} failed of "
-              f"{probes[name]['requests']}", file=sys.stderr, flush=True)
+        for traffic, p in probes[name].items():
+            print(f"bench.peers: probe {name} {traffic}: {p['wrong']} wrong, {p['failed']} failed of {p['requests']}",
+                  file=sys.stderr, flush=True)
     return probes
 
 

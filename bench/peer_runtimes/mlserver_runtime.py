@@ -5,7 +5,8 @@
 (PYTHONPATH = the repository root.) Templates for both settings files are in bench/peer_runtimes/mlserver/;
 bench.peers fills in the ports and the model file. Adaptive batching is on (max_batch_size 64,
 max_batch_time 1 ms): MLServer joins queued requests input by input along axis 0 before `predict`
-and splits the answer back by rows.
+and splits the answer back by rows. `parallel_workers` 0: `predict` runs in the server process (as
+KServe's and seqserve's runs do), faster here than one worker process behind a queue.
 """
 
 from __future__ import annotations

@@ -329,8 +329,8 @@ def section(figures: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
         SECTION_START,
         "## Peers: seqserve vs KServe ModelServer and MLServer",
         "",
-        f"`python -m bench.peers`, {meta['when']} ({meta['wall_s']:.0f} s): model `{meta['model']}`, every server on "
-        f"onnxruntime {meta['onnxruntime']} with {THREADS} intra-op threads and seqserve's session options, one "
+        f"`python -m bench.peers`, {meta['when']} at `{meta.get('commit', '?')}` ({meta['wall_s']:.0f} s): model "
+        f"`{meta['model']}`, every server on onnxruntime {meta['onnxruntime']} with {THREADS} intra-op threads and seqserve's session options, one "
         f"server at a time in a loopback-only network namespace, {meta['rounds']} rounds (server order reversed "
         f"every round) of {meta['warmup_s']:g} s warm-up + {meta['duration_s']:g} s per scenario, median over "
         f"rounds. Load: bench.oip_loadgen (tritonclient.grpc.aio `infer`, logits + probabilities) for every "
@@ -406,6 +406,16 @@ def plot(rows: list[dict[str, Any]], path: Path, model: str) -> None:
 
 
 # --- the run ---------------------------------------------------------------------------------------
+
+def source_commit() -> str:
+    """The commit measured (short hash, "+changes" when server/ or seqserve/ differ from it), or "?"."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "?"
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "server", "seqserve"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+changes" if changed else "")
+
 
 def peer_versions() -> dict[str, str]:
     versions = {}
@@ -487,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     meta = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_s": time.time() - started,
             "model": args.model, "rounds": args.rounds, "warmup_s": args.warmup, "duration_s": args.duration,
-            "pad_to": pad_to, "threads": THREADS, "onnxruntime": machine["onnxruntime"], "versions": peer_versions()}
+            "pad_to": pad_to, "threads": THREADS, "commit": source_commit(), "onnxruntime": machine["onnxruntime"],
+            "versions": peer_versions()}
     write_json(args.json, {"figures": figures, "table": rows, "probes": probes, "results": results, "meta": meta,
                            "machine": machine})
     plot(rows, args.plot, args.model)

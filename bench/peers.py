@@ -330,8 +330,8 @@ def section(figures: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
         "## Peers: seqserve vs KServe ModelServer and MLServer",
         "",
         f"`python -m bench.peers`, {meta['when']} at `{meta.get('commit', '?')}` ({meta['wall_s']:.0f} s): model "
-        f"`{meta['model']}`, every server on onnxruntime {meta['onnxruntime']} with {THREADS} intra-op threads and seqserve's session options, one "
-        f"server at a time in a loopback-only network namespace, {meta['rounds']} rounds (server order reversed "
+        f"`{meta['model']}`, every server on onnxruntime {meta['onnxruntime']} with {THREADS} intra-op threads and "
+        f"seqserve's session options, one server at a time in a loopback-only network namespace, {meta['rounds']} rounds (server order reversed "
         f"every round) of {meta['warmup_s']:g} s warm-up + {meta['duration_s']:g} s per scenario, median over "
         f"rounds. Load: bench.oip_loadgen (tritonclient.grpc.aio `infer`, logits + probabilities) for every "
         f"server; seqserve's own API through bench.loadgen. KServe {meta['versions'].get('kserve', '?')}: "

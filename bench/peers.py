@@ -331,12 +331,13 @@ def section(figures: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
         "",
         f"`python -m bench.peers`, {meta['when']} at `{meta.get('commit', '?')}` ({meta['wall_s']:.0f} s): model "
         f"`{meta['model']}`, every server on onnxruntime {meta['onnxruntime']} with {THREADS} intra-op threads and "
-        f"seqserve's session options, one server at a time in a loopback-only network namespace, {meta['rounds']} rounds (server order reversed "
-        f"every round) of {meta['warmup_s']:g} s warm-up + {meta['duration_s']:g} s per scenario, median over "
-        f"rounds. Load: bench.oip_loadgen (tritonclient.grpc.aio `infer`, logits + probabilities) for every "
-        f"server; seqserve's own API through bench.loadgen. KServe {meta['versions'].get('kserve', '?')}: "
-        f"synchronous `predict`, no batching. MLServer {meta['versions'].get('mlserver', '?')}: adaptive batching "
-        f"(64 / 1 ms), `parallel_workers` 0; its requests padded to {meta['pad_to']} steps with lengths (its batcher "
+        f"seqserve's session options, one server at a time in a loopback-only network namespace, "
+        f"{meta['rounds']} rounds (server order reversed every round) of {meta['warmup_s']:g} s warm-up + "
+        f"{meta['duration_s']:g} s per scenario, median over rounds. Load: bench.oip_loadgen "
+        f"(tritonclient.grpc.aio `infer`, logits + probabilities) for every server; seqserve's own API through "
+        f"bench.loadgen. KServe {meta['versions'].get('kserve', '?')}: synchronous `predict`, no batching. "
+        f"MLServer {meta['versions'].get('mlserver', '?')}: adaptive batching (64 / 1 ms), `parallel_workers` 0; "
+        f"its requests padded to {meta['pad_to']} steps with lengths (its batcher "
         "joins requests of one shape only).",
         "",
         "| figure | value | goal | met | what |",

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("unary", "stream"), default="unary", help="load generator call type")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent callers")
     parser.add_argument("--per-call", type=int, default=1, help="sequences per call")
+    parser.add_argument("--packed", action="store_true", help="send the calls in Encode's packed form")
     parser.add_argument("--seconds", type=float, default=8.0, help="how long to sample")
     parser.add_argument("--model", default="jv_bilstm_attn", help="model to call")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench", help="where PROFILE.md goes")
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = {"payloads": str(payloads), "scenarios": [{
                 "label": "profile", "server": "server", "target": server.target, "pid": server.pid,
                 "model": args.model, "mode": args.mode, "concurrency": args.concurrency, "per_call": args.per_call,
-                "warmup_s": warmup, "duration_s": args.seconds + 1.0}]}
+                "packed": args.packed, "warmup_s": warmup, "duration_s": args.seconds + 1.0}]}
             (work / "plan.json").write_text(json.dumps(plan))
             loadgen = subprocess.Popen([sys.executable, "-m", "bench.loadgen", "--plan", str(work / "plan.json"),
                                         "--out", str(work / "load.json")], cwd=ROOT,
@@ -193,8 +194,8 @@ def render(args, names, before, after, elapsed, rows, load, metrics) -> str:
     lines = [
         "# Server profile under load",
         "",
-        f"`python -m bench.profile --mode {args.mode} --concurrency {args.concurrency} --per-call {args.per_call}`"
-        f"{' --what-if-no-spin' if args.what_if_no_spin else ''}"
+        f"`python -m bench.profile --mode {args.mode} --concurrency {args.concurrency} --per-call {args.per_call}"
+        f"{' --packed' if args.packed else ''}`{' --what-if-no-spin' if args.what_if_no_spin else ''}"
         f"{' -- ' + ' '.join(args.server_flags) if args.server_flags else ''}: model `{args.model}`, "
         f"{load['calls_per_s']:.0f} calls/s ({load['seqs_per_s']:.0f} seq/s) while sampled"
         f"{'' if args.no_stacks else ' (py-spy stops the server ~200 times/s: it slows it)'}, p50 {load['p50_ms']:.1f} ms; load average {os.getloadavg()[0]:.1f}.",

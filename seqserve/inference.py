@@ -58,14 +58,27 @@ def pad(sequences: Sequence[np.ndarray], features: int) -> tuple[np.ndarray, np.
 
 def pad_packed(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sequences already packed end to end, steps (sum T_i, F) + lengths (B,), as x (B, T_max, F)."""
+    return pad_rows(steps, np.cumsum(lengths) - lengths, lengths)
+
+
+def pad_rows(steps: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sequences that start at `starts` (B,) in a packed steps array (N, F), `lengths` (B,) long,
+    as one right-padded x (B, T_max, F): one gather, whatever the number of sequences."""
     B, F = len(lengths), steps.shape[1]
     T = max(1, int(lengths.max(initial=0)))  # a batch of empty chunks still runs one (padded) step
     x = np.zeros((B, T, F), dtype=np.float32)  # (B, T, F)
-    if len(steps):
-        starts = np.cumsum(lengths) - lengths  # (B,) where each sequence begins in `steps`
-        rows = np.repeat(np.arange(B) * T - starts, lengths) + np.arange(len(steps))  # (N,) row in x's (B*T, F) view
-        x.reshape(B * T, F)[rows] = steps
+    packed_at, padded_at = step_rows(starts, lengths, T)
+    x.reshape(B * T, F)[padded_at] = steps[packed_at]
     return x, lengths.astype(np.int64, copy=False)
+
+
+def step_rows(starts: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where every real step of B sequences lives: its row in a packed array (the sequences start at
+    `starts` (B,)) and in a padded batch's (B * width, ...) view. Two (sum T_i,) index arrays."""
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,) step in its sequence
+    packed_at = np.repeat(starts, lengths) + within  # (N,)
+    padded_at = np.repeat(np.arange(len(lengths)) * width, lengths) + within  # (N,)
+    return packed_at, padded_at
 
 
 def stack_states(states: Sequence[np.ndarray | None], layers: int, hidden: int) -> np.ndarray:
@@ -167,16 +180,71 @@ def _rows(name: str, value: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]
     return list(value)  # (...) each
 
 
-def packed(outputs: dict[str, np.ndarray], lengths: np.ndarray) -> dict[str, np.ndarray]:
-    """Batch outputs as contiguous arrays with the batch first and padding dropped: per-step outputs
-    (sum T_i, ...) end to end, states (B, L*D, H), the rest (B, ...)."""
-    result = {}
-    for name, value in outputs.items():
-        if name in PER_STEP:
-            real = np.arange(value.shape[1]) < lengths[:, None]  # (B, T): True on real steps
-            result[name] = value[real]  # (sum T_i, ...)
-        elif name in PER_STATE:
-            result[name] = np.ascontiguousarray(value.transpose(1, 0, 2))  # (B, L*D, H)
-        else:
-            result[name] = value  # (B, ...)
-    return result
+@dataclass(frozen=True)
+class Packed:
+    """Sequences end to end: steps (sum T_i, F) float32 and lengths (B,) int64, and for streaming models
+    their initial states (L, B, H) (None: zeros). The form the batcher queues and the packed API carries."""
+
+    steps: np.ndarray  # (N, F)
+    lengths: np.ndarray  # (B,)
+    h0: np.ndarray | None = None  # (L, B, H)
+    c0: np.ndarray | None = None  # (L, B, H)
+
+    @classmethod
+    def of(cls, sequences: Sequence[np.ndarray], features: int, h0: np.ndarray | None = None,
+           c0: np.ndarray | None = None) -> Packed:
+        """(T_i, F) sequences joined end to end (one copy)."""
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))  # (B,)
+        steps = np.concatenate(sequences) if len(sequences) > 1 else (
+            sequences[0] if sequences else np.zeros((0, features), np.float32))  # (N, F)
+        return cls(steps, lengths, h0, c0)
+
+    @classmethod
+    def one(cls, steps: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray | None = None) -> Packed:
+        """A single (T, F) sequence, with its initial states (L, H) if it has any."""
+        h0, c0 = (None if state is None else state[:, None] for state in (h0, c0))  # (L, 1, H)
+        return cls(steps, np.array([len(steps)], dtype=np.int64), h0, c0)
+
+    @classmethod
+    def from_padded(cls, x: np.ndarray, lengths: np.ndarray, h0: np.ndarray | None = None,
+                    c0: np.ndarray | None = None) -> Packed:
+        """A right-padded x (B, T, F) without its padding (no copy when every row is T long)."""
+        B, T, F = x.shape
+        steps = x.reshape(B * T, F) if (lengths == T).all() else x[np.arange(T) < lengths[:, None]]  # (N, F)
+        return cls(steps, lengths, h0, c0)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Where each sequence begins in `steps` (B,)."""
+        return np.cumsum(self.lengths) - self.lengths
+
+
+@dataclass(frozen=True)
+class PackedOutputs:
+    """Answers for packed sequences, batch first and padding dropped: per-step outputs (sum T_i, ...) end
+    to end, states (B, L*D, H), the rest (B, ...), plus `probabilities` (B, C)."""
+
+    arrays: dict[str, np.ndarray]
+    lengths: np.ndarray  # (B,)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sequence(self, i: int) -> SequenceOutputs:
+        """Sequence i's own answers (views)."""
+        start = int(self.lengths[:i].sum())
+        end = start + int(self.lengths[i])
+        return {name: value[start:end] if name in PER_STEP else value[i] for name, value in self.arrays.items()}
+
+    def padded(self, name: str, width: int | None = None) -> np.ndarray:
+        """A per-step output as a right-padded batch (B, width, ...) (default width: the longest
+        sequence), zeros on padding."""
+        value = self.arrays[name]  # (N, ...)
+        B, T = len(self.lengths), width or max(1, int(self.lengths.max(initial=0)))
+        batch = np.zeros((B, T, *value.shape[1:]), dtype=value.dtype)  # (B, T, ...)
+        packed_at, padded_at = step_rows(np.cumsum(self.lengths) - self.lengths, self.lengths, T)
+        batch.reshape(B * T, *value.shape[1:])[padded_at] = value[packed_at]
+        return batch

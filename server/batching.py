@@ -1,15 +1,18 @@
-"""Dynamic batching: concurrent sequences for one model version run as one padded onnxruntime batch.
+"""Dynamic batching: concurrent requests for one model version run as padded onnxruntime batches.
 
-Each sequence is a `WorkItem`. A `Batcher` takes whatever is queued (up to max_batch_size,
-waiting up to max_queue_delay_ms for more), drops items whose caller has gone, groups the rest
-by length so padding stays small, runs each group in the inference thread pool and hands every
-item its own slice of the results. With batching off, each item runs alone through the same
-code, so results are identical either way.
+Each request's sequences arrive packed end to end (`Packed`) as one `Job`. A `Batcher` takes the
+jobs that are queued (up to max_batch_size sequences, waiting up to max_queue_delay_ms for more),
+drops jobs whose caller has gone, and runs their sequences as a `Round`: grouped by length so
+padding stays small, each group padded with one gather and run in the inference thread pool, its
+outputs scattered into the round's packed answer arrays with one index assignment per output. A job
+is answered with views into those arrays as soon as its last sequence has run. Nothing loops over
+sequences in Python. With batching off, each sequence runs alone through the same code, so results
+are identical either way.
 
 Failure stays small: the queue is bounded (max_queued_sequences; more is refused at once with
 RESOURCE_EXHAUSTED), a batch that fails at run time is retried one sequence at a time so only the
-culprit fails, and if the batcher's loop itself dies, its queued work fails UNAVAILABLE, later work
-is refused, and `on_failure` tells the registry (health turns NOT_SERVING for the model).
+culprit's request fails, and if the batcher's loop itself dies, its queued work fails UNAVAILABLE,
+later work is refused, and `on_failure` tells the registry (health turns NOT_SERVING for the model).
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from seqserve.inference import (
-    Batch, SequenceOutputs, length_groups, pad, per_sequence, stack_states, with_probabilities,
+    PER_STATE, PER_STEP, Batch, Packed, PackedOutputs, length_groups, pad_rows, step_rows, with_probabilities,
 )
 from server.errors import LimitExceeded, NotReady
 from server.metrics import ModelMetrics
@@ -42,6 +45,10 @@ class BatchPolicy:
     max_queue_delay_ms: float = 0.0  # extra wait for a batch to fill after an idle spell; 0 = take what is queued
     padding_waste: float = 0.5  # split a batch by length when padding exceeds this fraction of real steps
     max_queued: int = 8192  # sequences waiting; beyond it new work is refused (RESOURCE_EXHAUSTED)
+    # Batches run at once (each in its own inference thread). On a few cores, two one-thread runs side by
+    # side beat one two-thread run: the recurrent kernels sync their threads every step, and a busy core
+    # (the event loop, a client) stalls every sync (bench: 2.3 ms -> 14 ms per batch with one core busy).
+    concurrent_batches: int = 1
     # A lone sequence whose run is expected to take at most this long runs on the event loop (0 = never),
     # skipping two thread hops; the expectation is this model's measured time per padded step x its length.
     inline_max_ms: float = 0.0
@@ -52,70 +59,103 @@ class BatchPolicy:
 
 
 class Job:
-    """The sequences of one request: one future, resolved when the last of them is done."""
+    """One request's sequences; its future gets their answers (PackedOutputs, in request order)."""
 
-    after_idle: float = 0.0  # how long the batcher had been idle when this job arrived
+    def __init__(self, sequences: Packed, after_idle: float = 0.0) -> None:
+        self.sequences = sequences
+        self.after_idle = after_idle  # how long the batcher had been idle when this job arrived
+        self.enqueued_at = time.perf_counter()
+        self.future: asyncio.Future[PackedOutputs] = asyncio.get_running_loop().create_future()
 
-    def __init__(self, count: int) -> None:
-        self.future: asyncio.Future[list[SequenceOutputs]] = asyncio.get_running_loop().create_future()
-        self.results: list[SequenceOutputs | None] = [None] * count
-        self.pending = count
+    def __len__(self) -> int:
+        return len(self.sequences)
 
     @property
     def gone(self) -> bool:
         """Answered, failed or cancelled by its caller: nothing more to compute."""
         return self.future.done()
 
-    def deliver(self, index: int, result: SequenceOutputs) -> None:
-        self.results[index] = result
-        self.pending -= 1
-        if self.pending == 0 and not self.future.done():
-            self.future.set_result(self.results)
+    def deliver(self, answers: PackedOutputs) -> None:
+        if not self.future.done():
+            self.future.set_result(answers)
 
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
 
 
-@dataclass(eq=False, slots=True)
-class WorkItem:
-    steps: np.ndarray  # (T, F) float32
-    h0: np.ndarray | None = None  # (L, H) initial state, streaming models
-    c0: np.ndarray | None = None  # (L, H)
-    job: Job | None = None
-    index: int = 0  # position in its job
-    enqueued_at: float = field(default_factory=time.perf_counter)
+class Round:
+    """The jobs one collection took from the queue: their sequences packed end to end (B in all), and
+    the packed answer arrays their groups' outputs are scattered into."""
 
-    @property
-    def length(self) -> int:
-        return self.steps.shape[0]
+    def __init__(self, runtime: ModelRuntime, jobs: Sequence[Job]) -> None:
+        self.runtime = runtime
+        self.jobs = list(jobs)
+        sizes = np.fromiter((len(j) for j in jobs), dtype=np.int64, count=len(jobs))  # (J,)
+        self.lengths = np.concatenate([j.sequences.lengths for j in jobs])  # (B,)
+        self.steps = (jobs[0].sequences.steps if len(jobs) == 1
+                      else np.concatenate([j.sequences.steps for j in jobs]))  # (N, F)
+        self.starts = np.cumsum(self.lengths) - self.lengths  # (B,) where each sequence begins in `steps`
+        self.job_of = np.repeat(np.arange(len(jobs)), sizes)  # (B,) which job each sequence belongs to
+        self.first = np.cumsum(sizes) - sizes  # (J,) each job's first sequence
+        self.unanswered = sizes.copy()  # (J,) sequences of each job not run yet
+        self.h0, self.c0 = self._states("h0"), self._states("c0") if runtime.arch.has_cell_state else None
+        self.answers: dict[str, np.ndarray] = {}  # output -> (N, ...) per step, (B, ...) per sequence
 
+    def _states(self, name: str) -> np.ndarray | None:
+        """The jobs' initial states side by side (L, B, H), zeros where a job gives none."""
+        if not self.runtime.arch.streaming or all(getattr(j.sequences, name) is None for j in self.jobs):
+            return None
+        arch = self.runtime.arch
+        return np.concatenate([getattr(j.sequences, name) if getattr(j.sequences, name) is not None
+                               else np.zeros((arch.num_layers, len(j), arch.hidden_size), np.float32)
+                               for j in self.jobs], axis=1)  # (L, B, H)
 
-def batch_of(runtime: ModelRuntime, items: Sequence[WorkItem]) -> Batch:
-    """Items as one right-padded batch: x (B, T, F), lengths (B,), h0/c0 (L, B, H) for streaming models."""
-    x, lengths = pad([it.steps for it in items], runtime.arch.input_size)  # (B, T, F), (B,)
-    if not runtime.arch.streaming:
-        return Batch(x, lengths)
-    layers, hidden = runtime.arch.num_layers, runtime.arch.hidden_size
-    h0 = stack_states([it.h0 for it in items], layers, hidden)  # (L, B, H)
-    c0 = stack_states([it.c0 for it in items], layers, hidden) if runtime.arch.has_cell_state else None
-    return Batch(x, lengths, h0, c0)
+    def groups(self, max_size: int, max_waste: float) -> list[np.ndarray]:
+        """The round's sequences (indices) in runs of similar length, shortest first."""
+        return length_groups(self.lengths, max_size=max_size, max_waste=max_waste)
 
+    def run(self, group: np.ndarray) -> None:
+        """Run one group as a padded batch (in the inference thread pool) and keep its answers."""
+        x, lengths = pad_rows(self.steps, self.starts[group], self.lengths[group])  # (G, T, F), (G,)
+        h0 = None if self.h0 is None else self.h0[:, group]  # (L, G, H)
+        c0 = None if self.c0 is None else self.c0[:, group]
+        self._store(group, with_probabilities(self.runtime.run(Batch(x, lengths, h0, c0))), x.shape[1])
 
-def run_items(runtime: ModelRuntime, items: Sequence[WorkItem]) -> list[SequenceOutputs]:
-    """Run items as one padded batch (called in the inference thread pool); each gets its own views."""
-    batch = batch_of(runtime, items)
-    return per_sequence(with_probabilities(runtime.run(batch)), batch.lengths)
+    def _store(self, group: np.ndarray, outputs: dict[str, np.ndarray], width: int) -> None:
+        """Scatter a group's batch outputs into the round's packed answers."""
+        packed_at, padded_at = step_rows(self.starts[group], self.lengths[group], width)
+        for name, value in outputs.items():
+            if name in PER_STEP:  # (G, T, ...) -> rows of (N, ...)
+                rows = value.reshape(-1, *value.shape[2:])[padded_at]
+                self._answer(name, len(self.steps), value.shape[2:], value.dtype)[packed_at] = rows
+            elif name in PER_STATE:  # (L*D, G, H) -> (B, L*D, H)
+                self._answer(name, len(self.lengths), value.shape[::2], value.dtype)[group] = value.transpose(1, 0, 2)
+            else:  # (G, ...) -> (B, ...)
+                self._answer(name, len(self.lengths), value.shape[1:], value.dtype)[group] = value
 
+    def _answer(self, name: str, rows: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        if name not in self.answers:
+            self.answers[name] = np.empty((rows, *shape), dtype=dtype)
+        return self.answers[name]
 
-def group_by_length(items: Sequence[WorkItem], max_waste: float) -> list[list[WorkItem]]:
-    """Items grouped by the core's one policy (seqserve.inference.length_groups), shortest first."""
-    lengths = np.fromiter((it.length for it in items), dtype=np.int64, count=len(items))  # (B,)
-    return [[items[i] for i in group.tolist()] for group in length_groups(lengths, max_waste=max_waste)]
+    def finished(self, group: np.ndarray) -> list[int]:
+        """Count `group` as run; the jobs (indices) whose last sequence it was."""
+        ran = np.bincount(self.job_of[group], minlength=len(self.jobs))  # (J,)
+        self.unanswered -= ran
+        return np.flatnonzero((self.unanswered == 0) & (ran > 0)).tolist()
+
+    def answers_of(self, j: int) -> PackedOutputs:
+        """Job j's answers: views into the round's arrays."""
+        first, count = int(self.first[j]), len(self.jobs[j])
+        step0 = int(self.starts[first]) if count else 0
+        steps = int(self.lengths[first:first + count].sum())
+        return PackedOutputs({name: value[step0:step0 + steps] if name in PER_STEP else value[first:first + count]
+                              for name, value in self.answers.items()}, self.lengths[first:first + count])
 
 
 class Batcher:
-    """Queues work for one model version and runs it in batches, one batch in flight at a time."""
+    """Queues work for one model version and runs it in batches, up to `concurrent_batches` at a time."""
 
     def __init__(self, runtime: ModelRuntime, executor: Executor, metrics: ModelMetrics, policy: BatchPolicy) -> None:
         self.runtime = runtime
@@ -125,16 +165,17 @@ class Batcher:
         self.max_delay = policy.max_queue_delay_ms / 1000.0 if policy.enabled else 0.0
         self.max_waste = policy.padding_waste
         self.max_queued = policy.max_queued
+        self.concurrent_batches = max(1, policy.concurrent_batches)
         self.inline_max = policy.inline_max_ms / 1000.0
         self.inline_min_idle = policy.inline_min_idle_ms / 1000.0
         self.on_failure: Callable[[BaseException], None] = lambda exc: None
         self.failure: BaseException | None = None  # why the loop died, once it has
         self._seconds_per_step: float | None = None  # measured run time per padded step (moving average)
         self._queued = 0  # sequences in the queue
-        self._in_hand: list[WorkItem] = []  # taken from the queue, not yet answered
+        self._in_hand: set[Job] = set()  # taken from the queue, not yet answered
         self._open_jobs = 0  # requests queued or running
         self._idle_since = 0.0  # when the last open request finished
-        self._queue: asyncio.Queue[WorkItem | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._running = asyncio.Event()  # cleared by hold(): the queue fills, nothing runs
         self._running.set()
@@ -151,12 +192,12 @@ class Batcher:
         log.error("batcher died", extra={"model": self.runtime.name, "version": self.runtime.number,
                                          "error": repr(self.failure)})
         while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not None:
-                self._in_hand.append(item)
-        for item in self._in_hand:
-            item.job.fail(self._not_ready())
-        self._in_hand, self._queued = [], 0
+            job = self._queue.get_nowait()
+            if job is not None:
+                self._in_hand.add(job)
+        for job in self._in_hand:
+            job.fail(self._not_ready())
+        self._in_hand, self._queued = set(), 0
         self.on_failure(self.failure)
 
     def _not_ready(self) -> NotReady:
@@ -182,42 +223,40 @@ class Batcher:
         """Requests queued or running."""
         return self._open_jobs
 
-    def enqueue(self, items: Sequence[WorkItem]) -> Job:
-        """Queue items; the job's future gets their results in order (cancel it to withdraw them).
+    def enqueue(self, sequences: Packed) -> Job:
+        """Queue a request's sequences; the job's future gets their answers (cancel it to withdraw them).
 
-        Raises NotReady once the loop has died, LimitExceeded when the queue cannot take the items.
+        Raises NotReady once the loop has died, LimitExceeded when the queue cannot take the sequences.
         """
         if self.failure is not None:
             raise self._not_ready()
-        if self._queued + len(items) > self.max_queued:
-            raise LimitExceeded("queued sequences", self._queued + len(items), self.max_queued,
+        if self._queued + len(sequences) > self.max_queued:
+            raise LimitExceeded("queued sequences", self._queued + len(sequences), self.max_queued,
                                 "max_queued_sequences")
-        self._queued += len(items)
-        job = Job(len(items))
-        job.after_idle = self._idle_gap()
+        self._queued += len(sequences)
+        job = Job(sequences, after_idle=self._idle_gap())
         self._open_jobs += 1
         job.future.add_done_callback(self._job_done)
-        for index, it in enumerate(items):
-            it.job, it.index = job, index
-            self._queue.put_nowait(it)
+        self._queue.put_nowait(job)
         return job
 
-    async def submit(self, items: Sequence[WorkItem]) -> list[SequenceOutputs]:
-        """Queue items and wait for their results, in order; cancelling the caller withdraws them."""
-        job = self.enqueue(items)
+    async def submit(self, sequences: Packed) -> PackedOutputs:
+        """Queue sequences and wait for their answers; cancelling the caller withdraws them."""
+        job = self.enqueue(sequences)
         try:
             return await job.future
         except asyncio.CancelledError:
             job.future.cancel()
             raise
 
-    async def _collect(self, first: WorkItem) -> tuple[list[WorkItem], bool]:
-        """Gather up to max_batch_size items (into `_in_hand`); returns (items, stop requested)."""
-        items = self._in_hand
+    async def _collect(self, first: Job) -> tuple[list[Job], bool]:
+        """Gather jobs up to max_batch_size sequences (each into `_in_hand`); returns (jobs, stop requested)."""
+        jobs = [first]
+        taken = len(first)
         # Waiting for more only pays under load; a request after an idle spell runs at once.
-        delay = self.max_delay if first.job.after_idle < self.inline_min_idle else 0.0
+        delay = self.max_delay if first.after_idle < self.inline_min_idle else 0.0
         deadline = time.perf_counter() + delay
-        while len(items) < self.max_batch_size:
+        while taken < self.max_batch_size:
             if self._queue.empty():
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -229,10 +268,12 @@ class Batcher:
             else:
                 nxt = self._queue.get_nowait()
             if nxt is None:
-                return items, True
-            self._queued -= 1
-            items.append(nxt)
-        return items, False
+                return jobs, True
+            self._queued -= len(nxt)
+            self._in_hand.add(nxt)
+            jobs.append(nxt)
+            taken += len(nxt)
+        return jobs, False
 
     def _job_done(self, _: asyncio.Future) -> None:
         self._open_jobs -= 1
@@ -243,26 +284,25 @@ class Batcher:
         """Seconds the batcher had no open request before now (0 while busy)."""
         return 0.0 if self._open_jobs else time.perf_counter() - self._idle_since
 
-    def _runs_inline(self, group: list[WorkItem]) -> bool:
+    def _runs_inline(self, work: Round, group: np.ndarray) -> bool:
         """A lone caller's short sequence runs on the event loop: no thread hops, nothing to wait for.
 
         Only after the batcher sat idle: under load the loop must stay free to read the next
         requests (which then gather into batches), and a request that follows the previous one's
         answer within inline_min_idle is load, not a lone caller.
         """
-        it = group[0]
-        return (len(group) == 1 and self._open_jobs == 1 and it.job.after_idle >= self.inline_min_idle
+        return (len(group) == 1 and self._open_jobs == 1 and work.jobs[0].after_idle >= self.inline_min_idle
                 and self._seconds_per_step is not None
-                and max(1, it.length) * self._seconds_per_step <= self.inline_max)
+                and max(1, int(work.lengths[group[0]])) * self._seconds_per_step <= self.inline_max)
 
-    async def _run_group(self, group: list[WorkItem]) -> list[SequenceOutputs]:
+    async def _run_group(self, work: Round, group: np.ndarray) -> None:
         started = time.perf_counter()
-        if self._runs_inline(group):
-            results = run_items(self.runtime, group)
+        if self._runs_inline(work, group):
+            work.run(group)
         else:
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, run_items, self.runtime, group)
-        self._measure(len(group) * max(1, max(it.length for it in group)), time.perf_counter() - started)
-        return results
+            await asyncio.get_running_loop().run_in_executor(self.executor, work.run, group)
+        padded_steps = len(group) * max(1, int(work.lengths[group].max()))
+        self._measure(padded_steps, time.perf_counter() - started)
 
     def _measure(self, padded_steps: int, seconds: float) -> None:
         """Fold one run into the moving average of seconds per padded step."""
@@ -270,44 +310,75 @@ class Batcher:
         previous = self._seconds_per_step
         self._seconds_per_step = rate if previous is None else 0.8 * previous + 0.2 * rate
 
-    async def _run_alone(self, group: list[WorkItem], failure: Exception) -> None:
-        """After `group` failed as one batch: run its sequences one by one, so only the culprits fail."""
+    async def _run_alone(self, work: Round, group: np.ndarray, failure: Exception) -> None:
+        """After `group` failed as one batch: run its sequences one by one, so only the culprits' jobs fail."""
         if len(group) == 1:
-            group[0].job.fail(failure)
+            work.jobs[work.job_of[group[0]]].fail(failure)
             return
-        for it in group:
-            if it.job.gone:
+        for i, index in enumerate(group.tolist()):
+            job = work.jobs[work.job_of[index]]
+            if job.gone:
                 continue
             try:
-                [result] = await self._run_group([it])
+                await self._run_group(work, group[i:i + 1])
             except Exception as exc:
-                it.job.fail(exc)
-            else:
-                it.job.deliver(it.index, result)
+                job.fail(exc)
+
+    def _answer(self, work: Round, group: np.ndarray) -> None:
+        """Hand every job whose last sequence was in `group` its answers."""
+        for j in work.finished(group):
+            work.jobs[j].deliver(work.answers_of(j))
 
     async def _loop(self) -> None:
+        """Take what is queued whenever a batch slot is free, and run it as a round beside the others."""
+        running: set[asyncio.Task] = set()
         stopping = False
         while not stopping:
+            if len(running) >= self.concurrent_batches:
+                await self._reap(running, asyncio.FIRST_COMPLETED)
             first = await self._queue.get()
             await self._running.wait()
             if first is None:
                 break
-            self._queued -= 1
-            self._in_hand = [first]
-            items, stopping = await self._collect(first)
-            live = [it for it in items if not it.job.gone]  # cancelled callers leave cleanly
-            for group in group_by_length(live, self.max_waste):
-                started = time.perf_counter()
-                waited = [started - it.enqueued_at for it in group]
-                try:
-                    results = await self._run_group(group)
-                except Exception as exc:
-                    log.warning("batch failed; retrying its sequences one by one",
-                                extra={"model": self.runtime.name, "sequences": len(group), "error": repr(exc)})
-                    await self._run_alone(group, exc)
-                    continue
-                self.metrics.observe_batch(waited, time.perf_counter() - started)
-                for it, result in zip(group, results):
-                    if not it.job.gone:
-                        it.job.deliver(it.index, result)
-            self._in_hand = []
+            self._queued -= len(first)
+            self._in_hand.add(first)
+            jobs, stopping = await self._collect(first)
+            live = [job for job in jobs if not job.gone]  # cancelled callers leave cleanly
+            self._in_hand.difference_update(job for job in jobs if job.gone)
+            if live:
+                running.add(asyncio.create_task(self._run_round(Round(self.runtime, live))))
+        await self._reap(running, asyncio.ALL_COMPLETED)
+
+    @staticmethod
+    async def _reap(running: set[asyncio.Task], when: str) -> None:
+        """Wait for rounds to end; a round that died re-raises here, and so ends the loop."""
+        if not running:
+            return
+        done, _ = await asyncio.wait(running, return_when=when)
+        running.difference_update(done)
+        for task in done:
+            task.result()
+
+    async def _run_round(self, work: Round) -> None:
+        try:
+            await self._run_groups(work)
+        except BaseException:
+            for job in work.jobs:  # never left waiting, whatever went wrong
+                job.fail(self._not_ready())
+            raise
+        finally:
+            self._in_hand.difference_update(work.jobs)
+
+    async def _run_groups(self, work: Round) -> None:
+        enqueued = np.array([job.enqueued_at for job in work.jobs])[work.job_of]  # (B,)
+        for group in work.groups(self.max_batch_size, self.max_waste):
+            started = time.perf_counter()
+            try:
+                await self._run_group(work, group)
+            except Exception as exc:
+                log.warning("batch failed; retrying its sequences one by one",
+                            extra={"model": self.runtime.name, "sequences": len(group), "error": repr(exc)})
+                await self._run_alone(work, group, exc)
+            else:
+                self.metrics.observe_batch((started - enqueued[group]).tolist(), time.perf_counter() - started)
+            self._answer(work, group)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqserve.contract import Architecture
+from seqserve.inference import SequenceOutputs
 from seqserve.tensors import TensorDecodeError, from_tensor, to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
-from server.batching import SequenceOutputs
 from server.config import ServerConfig
 from server.errors import InvalidInput, LimitExceeded, excerpt
 

@@ -23,6 +23,7 @@ class ServerConfig:
     single_thread_below: int = 16  # batches of fewer sequences run on a one-thread session (0: never)
     batching: bool = True  # dynamic batching of concurrent requests
     max_batch_size: int = 64  # sequences per onnxruntime run
+    concurrent_batches: int = 1  # onnxruntime runs at once, each in its own inference thread (see BatchPolicy)
     max_queue_delay_ms: float = 0.0  # extra wait to fill a batch; 0 = take what is queued
     inline_max_ms: float = 0.5  # a lone sequence expected to run this fast runs on the event loop (0 = never)
     inline_min_idle_ms: float = 0.2  # see BatchPolicy
@@ -60,7 +61,8 @@ class ServerConfig:
     @property
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(self.batching, self.max_batch_size, self.max_queue_delay_ms, self.padding_waste,
-                           self.max_queued_sequences, self.inline_max_ms, self.inline_min_idle_ms)
+                           self.max_queued_sequences, self.concurrent_batches, self.inline_max_ms,
+                           self.inline_min_idle_ms)
 
     @property
     def threads(self) -> int:
@@ -79,6 +81,8 @@ _HELP = {
     "ort_spinning": "let onnxruntime's idle pool threads spin-wait (faster wake-up, burns CPU between runs)",
     "batching": "gather concurrent requests into one onnxruntime run",
     "max_batch_size": "most sequences in one onnxruntime run",
+    "concurrent_batches": "onnxruntime runs at once, each in its own inference thread (with --intra-op-threads, "
+                          "at most the cores: side-by-side one-thread runs never stall on a busy core)",
     "max_queue_delay_ms": "how long a request may wait for others to fill its batch",
     "inline_max_ms": "run a lone sequence on the event loop (skipping two thread hops) when its expected run "
                      "time, from this model's measured time per step, is at most this",

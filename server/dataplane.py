@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqserve.contract import Architecture
+from seqserve.inference import Packed, PackedOutputs, SequenceOutputs
 from seqserve.metadata import ParitySummary
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
-from server.batching import Job, SequenceOutputs, WorkItem
+from server.batching import Job
 from server.codec import (
     MAX_STEPS_SEEN, AnswerSize, check_sequence_count, check_state_origin, check_steps_seen, check_version, check_steps_shape, decode_outputs,
     decode_state, decode_steps, encode_result,
@@ -88,12 +89,11 @@ class DataPlane:
         size = estimate.encode_response(lengths, (len(i.encode()) for i in ids))
         estimate.check(size, self.config.max_message_bytes,
                        f"send fewer sequences per call (this one has {len(lengths)})")
-        items = [WorkItem(steps) for steps in decode()]
-        return PendingEncode(request, model, outputs, ids, model.batcher.enqueue(items))
+        return PendingEncode(request, model, outputs, ids, model.batcher.enqueue(decode()))
 
     def _sequences_of(
         self, request: pb.EncodeRequest, arch: Architecture,
-    ) -> tuple[list[int], list[str], Callable[[], list[np.ndarray]]]:
+    ) -> tuple[list[int], list[str], Callable[[], Packed]]:
         """A request's sequence lengths and ids, checked against the limits from the declared shapes
         alone, and how to decode the sequences themselves (done once the answer's size is known to fit)."""
         if request.HasField("packed"):
@@ -105,8 +105,9 @@ class DataPlane:
         fields = [f"sequences[{i}].steps" for i in range(len(request.sequences))]
         lengths = [check_steps_shape(seq.steps, field, arch, self.config)
                    for seq, field in zip(request.sequences, fields)]
-        return lengths, [seq.id for seq in request.sequences], lambda: [
-            decode_steps(seq.steps, field, arch, self.config) for seq, field in zip(request.sequences, fields)]
+        return lengths, [seq.id for seq in request.sequences], lambda: Packed.of([
+            decode_steps(seq.steps, field, arch, self.config) for seq, field in zip(request.sequences, fields)],
+            arch.input_size)
 
     async def encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
         pending = self.start_encode(request)
@@ -131,14 +132,14 @@ class PendingEncode:
     ids: list[str]
     job: Job
 
-    def response(self, results: list[SequenceOutputs]) -> pb.EncodeResponse:
+    def response(self, answers: PackedOutputs) -> pb.EncodeResponse:
         response = pb.EncodeResponse(model=self.model.name, version=self.model.version)
         labels = self.model.runtime.version.class_labels
         if self.request.packed_results:
-            encode_packed(results, self.outputs, labels, self.ids, response.packed)
+            encode_packed(answers, self.outputs, labels, self.ids, response.packed)
             return response
-        for seq_id, result in zip(self.ids, results):
-            encode_result(result, self.outputs, labels, seq_id, response.results.add())
+        for i, seq_id in enumerate(self.ids):
+            encode_result(answers.sequence(i), self.outputs, labels, seq_id, response.results.add())
         return response
 
 
@@ -245,12 +246,12 @@ class SequenceStream:
     async def _answer_sequence(self) -> pb.StreamSequenceResponse:
         if not self.buffer:
             raise InvalidInput("steps", "empty sequence: the stream ended with no steps")
-        sequence = np.concatenate(self.buffer, axis=0)  # (T, F)
-        [result] = await self.model.batcher.submit([WorkItem(sequence)])
-        return self._response(result)
+        steps = np.concatenate(self.buffer) if len(self.buffer) > 1 else self.buffer[0]  # (T, F)
+        answers = await self.model.batcher.submit(Packed.one(steps))
+        return self._response(answers.sequence(0))
 
     async def _answer_chunk(self, steps: np.ndarray) -> pb.StreamSequenceResponse:
-        [result] = await self.model.batcher.submit([WorkItem(steps, self.h, self.c)])
+        result = (await self.model.batcher.submit(Packed.one(steps, self.h, self.c))).sequence(0)
         self.h, self.c = result["h_n"], result.get("c_n")
         response = self._response(result)
         state = response.state

@@ -1,8 +1,8 @@
 """The packed form of Encode: many sequences in one tensor in, one tensor per output out.
 
 A request's `packed.steps` [sum T_i, F] + `packed.lengths` is decoded and checked once for all its
-sequences (one copy, one finiteness test), then cut into views; an answer's tensors are joined
-from the per-sequence results with one concatenation each. Same validation, limits and numbers as
+sequences (one copy, one finiteness test) and queued as it is; an answer's tensors are the batcher's
+packed answer arrays, sent as they are. Same validation, limits and numbers as
 the per-sequence form (`sequences`, `results`), without a message per sequence.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from seqserve.contract import Architecture
-from seqserve.inference import SequenceOutputs
+from seqserve.inference import Packed, PackedOutputs
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from server.codec import check_sequence_count, decode
@@ -21,10 +21,7 @@ from server.config import ServerConfig
 from server.errors import InvalidInput, LimitExceeded, excerpt
 
 FIELD = "packed"
-# Which per-sequence results each requested output carries, and how they join: end to end along
-# time (per-step tensors), or stacked along a new batch axis.
-JOINED = {"outputs": np.concatenate, "attention": np.concatenate, "step_logits": np.concatenate,
-          "h_n": np.stack, "c_n": np.stack, "context": np.stack, "logits": np.stack}
+# The answer tensors each requested output carries.
 OUTPUT_TENSORS = {pb.OUTPUT_OUTPUTS: ("outputs",), pb.OUTPUT_HIDDEN: ("h_n", "c_n"),
                   pb.OUTPUT_ATTENTION: ("attention", "context"), pb.OUTPUT_LOGITS: ("logits",),
                   pb.OUTPUT_STEP_LOGITS: ("step_logits",)}
@@ -52,8 +49,8 @@ def packed_lengths(packed: pb.PackedSequences, arch: Architecture, config: Serve
     return lengths
 
 
-def unpack(packed: pb.PackedSequences, lengths: np.ndarray) -> list[np.ndarray]:
-    """The sequences (T_i, F) as views into one decoded copy of the steps, all finite."""
+def unpack(packed: pb.PackedSequences, lengths: np.ndarray) -> Packed:
+    """The sequences, decoded once (no per-sequence copies) and checked finite."""
     steps = decode(packed.steps, f"{FIELD}.steps")  # (sum T_i, F)
     finite = np.isfinite(steps).all(axis=1)  # (sum T_i,)
     if not finite.all():
@@ -61,24 +58,24 @@ def unpack(packed: pb.PackedSequences, lengths: np.ndarray) -> list[np.ndarray]:
         sequence = int(np.searchsorted(np.cumsum(lengths), step, side="right"))
         raise InvalidInput(f"{FIELD}.steps", f"sequence {sequence} contains NaN or Inf "
                                              f"(first at step {step - int(lengths[:sequence].sum())})")
-    return np.split(steps, np.cumsum(lengths)[:-1])
+    return Packed(steps, lengths)
 
 
 def packed_ids(packed: pb.PackedSequences) -> list[str]:
     return list(packed.ids) or [str(i) for i in range(len(packed.lengths))]
 
 
-def encode_packed(results: Sequence[SequenceOutputs], outputs: frozenset[int], labels: Sequence[str],
-                  ids: Sequence[str], out: pb.PackedResults) -> None:
+def encode_packed(answers: PackedOutputs, outputs: frozenset[int], labels: Sequence[str], ids: Sequence[str],
+                  out: pb.PackedResults) -> None:
     """Fill `out` with every sequence's prediction and the requested tensors, one tensor each."""
-    logits = np.stack([r["logits"] for r in results])  # (B, C)
-    indices = logits.argmax(axis=1)  # (B,)
+    arrays = answers.arrays
+    indices = arrays["logits"].argmax(axis=1)  # (B,)
     out.ids.extend(ids)
-    out.lengths.extend(len(r["outputs"]) for r in results)  # every run returns per-step outputs
+    out.lengths.extend(answers.lengths.tolist())
     out.labels.extend(labels[i] if i < len(labels) else str(i) for i in indices.tolist())
     out.label_indices.extend(indices.tolist())
-    to_tensor(np.stack([r["probabilities"] for r in results]), out.probabilities)  # (B, C)
+    to_tensor(arrays["probabilities"], out.probabilities)  # (B, C)
     for value in outputs:
         for name in OUTPUT_TENSORS[value]:
-            if name in results[0]:
-                to_tensor(JOINED[name]([r[name] for r in results]), getattr(out, name))
+            if name in arrays:
+                to_tensor(arrays[name], getattr(out, name))

@@ -1,7 +1,8 @@
 """The batcher on its own: grouping by length, cancellation, a failing run, a dying loop, the queue bound.
 
-A fake runtime stands in for onnxruntime: logits are each sequence's sum over its real steps, and a
-sequence holding POISON makes the whole run raise, as a runtime error in one input would.
+A fake runtime stands in for onnxruntime: per-step outputs are the running sum of the steps, the state
+and the logits each sequence's sum over its real steps, and a sequence holding POISON makes the whole
+run raise, as a runtime error in one input would.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from server.batching import Batcher, BatchPolicy, WorkItem, group_by_length
+from seqserve.inference import Packed
+from server.batching import Batcher, BatchPolicy
 from server.errors import LimitExceeded, NotReady
 from server.metrics import Metrics
 
@@ -32,7 +34,8 @@ class FakeRuntime:
         if (batch.x == POISON).any():
             raise RuntimeError("onnxruntime: bad input")
         self.batch_sizes.append(len(batch.lengths))
-        return {"logits": batch.x.sum(axis=1)}  # (B, F): padding is zeros, so this is the real steps' sum
+        total = batch.x.sum(axis=1)  # (B, F): padding is zeros, so this is the real steps' sum
+        return {"outputs": batch.x.cumsum(axis=1), "h_n": total[None], "logits": total}  # (B, T, F), (1, B, F)
 
 
 def steps(length: int, value: float = 1.0) -> np.ndarray:
@@ -49,11 +52,27 @@ async def started(runtime: FakeRuntime, **policy) -> Batcher:
     return batcher
 
 
-def test_group_by_length_cuts_where_padding_would_exceed_the_waste():
-    items = [WorkItem(steps(n)) for n in (10, 1, 11, 30, 12, 29)]
-    groups = group_by_length(items, max_waste=0.5)
-    assert [[it.length for it in g] for g in groups] == [[1], [10, 11, 12], [29, 30]]
-    assert len(group_by_length(items, max_waste=100.0)) == 1
+def test_a_request_runs_in_length_groups_and_is_answered_in_its_own_order():
+    lengths = (10, 1, 11, 30, 12, 29)
+
+    async def scenario():
+        runtime = FakeRuntime()
+        batcher = await started(runtime, padding_waste=0.5)
+        answers = await batcher.submit(Packed.of([steps(n, value=i) for i, n in enumerate(lengths)], FEATURES))
+        await batcher.stop()
+        return runtime, answers
+
+    runtime, answers = run(scenario())
+    assert runtime.batch_sizes == [1, 3, 2]  # [1], [10, 11, 12], [29, 30]: padding within half the real steps
+    assert answers.lengths.tolist() == list(lengths)
+    expected = np.array([[n * i] * FEATURES for i, n in enumerate(lengths)], np.float32)  # (B, F)
+    np.testing.assert_array_equal(answers.arrays["logits"], expected)
+    np.testing.assert_array_equal(answers.arrays["h_n"][:, 0], expected)  # states (B, L*D, H)
+    for i, n in enumerate(lengths):
+        sequence = answers.sequence(i)
+        np.testing.assert_array_equal(sequence["outputs"], np.cumsum(steps(n, value=i), axis=0))
+        np.testing.assert_array_equal(sequence["logits"], expected[i])
+    np.testing.assert_array_equal(answers.padded("outputs")[1, 1:], 0)  # padding put back as zeros
 
 
 def test_one_batch_answers_every_request_with_its_own_slice():
@@ -61,7 +80,7 @@ def test_one_batch_answers_every_request_with_its_own_slice():
         runtime = FakeRuntime()
         batcher = await started(runtime)
         batcher.hold()
-        jobs = [batcher.enqueue([WorkItem(steps(n, value=n))]) for n in (4, 5, 6)]
+        jobs = [batcher.enqueue(Packed.one(steps(n, value=n))) for n in (4, 5, 6)]
         batcher.release()
         results = [await job.future for job in jobs]
         await batcher.stop()
@@ -69,7 +88,8 @@ def test_one_batch_answers_every_request_with_its_own_slice():
 
     runtime, results = run(scenario())
     assert runtime.batch_sizes == [3]
-    for n, [result] in zip((4, 5, 6), results):
+    for n, answers in zip((4, 5, 6), results):
+        result = answers.sequence(0)
         np.testing.assert_array_equal(result["logits"], np.full(FEATURES, n * n, np.float32))
         np.testing.assert_allclose(result["probabilities"].sum(), 1.0, rtol=1e-6)
 
@@ -79,8 +99,8 @@ def test_a_cancelled_request_leaves_the_batch():
         runtime = FakeRuntime()
         batcher = await started(runtime)
         batcher.hold()
-        gone = batcher.enqueue([WorkItem(steps(5))])
-        kept = batcher.enqueue([WorkItem(steps(5))])
+        gone = batcher.enqueue(Packed.one(steps(5)))
+        kept = batcher.enqueue(Packed.one(steps(5)))
         gone.future.cancel()
         batcher.release()
         result = await kept.future
@@ -96,8 +116,8 @@ def test_a_failing_batch_fails_only_its_culprit():
         runtime = FakeRuntime()
         batcher = await started(runtime)
         batcher.hold()
-        good = [batcher.enqueue([WorkItem(steps(5))]) for _ in range(3)]
-        bad = batcher.enqueue([WorkItem(steps(5, POISON))])
+        good = [batcher.enqueue(Packed.one(steps(5))) for _ in range(3)]
+        bad = batcher.enqueue(Packed.one(steps(5, POISON)))
         batcher.release()
         answers = [await job.future for job in good]
         with pytest.raises(RuntimeError, match="bad input"):
@@ -121,11 +141,11 @@ def test_a_dead_loop_fails_its_queue_refuses_new_work_and_reports():
             raise ValueError("bug in the batcher")
 
         batcher._collect = broken_collect
-        queued = batcher.enqueue([WorkItem(steps(3))])
+        queued = batcher.enqueue(Packed.one(steps(3)))
         with pytest.raises(NotReady, match="not ready"):
             await queued.future
         with pytest.raises(NotReady):
-            batcher.enqueue([WorkItem(steps(3))])
+            batcher.enqueue(Packed.one(steps(3)))
         await batcher.stop()
         return reported
 
@@ -137,10 +157,10 @@ def test_the_queue_is_bounded():
     async def scenario():
         batcher = await started(FakeRuntime(), max_queued=4)
         batcher.hold()
-        batcher.enqueue([WorkItem(steps(2)) for _ in range(3)])
+        batcher.enqueue(Packed.of([steps(2)] * 3, FEATURES))
         with pytest.raises(LimitExceeded, match="max_queued_sequences") as refused:
-            batcher.enqueue([WorkItem(steps(2)) for _ in range(2)])
-        batcher.enqueue([WorkItem(steps(2))])  # exactly at the bound
+            batcher.enqueue(Packed.of([steps(2)] * 2, FEATURES))
+        batcher.enqueue(Packed.one(steps(2)))  # exactly at the bound
         batcher.release()
         await batcher.stop()
         return str(refused.value)

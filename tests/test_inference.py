@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from seqserve.inference import (
-    length_groups, pad, pad_packed, packed, per_sequence, session_options, stack_states, with_probabilities,
+    Packed, PackedOutputs, length_groups, pad, pad_packed, per_sequence, session_options, stack_states,
+    with_probabilities,
 )
 
 F = 3
@@ -47,7 +48,7 @@ def test_length_groups_honour_every_bound():
     assert sorted(everything.tolist()) == list(range(len(lengths)))
 
 
-def test_per_sequence_views_and_packed_arrays_agree():
+def test_per_sequence_views_drop_padding_and_copy_nothing():
     lengths = np.array([3, 1, 4])
     B, T, H, C = 3, 4, 5, 2
     rng = np.random.default_rng(1)
@@ -55,12 +56,25 @@ def test_per_sequence_views_and_packed_arrays_agree():
                "h_n": rng.standard_normal((2, B, H)), "logits": rng.standard_normal((B, C))}
     outputs = with_probabilities(outputs)
     np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0)
-    rows, flat = per_sequence(outputs, lengths), packed(outputs, lengths)
-    np.testing.assert_array_equal(np.concatenate([r["outputs"] for r in rows]), flat["outputs"])
-    np.testing.assert_array_equal(np.concatenate([r["attention"] for r in rows]), flat["attention"])
-    np.testing.assert_array_equal(np.stack([r["h_n"] for r in rows]), flat["h_n"])
-    assert rows[1]["outputs"].shape == (1, H) and flat["outputs"].shape == (8, H)
+    rows = per_sequence(outputs, lengths)
+    assert [r["outputs"].shape for r in rows] == [(3, H), (1, H), (4, H)] and rows[1]["h_n"].shape == (2, H)
+    np.testing.assert_array_equal(rows[2]["attention"], outputs["attention"][2])
+    np.testing.assert_array_equal(rows[1]["h_n"], outputs["h_n"][:, 1])
     assert np.shares_memory(rows[0]["outputs"], outputs["outputs"])  # views, not copies
+
+
+@pytest.mark.parametrize("lengths", [[3, 0, 5, 1], [2], [4, 4]])
+def test_packed_sequences_from_a_padded_batch_and_back(lengths):
+    seqs = sequences(lengths)
+    x, got = pad(seqs, F)
+    flat = Packed.from_padded(x, got)
+    np.testing.assert_array_equal(flat.steps, np.concatenate(seqs))
+    assert flat.starts.tolist() == (np.cumsum(lengths) - lengths).tolist()
+    answers = PackedOutputs({"outputs": flat.steps}, got)
+    np.testing.assert_array_equal(answers.padded("outputs"), x)
+    np.testing.assert_array_equal(answers.padded("outputs", width=x.shape[1] + 2)[:, :x.shape[1]], x)
+    for i, s in enumerate(seqs):
+        np.testing.assert_array_equal(answers.sequence(i)["outputs"], s)
 
 
 def test_session_options_never_spin_unless_asked():

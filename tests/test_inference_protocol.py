@@ -22,11 +22,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from seqserve.client import SeqserveClient
-from seqserve.inference import Batch, OnnxModel, open_session
+from seqserve.inference import Batch, OnnxModel, length_groups, open_session
 from seqserve.oip import grpc_service_pb2 as pb
 from seqserve.oip import grpc_service_pb2_grpc as pb_grpc
 from seqserve.repository import latest_version
-from server.batching import WorkItem, group_by_length
 from servers import REPOSITORY, ROOT, threaded_server, wait_until
 
 MODELS = ["jv_bilstm_attn", "jv_bigru_attn", "jv_lstm_stream"]
@@ -303,7 +302,7 @@ def test_v1_and_v2_requests_share_batches(server, sequences):
         v2_logits = [f.result(30).as_numpy("logits")[0] for f in v2_calls]
     v2.close()
     assert registry.get_sample_value("seqserve_batch_size_count", labels) - runs_before == 1  # one run for all 8
-    assert len(group_by_length([WorkItem(s) for s in same_length], server.config.padding_waste)) == 1
+    assert len(length_groups(np.array([len(s) for s in same_length]), max_waste=server.config.padding_waste)) == 1
     x, lengths = padded(same_length)
     reference = direct_onnxruntime("jv_bilstm_attn", x, lengths)["logits"]
     np.testing.assert_allclose(np.stack(v1_logits + v2_logits), reference, atol=ATOL, rtol=0)

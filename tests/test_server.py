@@ -24,11 +24,11 @@ from model.checkpoint import load_checkpoint
 from model.data import load_split
 from seqserve.client import EncodeResult, SeqserveClient, encode_request
 from seqserve.contract import input_names, output_names
+from seqserve.inference import length_groups
 from seqserve.repository import latest_version
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from server.batching import WorkItem, group_by_length
 from servers import REPOSITORY, ROOT, ServerProcess, threaded_server, wait_until
 
 BI_MODELS = ["jv_bilstm_attn", "jv_bigru_attn"]
@@ -199,7 +199,7 @@ def test_batching_on_and_off_give_the_same_results(test_sequences):
             runs = registry.get_sample_value("seqserve_batch_size_count", labels)
             assert registry.get_sample_value("seqserve_batch_size_sum", labels) == len(sequences)
             if batching:
-                groups = group_by_length([WorkItem(q) for q in sequences], s.config.padding_waste)
+                groups = length_groups(np.array([len(q) for q in sequences]), max_waste=s.config.padding_waste)
                 assert runs == len(groups) < len(sequences)
             else:
                 assert runs == len(sequences)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 
 import numpy as np
 
-from seqserve.contract import BATCH, TIME
-from seqserve.inference import SequenceOutputs
+from seqserve.contract import TIME
+from seqserve.inference import PER_STATE, Packed, PackedOutputs
 from seqserve.oip import grpc_service_pb2 as pb
-from server.batching import WorkItem
 from server.codec import check_sequence_count
 from server.config import ServerConfig
 from server.errors import InvalidInput, LimitExceeded, ModelNotFound, NotReady, excerpt
@@ -69,36 +68,29 @@ class InferCall:
     control: SequenceControl | None
     full_length: bool  # every row is T long: no padding to put back
 
-    def items(self) -> list[WorkItem]:
-        """One work item per row: its real steps (a view), and its initial state when given."""
-        return [WorkItem(self.x[i, :length],
-                         None if self.h0 is None else self.h0[:, i],  # (L, H)
-                         None if self.c0 is None else self.c0[:, i])  # (L, H)
-                for i, length in enumerate(self.lengths.tolist())]
+    def sequences(self) -> Packed:
+        """The rows without their padding, with the request's initial states."""
+        return Packed.from_padded(self.x, self.lengths, self.h0, self.c0)
 
-    def response(self, results: list[SequenceOutputs]) -> pb.ModelInferResponse:
-        values = [self._batched(meta, results) for meta in self.outputs]
+    def response(self, answers: PackedOutputs) -> pb.ModelInferResponse:
+        values = [self._batched(meta, answers) for meta in self.outputs]
         return answer(self.outputs, values, model_name=self.model.name, model_version=str(self.model.version),
                       id=self.request.id)
 
-    def _batched(self, meta: TensorMeta, results: list[SequenceOutputs]) -> np.ndarray:
+    def _batched(self, meta: TensorMeta, answers: PackedOutputs) -> np.ndarray:
         """One output for the whole batch, shaped as the model gives it for x: per-step tensors (B, T, ...)
         with zeros on padding, states (L*D, B, H), the rest (B, ...)."""
         if meta.name == "label":
             labels = self.model.runtime.version.class_labels
-            index = [int(r["logits"].argmax()) for r in results]  # as Encode picks its label
+            index = answers.arrays["logits"].argmax(axis=1).tolist()  # as Encode picks its label
             return np.array([labels[i] if i < len(labels) else str(i) for i in index], dtype=object)  # (B,)
-        rows = [r[meta.name] for r in results]
-        if TIME in meta.shape and not self.full_length:
+        value = answers.arrays[meta.name]
+        if TIME in meta.shape:
             B, T = self.x.shape[:2]
-            batch = np.zeros((B, T, *rows[0].shape[1:]), dtype=np.float32)  # (B, T, ...)
-            real = np.arange(T) < self.lengths[:, None]  # (B, T): True on real steps
-            batch[real] = np.concatenate(rows)  # (sum T_i, ...) in row order
-            return batch
-        axis = meta.shape.index(BATCH)
-        if len(rows) == 1:
-            return rows[0].reshape(rows[0].shape[:axis] + (1,) + rows[0].shape[axis:])
-        return np.stack(rows, axis=axis)
+            return value.reshape(B, T, *value.shape[1:]) if self.full_length else answers.padded(meta.name, T)
+        if meta.name in PER_STATE:
+            return value.transpose(1, 0, 2)  # (B, L*D, H) -> (L*D, B, H)
+        return value  # (B, ...)
 
 
 class InferencePlane:
@@ -276,7 +268,7 @@ class InferencePlane:
                                 hint)
 
     async def _run(self, call: InferCall) -> pb.ModelInferResponse:
-        job = call.model.batcher.enqueue(call.items())
+        job = call.model.batcher.enqueue(call.sequences())
         try:
             return call.response(await job.future)
         except asyncio.CancelledError:
@@ -290,13 +282,12 @@ class InferencePlane:
         try:
             await turn.wait()
             sequence = turn.sequence
-            [item] = call.items()
-            item.h0, item.c0 = sequence.h, sequence.c
-            [result] = await model.batcher.submit([item])
-            sequence.advance(result)
+            h0, c0 = (None if state is None else state[:, None] for state in (sequence.h, sequence.c))  # (L, 1, H)
+            answers = await model.batcher.submit(replace(call.sequences(), h0=h0, c0=c0))
+            sequence.advance(answers.sequence(0))
         finally:
             turn.finish()
-        return call.response([result])
+        return call.response(answers)
 
 
 def first_row(mask: np.ndarray) -> int:

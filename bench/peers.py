@@ -46,7 +46,6 @@ import sys
 import tempfile
 import time
 import venv
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +117,7 @@ def free_port() -> int:
 def wait_v2_ready(served: Served, port: int, model: str, timeout: float = 120.0) -> Served:
     """Poll ModelReady on 127.0.0.1:port until the model is ready; fills `served.port`/`target`."""
     import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
 
     served.port, served.target = port, f"127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -129,7 +129,7 @@ def wait_v2_ready(served: Served, port: int, model: str, timeout: float = 120.0)
             with tc.InferenceServerClient(served.target) as client:
                 if client.is_model_ready(model):
                     return served
-        except Exception:  # noqa: BLE001 - not listening yet
+        except InferenceServerException:  # not listening yet
             pass
         time.sleep(0.2)
     served.stop()
@@ -523,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.environ.get(NETNS_ENV) != "1":
         return run_in_loopback_namespace(argv)
+    interfaces = sorted(name for _, name in socket.if_nameindex())
+    if interfaces != ["lo"]:
+        raise SystemExit(f"bench.peers: expected a network namespace with only lo, found {', '.join(interfaces)}")
     servers = tuple(args.servers)
     missing = [s for s in servers if s != "seqserve" and not venv_python(s).exists()]
     if missing:

@@ -63,6 +63,7 @@ class Admission(grpc.aio.ServerInterceptor):
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, ...]] = {}  # method -> (handler, guarded, counted)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -71,18 +72,25 @@ class Admission(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        if not details.method.startswith(SEQSERVE_PREFIX):
-            handler = self._guard(handler, details.method)
+        guarded, counted = self._wrappers(handler, details.method)
         if details.method.startswith(HEALTH_PREFIX):
-            return handler
+            return guarded
         if self.draining:
-            return _rejecting(handler, grpc.StatusCode.UNAVAILABLE,
+            return _rejecting(guarded, grpc.StatusCode.UNAVAILABLE,
                               "server: shutting down; retry the call (another replica, or this one once restarted)",
                               self._replica_metadata)
         if self._expected is not None and not self._authorized(details.invocation_metadata):
-            return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED,
+            return _rejecting(guarded, grpc.StatusCode.UNAUTHENTICATED,
                               "authorization: a valid `authorization: Bearer <token>` header is required")
-        return self._counted(handler)
+        return counted
+
+    def _wrappers(self, handler: grpc.RpcMethodHandler, method: str) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
+        """`handler` guarded (unless seqserve's own), and guarded and counted: built once per method."""
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            guarded = handler if method.startswith(SEQSERVE_PREFIX) else self._guard(handler, method)
+            known = self._wrapped[method] = (handler, guarded, self._counted(guarded))
+        return known[1], known[2]
 
     def _authorized(self, metadata: tuple | None) -> bool:
         presented = [value for key, value in (metadata or ()) if key == AUTHORIZATION]

@@ -84,6 +84,13 @@ class Job:
             self.future.set_exception(exc)
 
 
+def as_packed(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An unpadded batch's outputs in the packed layout, as views: per-step (B, T, ...) -> (B*T, ...),
+    states (L*D, B, H) -> (B, L*D, H), the rest as they are."""
+    return {name: value.reshape(-1, *value.shape[2:]) if name in PER_STEP
+            else value.transpose(1, 0, 2) if name in PER_STATE else value for name, value in outputs.items()}
+
+
 class Round:
     """The jobs one collection took from the queue: their sequences packed end to end (B in all), and
     the packed answer arrays their groups' outputs are scattered into."""
@@ -117,10 +124,21 @@ class Round:
 
     def run(self, group: np.ndarray) -> None:
         """Run one group as a padded batch (in the inference thread pool) and keep its answers."""
+        if self._whole_and_unpadded(group):
+            B, T = len(self.lengths), int(self.lengths[0])
+            outputs = self.runtime.run(Batch(self.steps.reshape(B, T, -1), self.lengths, self.h0, self.c0))
+            self.answers = as_packed(with_probabilities(outputs))
+            return
         x, lengths = pad_rows(self.steps, self.starts[group], self.lengths[group])  # (G, T, F), (G,)
         h0 = None if self.h0 is None else self.h0[:, group]  # (L, G, H)
         c0 = None if self.c0 is None else self.c0[:, group]
         self._store(group, with_probabilities(self.runtime.run(Batch(x, lengths, h0, c0))), x.shape[1])
+
+    def _whole_and_unpadded(self, group: np.ndarray) -> bool:
+        """The group is every sequence of the round, all of one (non-zero) length: the steps are the batch
+        as they are and the outputs the answers (a lone sequence, a request of equal lengths)."""
+        lengths = self.lengths
+        return len(group) == len(lengths) and lengths[0] > 0 and bool((lengths == lengths[0]).all())
 
     def _store(self, group: np.ndarray, outputs: dict[str, np.ndarray], width: int) -> None:
         """Scatter a group's batch outputs into the round's packed answers."""
@@ -177,6 +195,7 @@ class Batcher:
         self._idle_since = 0.0  # when the last open request finished
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._full = asyncio.Event()  # set when a full batch is queued (another round may start)
         self._running = asyncio.Event()  # cleared by hold(): the queue fills, nothing runs
         self._running.set()
 
@@ -234,6 +253,8 @@ class Batcher:
             raise LimitExceeded("queued sequences", self._queued + len(sequences), self.max_queued,
                                 "max_queued_sequences")
         self._queued += len(sequences)
+        if self._queued >= self.max_batch_size:
+            self._full.set()
         job = Job(sequences, after_idle=self._idle_gap())
         self._open_jobs += 1
         job.future.add_done_callback(self._job_done)
@@ -334,8 +355,8 @@ class Batcher:
         running: set[asyncio.Task] = set()
         stopping = False
         while not stopping:
-            if len(running) >= self.concurrent_batches:
-                await self._reap(running, asyncio.FIRST_COMPLETED)
+            while running and (len(running) >= self.concurrent_batches or self._queued < self.max_batch_size):
+                await self._next_slot(running)
             first = await self._queue.get()
             await self._running.wait()
             if first is None:
@@ -349,12 +370,26 @@ class Batcher:
                 running.add(asyncio.create_task(self._run_round(Round(self.runtime, live))))
         await self._reap(running, asyncio.ALL_COMPLETED)
 
+    async def _next_slot(self, running: set[asyncio.Task]) -> None:
+        """Wait until a round ends or a full batch is queued. Only a full batch starts beside a running
+        round: smaller ones wait and gather more (side by side, two small runs cost more than one)."""
+        self._full.clear()
+        full = asyncio.ensure_future(self._full.wait())
+        try:
+            done, _ = await asyncio.wait(running | {full}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            full.cancel()
+        self._reaped(running, done - {full})
+
+    async def _reap(self, running: set[asyncio.Task], when: str) -> None:
+        """Wait for rounds to end (the first, or all)."""
+        if running:
+            done, _ = await asyncio.wait(running, return_when=when)
+            self._reaped(running, done)
+
     @staticmethod
-    async def _reap(running: set[asyncio.Task], when: str) -> None:
-        """Wait for rounds to end; a round that died re-raises here, and so ends the loop."""
-        if not running:
-            return
-        done, _ = await asyncio.wait(running, return_when=when)
+    def _reaped(running: set[asyncio.Task], done: set[asyncio.Task]) -> None:
+        """Forget rounds that ended; one that died re-raises here, and so ends the loop."""
         running.difference_update(done)
         for task in done:
             task.result()

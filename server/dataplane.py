@@ -6,6 +6,7 @@ The gRPC servicer (server/service.py) only moves messages and maps errors to sta
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,7 +119,9 @@ class DataPlane:
             raise
 
 
+@functools.lru_cache(maxsize=1024)
 def answer_size(model: ServedModel, outputs: frozenset[int]) -> AnswerSize:
+    """The answer-size estimator of a model version and a set of outputs (built once per pair)."""
     return AnswerSize.of(model.runtime.arch, outputs, model.runtime.version.class_labels, model.name)
 
 

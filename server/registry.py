@@ -16,7 +16,7 @@ from server.runtime import ModelRuntime
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # one object per loaded version: compared and hashed by identity
 class ServedModel:
     runtime: ModelRuntime
     batcher: Batcher

@@ -8,6 +8,8 @@ run raise, as a runtime error in one input would.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -166,3 +168,41 @@ def test_the_queue_is_bounded():
         return str(refused.value)
 
     assert "5 is over the limit of 4" in run(scenario())
+
+
+class SlowRuntime(FakeRuntime):
+    """Each run takes a while; records how many runs were in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = self.most = 0
+        self.lock = threading.Lock()
+
+    def run(self, batch) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        time.sleep(0.02)
+        with self.lock:
+            self.active -= 1
+        return super().run(batch)
+
+
+@pytest.mark.parametrize("per_request, overlapped", [(64, 2), (1, 1)])
+def test_only_full_batches_run_beside_a_running_one(per_request, overlapped):
+    async def scenario():
+        runtime = SlowRuntime()
+        batcher = Batcher(runtime, ThreadPoolExecutor(2), Metrics().for_model("fake"),
+                          BatchPolicy(max_batch_size=64, concurrent_batches=2))
+        batcher.start()
+
+        async def caller(value: float):
+            for _ in range(5):
+                answers = await batcher.submit(Packed.of([steps(4, value)] * per_request, FEATURES))
+                np.testing.assert_array_equal(answers.arrays["logits"], np.full((per_request, FEATURES), 4 * value))
+
+        await asyncio.gather(caller(1.0), caller(2.0))
+        await batcher.stop()
+        return runtime.most
+
+    assert run(scenario()) == overlapped

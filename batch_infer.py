@@ -74,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                        default=Path(os.environ.get("SEQSERVE_MODEL_REPOSITORY", "model_repository")),
                        help="model repository root [env SEQSERVE_MODEL_REPOSITORY]")
     local.add_argument("--threads", type=int, default=0,
-                       help="onnxruntime intra-op threads (0 = physical cores; never more). "
+                       help="onnxruntime intra-op threads (0 = physical cores; never more), split between --runs. "
                             "With --ray: per actor, 0 = 1")
+    local.add_argument("--runs", type=int, default=1,
+                       help="onnxruntime runs at once (batches side by side, each with --threads / N threads)")
 
     remote = parser.add_argument_group("remote backend")
     remote.add_argument("--server", metavar="TARGET",
@@ -121,8 +123,9 @@ def run(args: argparse.Namespace) -> Summary:
                                 security=security_from_args(args))
         name = f"remote {args.server} ({args.streams} streams)"
     else:
-        backend = LocalBackend(args.model_repository, args.model, args.version, config.tensors, args.threads)
-        name = f"local ({backend.model.threads} threads)"
+        backend = LocalBackend(args.model_repository, args.model, args.version, config.tensors, args.threads,
+                               args.runs)
+        name = f"local ({backend.concurrency} x {backend.model.threads} threads)"
     try:
         return run_job(config, backend, name)
     finally:

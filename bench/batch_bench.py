@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per onnxruntime run, everywhere")
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime intra-op threads, in-process and local (0 = physical cores, as batch_infer)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="the local job's onnxruntime runs at once (batch_infer --runs; the threads split between "
+                             "them); in-process onnxruntime always runs one batch at a time on every thread")
     parser.add_argument("--repeats", type=int, help="runs of each measurement; the best counts (default 5; --quick 2)")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS,
                         help="input formats of the local runs to a JSON Lines output (results['local'][format])")
@@ -141,13 +144,14 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = [c.steps for c in iter_ts(args.ts or japanese_vowels_dir() / "JapaneseVowels_TEST.ts")]
     sequences = (cases * math.ceil(count / len(cases)))[:count]
-    local = LocalBackend(args.model_repository, args.model, threads=threads)
+    reference = LocalBackend(args.model_repository, args.model, threads=threads)  # onnxruntime in-process
+    local = LocalBackend(args.model_repository, args.model, threads=threads, runs=args.runs)  # the job's
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="batch_bench-") as tmp:
         folder = Path(tmp)
         pairs = [(f, "jsonl") for f in args.formats] + [(f, "parquet") for f in args.parquet_out]
         inputs = write_inputs(sequences, folder, sorted({source for source, _ in pairs}))
-        runs: dict[str, Callable[[], Rate]] = {"ort": lambda: ort_in_process(local, sequences, args.batch_size)}
+        runs: dict[str, Callable[[], Rate]] = {"ort": lambda: ort_in_process(reference, sequences, args.batch_size)}
         for source, target in pairs:
             runs[(source, target)] = (lambda p=inputs[source], o=folder / f"out.{target}":
                                       job_rate(local, p, o, args.batch_size, count))
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ort = rates["ort"]
     ort_wall, ort_cpu = max(r.wall for r in ort), max(r.cpu for r in ort)
     results = {
-        "model": args.model, "sequences": count, "batch_size": args.batch_size, "threads": threads,
+        "model": args.model, "sequences": count, "batch_size": args.batch_size, "threads": threads, "runs": args.runs,
         "repeats": repeats, "goal_ratio": GOAL,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
@@ -198,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"{count} sequences, batch size {args.batch_size}, {threads} onnxruntime thread(s), best of {repeats}; "
+    print(f"{count} sequences, batch size {args.batch_size}, {threads} onnxruntime thread(s), local job {args.runs} "
+          f"run(s) at once, best of {repeats}; "
           f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"{'run':<26}{'seq/s':>9}{'x ort':>7}{'paired':>8}{'cpu x ort':>11}")
     print(f"{'ort in-process':<26}{ort_wall:>9.0f}{1.0:>7.2f}{'':>8}{1.0:>11.2f}")

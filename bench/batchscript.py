@@ -2,7 +2,8 @@
 
 Runs `bench/batch_bench.py` (its own process; it times onnxruntime on the bare session and the
 batch job on the same sequences, alternately) and turns its JSON into figures, one per input
-format: the job's sequences/s over onnxruntime's, goal >= 0.9.
+format: the job's sequences/s over onnxruntime's, goal >= 0.9 (npz, Parquet) and >= 0.6 (JSON Lines,
+whose parsing is text).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bench.common import ROOT, Mode, at_least, figure
 
 SCRIPT = ROOT / "bench" / "batch_bench.py"
 GOAL = 0.9
+GOALS = {"jsonl": 0.6}  # by input format, where it differs from GOAL
 ARGS = {
     "smoke": ["--sequences", "370", "--repeats", "1", "--formats", "npz", "--streams"],
     "quick": ["--quick", "--formats", "npz", "jsonl", "--streams"],
@@ -42,6 +44,6 @@ def run(mode: Mode, work_dir: Path) -> dict[str, dict]:
     for fmt, r in result["local"].items():
         value = r["ratio_to_ort"]
         figures[f"batch_script.local_{fmt}"] = figure(
-            value, *at_least(value, GOAL), f"local seq/s ({fmt} in, jsonl out) / onnxruntime seq/s",
+            value, *at_least(value, GOALS.get(fmt, GOAL)), f"local seq/s ({fmt} in, jsonl out) / onnxruntime seq/s",
             local_seqs_per_s=r["sequences_per_second"], paired_ratio_median=r.get("paired_ratio_median"), **common)
     return figures

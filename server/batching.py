@@ -18,6 +18,7 @@ later work is refused, and `on_failure` tells the registry (health turns NOT_SER
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -98,16 +99,27 @@ class Round:
     def __init__(self, runtime: ModelRuntime, jobs: Sequence[Job]) -> None:
         self.runtime = runtime
         self.jobs = list(jobs)
-        sizes = np.fromiter((len(j) for j in jobs), dtype=np.int64, count=len(jobs))  # (J,)
-        self.lengths = np.concatenate([j.sequences.lengths for j in jobs])  # (B,)
-        self.steps = (jobs[0].sequences.steps if len(jobs) == 1
-                      else np.concatenate([j.sequences.steps for j in jobs]))  # (N, F)
-        self.starts = np.cumsum(self.lengths) - self.lengths  # (B,) where each sequence begins in `steps`
-        self.job_of = np.repeat(np.arange(len(jobs)), sizes)  # (B,) which job each sequence belongs to
-        self.first = np.cumsum(sizes) - sizes  # (J,) each job's first sequence
-        self.unanswered = sizes.copy()  # (J,) sequences of each job not run yet
+        alone = len(jobs) == 1  # the common case at low load: no joining, nothing to cut apart afterwards
+        self.lengths = jobs[0].sequences.lengths if alone else np.concatenate([j.sequences.lengths for j in jobs])  # (B,)
+        self.steps = jobs[0].sequences.steps if alone else np.concatenate([j.sequences.steps for j in jobs])  # (N, F)
+        self.unanswered = [len(j) for j in jobs]  # (J,) sequences of each job not run yet
         self.h0, self.c0 = self._states("h0"), self._states("c0") if runtime.arch.has_cell_state else None
         self.answers: dict[str, np.ndarray] = {}  # output -> (N, ...) per step, (B, ...) per sequence
+
+    @functools.cached_property
+    def starts(self) -> np.ndarray:
+        """Where each sequence begins in `steps` (B,)."""
+        return np.cumsum(self.lengths) - self.lengths
+
+    @functools.cached_property
+    def job_of(self) -> np.ndarray:
+        """Which job each sequence belongs to (B,)."""
+        return np.repeat(np.arange(len(self.jobs)), self.sizes)
+
+    @functools.cached_property
+    def sizes(self) -> np.ndarray:
+        """How many sequences each job has (J,)."""
+        return np.fromiter((len(j) for j in self.jobs), dtype=np.int64, count=len(self.jobs))
 
     def _states(self, name: str) -> np.ndarray | None:
         """The jobs' initial states side by side (L, B, H), zeros where a job gives none."""
@@ -159,14 +171,23 @@ class Round:
 
     def finished(self, group: np.ndarray) -> list[int]:
         """Count `group` as run; the jobs (indices) whose last sequence it was."""
-        ran = np.bincount(self.job_of[group], minlength=len(self.jobs))  # (J,)
-        self.unanswered -= ran
-        return np.flatnonzero((self.unanswered == 0) & (ran > 0)).tolist()
+        if len(self.jobs) == 1:
+            self.unanswered[0] -= len(group)
+            return [0] if self.unanswered[0] == 0 else []
+        done = []
+        for j, ran in zip(*np.unique(self.job_of[group], return_counts=True)):
+            self.unanswered[j] -= int(ran)
+            if self.unanswered[j] == 0:
+                done.append(int(j))
+        return done
 
     def answers_of(self, j: int) -> PackedOutputs:
         """Job j's answers: views into the round's arrays."""
-        first, count = int(self.first[j]), len(self.jobs[j])
-        step0 = int(self.starts[first]) if count else 0
+        if len(self.jobs) == 1:
+            return PackedOutputs(self.answers, self.lengths)
+        first = int(self.sizes[:j].sum())
+        count = len(self.jobs[j])
+        step0 = int(self.starts[first])
         steps = int(self.lengths[first:first + count].sum())
         return PackedOutputs({name: value[step0:step0 + steps] if name in PER_STEP else value[first:first + count]
                               for name, value in self.answers.items()}, self.lengths[first:first + count])

@@ -573,6 +573,27 @@ def test_onnxruntime_threads_never_exceed_physical_cores():
     assert LocalBackend(REPOSITORY, MODEL).model.threads == cores
     assert LocalBackend(REPOSITORY, MODEL, threads=10_000).model.threads == cores
     assert LocalBackend(REPOSITORY, MODEL, threads=1).model.threads == 1
+    side_by_side = LocalBackend(REPOSITORY, MODEL, threads=10_000, runs=cores)
+    assert side_by_side.concurrency == cores and side_by_side.model.threads == 1  # the cores split between runs
+    with pytest.raises(BackendError, match="--runs must be at least 1"):
+        LocalBackend(REPOSITORY, MODEL, runs=0)
+
+
+def test_runs_side_by_side_write_the_same_predictions_in_the_same_order(tmp_path, sample):
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, sample)
+    outputs = {}
+    for runs in (1, 3):
+        outputs[runs] = tmp_path / f"out-{runs}.jsonl"
+        assert batch_infer.main(["--model", MODEL, "--input", str(source), "--output", str(outputs[runs]),
+                                 "--batch-size", "4", "--runs", str(runs), "--include", "attention",
+                                 "--model-repository", str(REPOSITORY)]) == 0
+    one, three = ([json.loads(line) for line in outputs[n].read_text().splitlines()] for n in (1, 3))
+    assert [row["id"] for row in one] == [row["id"] for row in three] and len(one) == len(sample)
+    for a, b in zip(one, three):
+        assert a["label"] == b["label"]
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-6)
+        np.testing.assert_allclose(a["attention"], b["attention"], atol=1e-6)
 
 
 def test_parquet_resume_needs_the_same_columns(tmp_path, sample):

@@ -3,9 +3,9 @@
 Each request's sequences arrive packed end to end (`Packed`) as one `Job`. A `Batcher` takes the
 jobs that are queued (up to max_batch_size sequences, waiting up to max_queue_delay_ms for more),
 drops jobs whose caller has gone, and runs their sequences as a `Round`: grouped by length so
-padding stays small, each group padded with one gather and run in the inference thread pool, its
-outputs scattered into the round's packed answer arrays with one index assignment per output. A job
-is answered with views into those arrays as soon as its last sequence has run. Nothing loops over
+padding stays small, the groups run one after the other in one trip to the inference thread, each
+padded with one gather and its outputs scattered into the round's packed answer arrays with one
+index assignment per output. Every job is answered with views into those arrays. Nothing loops over
 sequences in Python. With batching off, each sequence runs alone through the same code, so results
 are identical either way.
 
@@ -92,6 +92,9 @@ def as_packed(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             else value.transpose(1, 0, 2) if name in PER_STATE else value for name, value in outputs.items()}
 
 
+Outcome = tuple[float, float] | Exception  # a group's run: (started, seconds), or what it raised
+
+
 class Round:
     """The jobs one collection took from the queue: their sequences packed end to end (B in all), and
     the packed answer arrays their groups' outputs are scattered into."""
@@ -145,6 +148,19 @@ class Round:
         h0 = None if self.h0 is None else self.h0[:, group]  # (L, G, H)
         c0 = None if self.c0 is None else self.c0[:, group]
         self._store(group, with_probabilities(self.runtime.run(Batch(x, lengths, h0, c0))), x.shape[1])
+
+    def run_all(self, groups: list[np.ndarray]) -> list[Outcome]:
+        """Run groups one after the other; each one's (start, seconds), or the exception it raised."""
+        outcomes: list[Outcome] = []
+        for group in groups:
+            started = time.perf_counter()
+            try:
+                self.run(group)
+            except Exception as exc:  # onnxruntime raises its own types; the batcher retries the group's sequences
+                outcomes.append(exc)
+            else:
+                outcomes.append((started, time.perf_counter() - started))
+        return outcomes
 
     def _whole_and_unpadded(self, group: np.ndarray) -> bool:
         """The group is every sequence of the round, all of one (non-zero) length: the steps are the batch
@@ -337,14 +353,11 @@ class Batcher:
                 and self._seconds_per_step is not None
                 and max(1, int(work.lengths[group[0]])) * self._seconds_per_step <= self.inline_max)
 
-    async def _run_group(self, work: Round, group: np.ndarray) -> None:
-        started = time.perf_counter()
-        if self._runs_inline(work, group):
-            work.run(group)
-        else:
-            await asyncio.get_running_loop().run_in_executor(self.executor, work.run, group)
-        padded_steps = len(group) * max(1, int(work.lengths[group].max()))
-        self._measure(padded_steps, time.perf_counter() - started)
+    async def _run(self, work: Round, groups: list[np.ndarray]) -> list[Outcome]:
+        """Run groups in one trip to the inference thread (or inline, for a lone caller's short sequence)."""
+        if len(groups) == 1 and self._runs_inline(work, groups[0]):
+            return work.run_all(groups)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, work.run_all, groups)
 
     def _measure(self, padded_steps: int, seconds: float) -> None:
         """Fold one run into the moving average of seconds per padded step."""
@@ -361,10 +374,9 @@ class Batcher:
             job = work.jobs[work.job_of[index]]
             if job.gone:
                 continue
-            try:
-                await self._run_group(work, group[i:i + 1])
-            except Exception as exc:
-                job.fail(exc)
+            [outcome] = await self._run(work, [group[i:i + 1]])
+            if isinstance(outcome, Exception):
+                job.fail(outcome)
 
     def _answer(self, work: Round, group: np.ndarray) -> None:
         """Hand every job whose last sequence was in `group` its answers."""
@@ -426,15 +438,16 @@ class Batcher:
             self._in_hand.difference_update(work.jobs)
 
     async def _run_groups(self, work: Round) -> None:
+        groups = work.groups(self.max_batch_size, self.max_waste)
+        outcomes = await self._run(work, groups)
         enqueued = np.array([job.enqueued_at for job in work.jobs])[work.job_of]  # (B,)
-        for group in work.groups(self.max_batch_size, self.max_waste):
-            started = time.perf_counter()
-            try:
-                await self._run_group(work, group)
-            except Exception as exc:
+        for group, outcome in zip(groups, outcomes):
+            if isinstance(outcome, Exception):
                 log.warning("batch failed; retrying its sequences one by one",
-                            extra={"model": self.runtime.name, "sequences": len(group), "error": repr(exc)})
-                await self._run_alone(work, group, exc)
+                            extra={"model": self.runtime.name, "sequences": len(group), "error": repr(outcome)})
+                await self._run_alone(work, group, outcome)
             else:
-                self.metrics.observe_batch((started - enqueued[group]).tolist(), time.perf_counter() - started)
+                started, seconds = outcome
+                self.metrics.observe_batch((started - enqueued[group]).tolist(), seconds)
+                self._measure(len(group) * max(1, int(work.lengths[group].max())), seconds)
             self._answer(work, group)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from bench.common import REPOSITORY
-from bench.peers import (BIG_CALL, BIG_CLIENTS, CONCURRENCY, PROBE_TRAFFIC, SECTION_END, SECTION_START, figures_from,
-                         probe_requests, probe_server, reference_logits, scenarios, section, table_rows,
-                         write_section)
+from bench.peers import (BIG_CALL, BIG_CLIENTS, CONCURRENCY, OTHERS_MAX, PROBE_TRAFFIC, SECTION_END, SECTION_START,
+                         clean_rounds, figures_from, probe_requests, probe_server, reference_logits, scenarios,
+                         section, table_rows, write_section)
 from bench.procs import real_server
 
 MODEL = "jv_bilstm_attn"
@@ -50,6 +50,13 @@ def test_figures_are_ratios_over_kserve_with_goals_and_over_mlserver_without():
 def test_a_missed_goal_is_marked():
     figures = figures_from(run_of(seqserve=1100.0, kserve=1000.0, mlserver=500.0))
     assert not figures["peers.c64.unary.kserve"]["met"] and not figures["peers.b64.kserve"]["met"]
+
+
+def test_rounds_where_other_processes_took_cpu_are_left_out_while_two_stay():
+    rows = [r | {"others_cores": 2 * OTHERS_MAX if r["round"] == 1 else 0.0}
+            for r in run_of(seqserve=2000.0, kserve=1000.0, mlserver=500.0, rounds=3)]
+    assert clean_rounds(rows) == [0, 2]
+    assert clean_rounds([r for r in rows if r["round"] < 2]) == [0, 1]  # one clean round: keep them all
 
 
 def test_the_section_is_replaced_between_its_markers(tmp_path: Path):

@@ -388,7 +388,9 @@ class Batcher:
         running: set[asyncio.Task] = set()
         stopping = False
         while not stopping:
-            while running and (len(running) >= self.concurrent_batches or self._queued < self.max_batch_size):
+            while len(running) >= self.concurrent_batches:
+                await self._reap(running, asyncio.FIRST_COMPLETED)
+            while running and self._queued < self.max_batch_size:
                 await self._next_slot(running)
             first = await self._queue.get()
             await self._running.wait()
@@ -404,8 +406,8 @@ class Batcher:
         await self._reap(running, asyncio.ALL_COMPLETED)
 
     async def _next_slot(self, running: set[asyncio.Task]) -> None:
-        """Wait until a round ends or a full batch is queued. Only a full batch starts beside a running
-        round: smaller ones wait and gather more (side by side, two small runs cost more than one)."""
+        """Wait until a round ends or a full batch is queued: only a full batch starts beside a running
+        round, smaller ones wait and gather more (side by side, two small runs cost more than one)."""
         self._full.clear()
         full = asyncio.ensure_future(self._full.wait())
         try:

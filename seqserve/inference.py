@@ -139,10 +139,12 @@ class OnnxModel:
 
 
 def length_groups(lengths: np.ndarray, max_size: int | None = None, max_waste: float = float("inf"),
-                  max_padded_steps: int | None = None) -> list[np.ndarray]:
+                  max_padded_steps: int | None = None, min_split: int = 1) -> list[np.ndarray]:
     """Indices of sequences grouped into runs, shortest first: each group holds at most `max_size`
     sequences and `max_padded_steps` padded steps (B x T_max), and pads at most `max_waste` x its real
-    steps. The one grouping policy of the server's batcher and the batch job."""
+    steps unless that would cut off a group of fewer than `min_split` sequences (a small batch costs
+    about as much per step as a bigger one: padding it away does not pay for another run). The one
+    grouping policy of the server's batcher and the batch job."""
     order = np.argsort(lengths, kind="stable")  # (B,)
     groups: list[np.ndarray] = []
     start, real = 0, 0
@@ -152,7 +154,7 @@ def length_groups(lengths: np.ndarray, max_size: int | None = None, max_waste: f
         padded = steps * size  # sorted: this sequence is the group's longest
         if size > 1 and ((max_size is not None and size > max_size)
                          or (max_padded_steps is not None and padded > max_padded_steps)
-                         or padded > (1 + max_waste) * (real + steps)):
+                         or (size > min_split and padded > (1 + max_waste) * (real + steps))):
             groups.append(order[start:end])
             start, real = end, 0
         real += steps

@@ -32,7 +32,8 @@ class ServerConfig:
     switch_interval_ms: float = 0.2
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); threads are split between them
     reuse_port: bool = False  # let other processes bind the same port (set for each of --workers' processes)
-    padding_waste: float = 0.5  # split a batch when padding would exceed this fraction of real steps
+    padding_waste: float = 0.25  # split a batch when padding would exceed this fraction of real steps
+    padding_min_split: int = 16  # ... unless that cuts off fewer sequences than this
     max_sequence_length: int = 4096  # steps in one sequence
     max_sequences_per_request: int = 256
     max_message_bytes: int = 64 * 1024 * 1024
@@ -61,8 +62,8 @@ class ServerConfig:
     @property
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(self.batching, self.max_batch_size, self.max_queue_delay_ms, self.padding_waste,
-                           self.max_queued_sequences, self.concurrent_batches, self.inline_max_ms,
-                           self.inline_min_idle_ms)
+                           self.padding_min_split, self.max_queued_sequences, self.concurrent_batches,
+                           self.inline_max_ms, self.inline_min_idle_ms)
 
     @property
     def threads(self) -> int:
@@ -92,6 +93,8 @@ _HELP = {
                "splitting --intra-op-threads between them; metrics summed over all",
     "reuse_port": "let other processes bind the same port (each --workers process has it)",
     "padding_waste": "split a batch by length when padding exceeds this fraction of real steps",
+    "padding_min_split": "never split a batch by length where that cuts off fewer sequences than this "
+                         "(a small batch costs about as much per step as a bigger one)",
     "max_sequence_length": "most steps in one sequence",
     "max_sequences_per_request": "most sequences in one Encode request",
     "max_message_bytes": "largest gRPC message accepted or sent",

@@ -59,7 +59,7 @@ def test_a_request_runs_in_length_groups_and_is_answered_in_its_own_order():
 
     async def scenario():
         runtime = FakeRuntime()
-        batcher = await started(runtime, padding_waste=0.5)
+        batcher = await started(runtime, padding_waste=0.5, padding_min_split=1)
         answers = await batcher.submit(Packed.of([steps(n, value=i) for i, n in enumerate(lengths)], FEATURES))
         await batcher.stop()
         return runtime, answers

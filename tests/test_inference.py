@@ -44,6 +44,7 @@ def test_length_groups_honour_every_bound():
     assert [len(g) for g in length_groups(np.full(10, 5), max_size=4)] == [4, 4, 2]
     assert [len(g) for g in length_groups(np.full(10, 5), max_padded_steps=12)] == [2, 2, 2, 2, 2]
     assert [g.tolist() for g in length_groups(np.array([100]), max_padded_steps=10)] == [[0]]  # never empty
+    assert [g.tolist() for g in length_groups(lengths, max_waste=0.5, min_split=3)] == [[1, 0, 2, 4], [5, 3]]
     everything = np.concatenate(length_groups(lengths, max_size=2, max_waste=0.1))
     assert sorted(everything.tolist()) == list(range(len(lengths)))
 

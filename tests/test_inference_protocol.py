@@ -302,7 +302,8 @@ def test_v1_and_v2_requests_share_batches(server, sequences):
         v2_logits = [f.result(30).as_numpy("logits")[0] for f in v2_calls]
     v2.close()
     assert registry.get_sample_value("seqserve_batch_size_count", labels) - runs_before == 1  # one run for all 8
-    assert len(length_groups(np.array([len(s) for s in same_length]), max_waste=server.config.padding_waste)) == 1
+    assert len(length_groups(np.array([len(s) for s in same_length]), max_waste=server.config.padding_waste,
+                                       min_split=server.config.padding_min_split)) == 1
     x, lengths = padded(same_length)
     reference = direct_onnxruntime("jv_bilstm_attn", x, lengths)["logits"]
     np.testing.assert_allclose(np.stack(v1_logits + v2_logits), reference, atol=ATOL, rtol=0)

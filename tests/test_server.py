@@ -199,7 +199,8 @@ def test_batching_on_and_off_give_the_same_results(test_sequences):
             runs = registry.get_sample_value("seqserve_batch_size_count", labels)
             assert registry.get_sample_value("seqserve_batch_size_sum", labels) == len(sequences)
             if batching:
-                groups = length_groups(np.array([len(q) for q in sequences]), max_waste=s.config.padding_waste)
+                groups = length_groups(np.array([len(q) for q in sequences]), max_waste=s.config.padding_waste,
+                                       min_split=s.config.padding_min_split)
                 assert runs == len(groups) < len(sequences)
             else:
                 assert runs == len(sequences)

@@ -66,8 +66,9 @@ class BatchPolicy:
 class Job:
     """One request's sequences; its future gets their answers (PackedOutputs, in request order)."""
 
-    def __init__(self, sequences: Packed, after_idle: float = 0.0) -> None:
+    def __init__(self, sequences: Packed, fetch: frozenset[str] | None = None, after_idle: float = 0.0) -> None:
         self.sequences = sequences
+        self.fetch = fetch  # the model outputs its answer needs (None: all)
         self.after_idle = after_idle  # how long the batcher had been idle when this job arrived
         self.enqueued_at = time.perf_counter()
         self.future: asyncio.Future[PackedOutputs] = asyncio.get_running_loop().create_future()
@@ -110,6 +111,7 @@ class Round:
         self.lengths = jobs[0].sequences.lengths if alone else np.concatenate([j.sequences.lengths for j in jobs])  # (B,)
         self.steps = jobs[0].sequences.steps if alone else np.concatenate([j.sequences.steps for j in jobs])  # (N, F)
         self.unanswered = [len(j) for j in jobs]  # (J,) sequences of each job not run yet
+        self.fetch = self._fetch()
         self.h0, self.c0 = self._states("h0"), self._states("c0") if runtime.arch.has_cell_state else None
         self.answers: dict[str, np.ndarray] = {}  # output -> (N, ...) per step, (B, ...) per sequence
 
@@ -128,6 +130,13 @@ class Round:
         """How many sequences each job has (J,)."""
         return np.fromiter((len(j) for j in self.jobs), dtype=np.int64, count=len(self.jobs))
 
+    def _fetch(self) -> list[str] | None:
+        """The outputs any job needs, in the model's order (None: all); unrequested ones are not copied."""
+        if any(j.fetch is None for j in self.jobs):
+            return None
+        wanted = frozenset({"logits"}).union(*(j.fetch for j in self.jobs))
+        return [name for name in self.runtime.output_names if name in wanted]
+
     def _states(self, name: str) -> np.ndarray | None:
         """The jobs' initial states side by side (L, B, H), zeros where a job gives none."""
         if not self.runtime.arch.streaming or all(getattr(j.sequences, name) is None for j in self.jobs):
@@ -145,13 +154,13 @@ class Round:
         """Run one group as a padded batch (in the inference thread pool) and keep its answers."""
         if self._whole_and_unpadded(group):
             B, T = len(self.lengths), int(self.lengths[0])
-            outputs = self.runtime.run(Batch(self.steps.reshape(B, T, -1), self.lengths, self.h0, self.c0))
+            outputs = self.runtime.run(Batch(self.steps.reshape(B, T, -1), self.lengths, self.h0, self.c0), self.fetch)
             self.answers = as_packed(with_probabilities(outputs))
             return
         x, lengths = pad_rows(self.steps, self.starts[group], self.lengths[group])  # (G, T, F), (G,)
         h0 = None if self.h0 is None else self.h0[:, group]  # (L, G, H)
         c0 = None if self.c0 is None else self.c0[:, group]
-        self._store(group, with_probabilities(self.runtime.run(Batch(x, lengths, h0, c0))), x.shape[1])
+        self._store(group, with_probabilities(self.runtime.run(Batch(x, lengths, h0, c0), self.fetch)), x.shape[1])
 
     def run_all(self, groups: list[np.ndarray]) -> list[Outcome]:
         """Run groups one after the other; each one's (start, seconds), or the exception it raised."""
@@ -284,8 +293,9 @@ class Batcher:
         """Requests queued or running."""
         return self._open_jobs
 
-    def enqueue(self, sequences: Packed) -> Job:
-        """Queue a request's sequences; the job's future gets their answers (cancel it to withdraw them).
+    def enqueue(self, sequences: Packed, fetch: frozenset[str] | None = None) -> Job:
+        """Queue a request's sequences; the job's future gets their answers (cancel it to withdraw them),
+        at least the model outputs named in `fetch` (None: all, and "logits" always).
 
         Raises NotReady once the loop has died, LimitExceeded when the queue cannot take the sequences.
         """
@@ -297,15 +307,15 @@ class Batcher:
         self._queued += len(sequences)
         if self._queued >= self.max_batch_size:
             self._full.set()
-        job = Job(sequences, after_idle=self._idle_gap())
+        job = Job(sequences, fetch, after_idle=self._idle_gap())
         self._open_jobs += 1
         job.future.add_done_callback(self._job_done)
         self._queue.put_nowait(job)
         return job
 
-    async def submit(self, sequences: Packed) -> PackedOutputs:
+    async def submit(self, sequences: Packed, fetch: frozenset[str] | None = None) -> PackedOutputs:
         """Queue sequences and wait for their answers; cancelling the caller withdraws them."""
-        job = self.enqueue(sequences)
+        job = self.enqueue(sequences, fetch)
         try:
             return await job.future
         except asyncio.CancelledError:

@@ -79,6 +79,17 @@ def check_steps_shape(
     return time_steps
 
 
+# The model's output tensors each requested output carries (a model may lack some: c_n, step_logits).
+OUTPUT_TENSORS = {pb.OUTPUT_OUTPUTS: ("outputs",), pb.OUTPUT_HIDDEN: ("h_n", "c_n"),
+                  pb.OUTPUT_ATTENTION: ("attention", "context"), pb.OUTPUT_LOGITS: ("logits",),
+                  pb.OUTPUT_STEP_LOGITS: ("step_logits",)}
+
+
+def tensors_of(outputs: frozenset[int]) -> frozenset[str]:
+    """The model outputs a set of requested outputs needs fetched (logits always: the prediction)."""
+    return frozenset({"logits"}.union(*(OUTPUT_TENSORS[value] for value in outputs)))
+
+
 def decode_outputs(requested: Iterable[int], arch: Architecture, field: str = "outputs") -> frozenset[int]:
     wanted = frozenset(requested) or DEFAULT_OUTPUTS
     valid = set(pb.Output.values()) - {pb.OUTPUT_UNSPECIFIED}

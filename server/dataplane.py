@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqserve.contract import Architecture
-from seqserve.inference import Packed, PackedOutputs, SequenceOutputs
+from seqserve.inference import PER_STATE, Packed, PackedOutputs, SequenceOutputs
 from seqserve.metadata import ParitySummary
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from server.batching import Job
 from server.codec import (
     MAX_STEPS_SEEN, AnswerSize, check_sequence_count, check_state_origin, check_steps_seen, check_version, check_steps_shape, decode_outputs,
-    decode_state, decode_steps, encode_result,
+    decode_state, decode_steps, encode_result, tensors_of,
 )
 from server.config import ServerConfig
 from server.packed import encode_packed, packed_ids, packed_lengths, unpack
@@ -90,7 +90,7 @@ class DataPlane:
         size = estimate.encode_response(lengths, (len(i.encode()) for i in ids))
         estimate.check(size, self.config.max_message_bytes,
                        f"send fewer sequences per call (this one has {len(lengths)})")
-        return PendingEncode(request, model, outputs, ids, model.batcher.enqueue(decode()))
+        return PendingEncode(request, model, outputs, ids, model.batcher.enqueue(decode(), tensors_of(outputs)))
 
     def _sequences_of(
         self, request: pb.EncodeRequest, arch: Architecture,
@@ -250,11 +250,12 @@ class SequenceStream:
         if not self.buffer:
             raise InvalidInput("steps", "empty sequence: the stream ended with no steps")
         steps = np.concatenate(self.buffer) if len(self.buffer) > 1 else self.buffer[0]  # (T, F)
-        answers = await self.model.batcher.submit(Packed.one(steps))
+        answers = await self.model.batcher.submit(Packed.one(steps), tensors_of(self.outputs))
         return self._response(answers.sequence(0))
 
     async def _answer_chunk(self, steps: np.ndarray) -> pb.StreamSequenceResponse:
-        result = (await self.model.batcher.submit(Packed.one(steps, self.h, self.c))).sequence(0)
+        fetch = tensors_of(self.outputs) | PER_STATE  # the state goes back to the client with every answer
+        result = (await self.model.batcher.submit(Packed.one(steps, self.h, self.c), fetch)).sequence(0)
         self.h, self.c = result["h_n"], result.get("c_n")
         response = self._response(result)
         state = response.state

@@ -16,15 +16,11 @@ from seqserve.contract import Architecture
 from seqserve.inference import Packed, PackedOutputs
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
-from server.codec import check_sequence_count, decode
+from server.codec import OUTPUT_TENSORS, check_sequence_count, decode
 from server.config import ServerConfig
 from server.errors import InvalidInput, LimitExceeded, excerpt
 
 FIELD = "packed"
-# The answer tensors each requested output carries.
-OUTPUT_TENSORS = {pb.OUTPUT_OUTPUTS: ("outputs",), pb.OUTPUT_HIDDEN: ("h_n", "c_n"),
-                  pb.OUTPUT_ATTENTION: ("attention", "context"), pb.OUTPUT_LOGITS: ("logits",),
-                  pb.OUTPUT_STEP_LOGITS: ("step_logits",)}
 
 
 def packed_lengths(packed: pb.PackedSequences, arch: Architecture, config: ServerConfig) -> np.ndarray:

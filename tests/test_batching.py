@@ -28,16 +28,20 @@ FEATURES = 3
 class FakeRuntime:
     name, number = "fake", 1
     arch = SimpleNamespace(input_size=FEATURES, streaming=False, has_cell_state=False)
+    output_names = ["outputs", "h_n", "logits"]
 
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
+        self.fetched: list[list[str] | None] = []
 
-    def run(self, batch) -> dict[str, np.ndarray]:
+    def run(self, batch, fetch=None) -> dict[str, np.ndarray]:
         if (batch.x == POISON).any():
             raise RuntimeError("onnxruntime: bad input")
         self.batch_sizes.append(len(batch.lengths))
+        self.fetched.append(fetch)
         total = batch.x.sum(axis=1)  # (B, F): padding is zeros, so this is the real steps' sum
-        return {"outputs": batch.x.cumsum(axis=1), "h_n": total[None], "logits": total}  # (B, T, F), (1, B, F)
+        outputs = {"outputs": batch.x.cumsum(axis=1), "h_n": total[None], "logits": total}  # (B, T, F), (1, B, F)
+        return {name: outputs[name] for name in fetch or outputs}
 
 
 def steps(length: int, value: float = 1.0) -> np.ndarray:
@@ -178,14 +182,14 @@ class SlowRuntime(FakeRuntime):
         self.active = self.most = 0
         self.lock = threading.Lock()
 
-    def run(self, batch) -> dict[str, np.ndarray]:
+    def run(self, batch, fetch=None) -> dict[str, np.ndarray]:
         with self.lock:
             self.active += 1
             self.most = max(self.most, self.active)
         time.sleep(0.02)
         with self.lock:
             self.active -= 1
-        return super().run(batch)
+        return super().run(batch, fetch)
 
 
 @pytest.mark.parametrize("per_request, overlapped", [(64, 2), (1, 1)])
@@ -206,3 +210,22 @@ def test_only_full_batches_run_beside_a_running_one(per_request, overlapped):
         return runtime.most
 
     assert run(scenario()) == overlapped
+
+
+def test_a_batch_fetches_what_its_requests_ask_for_and_no_more():
+    async def scenario():
+        runtime = FakeRuntime()
+        batcher = await started(runtime)
+        batcher.hold()
+        small = batcher.enqueue(Packed.one(steps(4)), frozenset({"logits"}))
+        big = batcher.enqueue(Packed.one(steps(4)), frozenset({"logits", "outputs"}))
+        batcher.release()
+        answers = [await small.future, await big.future]
+        alone = await batcher.submit(Packed.one(steps(4)), frozenset({"probabilities"}))  # not a model output
+        await batcher.stop()
+        return runtime.fetched, answers, alone
+
+    fetched, [small, big], alone = run(scenario())
+    assert fetched == [["outputs", "logits"], ["logits"]]  # the union, in the model's order; logits always
+    assert "outputs" in big.arrays and "h_n" not in big.arrays and set(alone.arrays) == {"logits", "probabilities"}
+    np.testing.assert_array_equal(big.sequence(0)["outputs"], np.cumsum(steps(4), axis=0))

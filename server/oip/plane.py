@@ -68,6 +68,11 @@ class InferCall:
     control: SequenceControl | None
     full_length: bool  # every row is T long: no padding to put back
 
+    @property
+    def fetch(self) -> frozenset[str]:
+        """The model outputs the answer needs (probabilities and label come from the logits)."""
+        return frozenset({"logits", *(meta.name for meta in self.outputs)})
+
     def sequences(self) -> Packed:
         """The rows without their padding, with the request's initial states."""
         return Packed.from_padded(self.x, self.lengths, self.h0, self.c0)
@@ -268,7 +273,7 @@ class InferencePlane:
                                 hint)
 
     async def _run(self, call: InferCall) -> pb.ModelInferResponse:
-        job = call.model.batcher.enqueue(call.sequences())
+        job = call.model.batcher.enqueue(call.sequences(), call.fetch)
         try:
             return call.response(await job.future)
         except asyncio.CancelledError:
@@ -283,7 +288,7 @@ class InferencePlane:
             await turn.wait()
             sequence = turn.sequence
             h0, c0 = (None if state is None else state[:, None] for state in (sequence.h, sequence.c))  # (L, 1, H)
-            answers = await model.batcher.submit(replace(call.sequences(), h0=h0, c0=c0))
+            answers = await model.batcher.submit(replace(call.sequences(), h0=h0, c0=c0), call.fetch | PER_STATE)
             sequence.advance(answers.sequence(0))
         finally:
             turn.finish()

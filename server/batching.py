@@ -416,7 +416,11 @@ class Batcher:
             jobs, stopping = await self._collect(first)
             live = [job for job in jobs if not job.gone]  # cancelled callers leave cleanly
             self._in_hand.difference_update(job for job in jobs if job.gone)
-            if live:
+            if not live:
+                continue
+            if self.concurrent_batches == 1:
+                await self._run_round(Round(self.runtime, live))  # one slot: no task to schedule and reap
+            else:
                 running.add(asyncio.create_task(self._run_round(Round(self.runtime, live))))
         await self._reap(running, asyncio.ALL_COMPLETED)
 

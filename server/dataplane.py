@@ -135,8 +135,10 @@ class PendingEncode:
     ids: list[str]
     job: Job
 
-    def response(self, answers: PackedOutputs) -> pb.EncodeResponse:
-        response = pb.EncodeResponse(model=self.model.name, version=self.model.version)
+    def response(self, answers: PackedOutputs, out: pb.EncodeResponse | None = None) -> pb.EncodeResponse:
+        """The answer; filled into `out` when given (a field of a bigger message: no copy)."""
+        response = out if out is not None else pb.EncodeResponse()
+        response.model, response.version = self.model.name, self.model.version
         labels = self.model.runtime.version.class_labels
         if self.request.packed_results:
             encode_packed(answers, self.outputs, labels, self.ids, response.packed)

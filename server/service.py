@@ -60,8 +60,9 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
                 if future.exception() is not None:
                     answers.put_nowait(self._tagged_error(request_id, future.exception(), started))
                 else:
-                    answers.put_nowait(pb.EncodeStreamResponse(
-                        request_id=request_id, response=pending.response(future.result())))
+                    tagged = pb.EncodeStreamResponse(request_id=request_id)
+                    pending.response(future.result(), out=tagged.response)
+                    answers.put_nowait(tagged)
                     self.calls.record("EncodeStream", grpc.StatusCode.OK, started)
             if not reading and not jobs:
                 answers.put_nowait(None)

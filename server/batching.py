@@ -54,8 +54,9 @@ class BatchPolicy:
     # side beat one two-thread run: the recurrent kernels sync their threads every step, and a busy core
     # (the event loop, a client) stalls every sync (bench: 2.3 ms -> 14 ms per batch with one core busy).
     concurrent_batches: int = 1
-    # A lone sequence whose run is expected to take at most this long runs on the event loop (0 = never),
-    # skipping two thread hops; the expectation is this model's measured time per padded step x its length.
+    # A lone caller's sequence whose run is expected to take at most this long runs at once in its own call
+    # (0 = never), skipping the queue and two thread hops; the expectation is this model's measured time per
+    # padded step x its length.
     inline_max_ms: float = 0.0
     # A request arriving at least this long after the batcher went idle is a lone caller, not load.
     # Measured on loopback (bench/PROFILE.md): a client's own round trip takes longer than 0.2 ms,
@@ -304,12 +305,15 @@ class Batcher:
         if self._queued + len(sequences) > self.max_queued:
             raise LimitExceeded("queued sequences", self._queued + len(sequences), self.max_queued,
                                 "max_queued_sequences")
-        self._queued += len(sequences)
-        if self._queued >= self.max_batch_size:
-            self._full.set()
         job = Job(sequences, fetch, after_idle=self._idle_gap())
         self._open_jobs += 1
         job.future.add_done_callback(self._job_done)
+        if self._runs_now(job):
+            self._run_now(job)
+            return job
+        self._queued += len(sequences)
+        if self._queued >= self.max_batch_size:
+            self._full.set()
         self._queue.put_nowait(job)
         return job
 
@@ -357,22 +361,37 @@ class Batcher:
         """Seconds the batcher had no open request before now (0 while busy)."""
         return 0.0 if self._open_jobs else time.perf_counter() - self._idle_since
 
-    def _runs_inline(self, work: Round, group: np.ndarray) -> bool:
-        """A lone caller's short sequence runs on the event loop: no thread hops, nothing to wait for.
+    def _runs_now(self, job: Job) -> bool:
+        """A lone caller's short sequence runs at once, in its own call: no queue, no thread hops.
 
-        Only after the batcher sat idle: under load the loop must stay free to read the next
-        requests (which then gather into batches), and a request that follows the previous one's
-        answer within inline_min_idle is load, not a lone caller.
+        Only when the batcher is idle and has been for inline_min_idle: under load the event loop must
+        stay free to read the next requests (which then gather into batches), and a request that follows
+        the previous one's answer that quickly is load, not a lone caller. The sequence's expected run
+        time (this model's measured time per padded step x its length) must be within inline_max.
         """
-        return (len(group) == 1 and self._open_jobs == 1 and work.jobs[0].after_idle >= self.inline_min_idle
-                and self._seconds_per_step is not None
-                and max(1, int(work.lengths[group[0]])) * self._seconds_per_step <= self.inline_max)
+        return (len(job) == 1 and self._open_jobs == 1 and job.after_idle >= self.inline_min_idle
+                and self._queue.empty() and self._running.is_set() and self._seconds_per_step is not None
+                and max(1, int(job.sequences.lengths[0])) * self._seconds_per_step <= self.inline_max)
+
+    def _run_now(self, job: Job) -> None:
+        work, group = Round(self.runtime, [job]), np.zeros(1, dtype=np.int64)
+        [outcome] = work.run_all([group])
+        if isinstance(outcome, Exception):
+            job.fail(outcome)
+            return
+        self._observe(work, group, outcome)
+        self._answer(work, group)
 
     async def _run(self, work: Round, groups: list[np.ndarray]) -> list[Outcome]:
-        """Run groups in one trip to the inference thread (or inline, for a lone caller's short sequence)."""
-        if len(groups) == 1 and self._runs_inline(work, groups[0]):
-            return work.run_all(groups)
+        """Run groups in one trip to the inference thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, work.run_all, groups)
+
+    def _observe(self, work: Round, group: np.ndarray, outcome: tuple[float, float]) -> None:
+        """Metrics of a group that ran, and its time per padded step for the next run-now decision."""
+        started, seconds = outcome
+        waited = [started - work.jobs[j].enqueued_at for j in work.job_of[group].tolist()]
+        self.metrics.observe_batch(waited, seconds)
+        self._measure(len(group) * max(1, int(work.lengths[group].max())), seconds)
 
     def _measure(self, padded_steps: int, seconds: float) -> None:
         """Fold one run into the moving average of seconds per padded step."""
@@ -461,14 +480,11 @@ class Batcher:
     async def _run_groups(self, work: Round) -> None:
         groups = work.groups(self.max_batch_size, self.max_waste, self.min_split)
         outcomes = await self._run(work, groups)
-        enqueued = np.array([job.enqueued_at for job in work.jobs])[work.job_of]  # (B,)
         for group, outcome in zip(groups, outcomes):
             if isinstance(outcome, Exception):
                 log.warning("batch failed; retrying its sequences one by one",
                             extra={"model": self.runtime.name, "sequences": len(group), "error": repr(outcome)})
                 await self._run_alone(work, group, outcome)
             else:
-                started, seconds = outcome
-                self.metrics.observe_batch((started - enqueued[group]).tolist(), seconds)
-                self._measure(len(group) * max(1, int(work.lengths[group].max())), seconds)
+                self._observe(work, group, outcome)
             self._answer(work, group)

@@ -25,7 +25,7 @@ class ServerConfig:
     max_batch_size: int = 64  # sequences per onnxruntime run
     concurrent_batches: int = 1  # onnxruntime runs at once, each in its own inference thread (see BatchPolicy)
     max_queue_delay_ms: float = 0.0  # extra wait to fill a batch; 0 = take what is queued
-    inline_max_ms: float = 0.5  # a lone sequence expected to run this fast runs on the event loop (0 = never)
+    inline_max_ms: float = 0.5  # a lone sequence expected to run this fast runs at once in its call (0 = never)
     inline_min_idle_ms: float = 0.2  # see BatchPolicy
     # The inference thread needs the GIL back after every onnxruntime run; with Python's default 5 ms
     # a busy event loop makes it wait that long each time (measured: batches 8x slower, bench/PROFILE.md).
@@ -85,8 +85,8 @@ _HELP = {
     "concurrent_batches": "onnxruntime runs at once, each in its own inference thread (with --intra-op-threads, "
                           "at most the cores: side-by-side one-thread runs never stall on a busy core)",
     "max_queue_delay_ms": "how long a request may wait for others to fill its batch",
-    "inline_max_ms": "run a lone sequence on the event loop (skipping two thread hops) when its expected run "
-                     "time, from this model's measured time per step, is at most this",
+    "inline_max_ms": "run a lone caller's sequence at once in its own call (skipping the queue and two thread "
+                     "hops) when its expected run time, from this model's measured time per step, is at most this",
     "inline_min_idle_ms": "a request this long after the batcher went idle counts as a lone caller (may run inline)",
     "switch_interval_ms": "Python's GIL switch interval for the server process (Python's default: 5)",
     "workers": "server processes on the one port (SO_REUSEPORT), each with its own event loop and sessions, "

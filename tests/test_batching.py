@@ -229,3 +229,23 @@ def test_a_batch_fetches_what_its_requests_ask_for_and_no_more():
     assert fetched == [["outputs", "logits"], ["logits"]]  # the union, in the model's order; logits always
     assert "outputs" in big.arrays and "h_n" not in big.arrays and set(alone.arrays) == {"logits", "probabilities"}
     np.testing.assert_array_equal(big.sequence(0)["outputs"], np.cumsum(steps(4), axis=0))
+
+
+def test_a_lone_caller_after_an_idle_spell_is_answered_at_once_and_load_is_queued():
+    async def scenario():
+        runtime = FakeRuntime()
+        batcher = await started(runtime, inline_max_ms=50.0, inline_min_idle_ms=1.0)
+        await batcher.submit(Packed.one(steps(3)))  # through the queue: measures the time per step
+        await asyncio.sleep(0.01)  # idle
+        lone = batcher.enqueue(Packed.one(steps(3, value=2.0)))
+        at_once = lone.future.done()
+        burst = [batcher.enqueue(Packed.one(steps(3))) for _ in range(2)]  # right after: load, not a lone caller
+        queued = [not job.future.done() for job in burst]
+        answers = [await job.future for job in (lone, *burst)]
+        await batcher.stop()
+        return at_once, queued, answers
+
+    at_once, queued, [lone, *burst] = run(scenario())
+    assert at_once and queued == [True, True]
+    np.testing.assert_array_equal(lone.arrays["logits"], [[6.0] * FEATURES])
+    assert all(len(a) == 1 for a in burst)

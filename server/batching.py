@@ -309,13 +309,25 @@ class Batcher:
         self._open_jobs += 1
         job.future.add_done_callback(self._job_done)
         if self._runs_now(job):
-            self._run_now(job)
-            return job
-        self._queued += len(sequences)
+            # Decided once the requests that arrived with this one have been read: still alone, or queued.
+            asyncio.get_running_loop().call_soon(self._now_or_queued, job)
+        else:
+            self._put(job)
+        return job
+
+    def _put(self, job: Job) -> None:
+        self._queued += len(job)
         if self._queued >= self.max_batch_size:
             self._full.set()
         self._queue.put_nowait(job)
-        return job
+
+    def _now_or_queued(self, job: Job) -> None:
+        if job.gone:
+            return
+        if self._open_jobs == 1 and self._queue.empty():
+            self._run_now(job)
+        else:
+            self._put(job)
 
     async def submit(self, sequences: Packed, fetch: frozenset[str] | None = None) -> PackedOutputs:
         """Queue sequences and wait for their answers; cancelling the caller withdraws them."""

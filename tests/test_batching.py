@@ -238,14 +238,19 @@ def test_a_lone_caller_after_an_idle_spell_is_answered_at_once_and_load_is_queue
         await batcher.submit(Packed.one(steps(3)))  # through the queue: measures the time per step
         await asyncio.sleep(0.01)  # idle
         lone = batcher.enqueue(Packed.one(steps(3, value=2.0)))
+        await asyncio.sleep(0)  # one turn of the loop: the requests read with it would be queued by now
         at_once = lone.future.done()
         burst = [batcher.enqueue(Packed.one(steps(3))) for _ in range(2)]  # right after: load, not a lone caller
+        await asyncio.sleep(0)
         queued = [not job.future.done() for job in burst]
         answers = [await job.future for job in (lone, *burst)]
+        await asyncio.sleep(0.01)  # idle again
+        pair = [batcher.enqueue(Packed.one(steps(3))) for _ in range(2)]  # read together: one batch
+        await asyncio.gather(*(job.future for job in pair))
         await batcher.stop()
-        return at_once, queued, answers
+        return at_once, queued, answers, runtime.batch_sizes[-1]
 
-    at_once, queued, [lone, *burst] = run(scenario())
-    assert at_once and queued == [True, True]
+    at_once, queued, [lone, *burst], last_batch = run(scenario())
+    assert at_once and queued == [True, True] and last_batch == 2
     np.testing.assert_array_equal(lone.arrays["logits"], [[6.0] * FEATURES])
     assert all(len(a) == 1 for a in burst)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench import batchscript, efficiency, int8, plots, report, runtime, serving
-from bench.common import MODES, ROOT, machine_info, model_names, write_json
+from bench.common import MODES, ROOT, kept_sections, machine_info, model_names, write_json
 
 SECTIONS = ("runtime", "efficiency", "int8", "batch_script", "serving")
 
@@ -28,12 +28,18 @@ def command_for(mode: str, out_dir: Path) -> str:
     return command
 
 
+def write_results(path: Path, text: str) -> None:
+    """RESULTS.md anew, keeping the sections bench.oip and bench.peers wrote at its end."""
+    kept = kept_sections(path)
+    path.write_text(text.rstrip("\n") + ("\n\n" + kept if kept else "") + "\n")
+
+
 def rerender(out_dir: Path) -> int:
     results = json.loads((out_dir / "results.json").read_text())
     raw = results.get("raw", {})
     results["plots"] = [p.name for p in plots.write_all(results["figures"], raw, out_dir)]
-    (out_dir / "RESULTS.md").write_text(report.render(results, raw, command_for(results["mode"], out_dir),
-                                                      results["plots"]))
+    write_results(out_dir / "RESULTS.md", report.render(results, raw, command_for(results["mode"], out_dir),
+                                                        results["plots"]))
     print(f"bench: re-rendered {out_dir / 'RESULTS.md'}")
     return 0
 
@@ -88,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     results["plots"] = [p.name for p in written]
     results["raw"] = raw
     write_json(args.out_dir / "results.json", results)
-    (args.out_dir / "RESULTS.md").write_text(report.render(results, raw, command_for(mode.name, args.out_dir),
-                                                           results["plots"]))
+    write_results(args.out_dir / "RESULTS.md", report.render(results, raw, command_for(mode.name, args.out_dir),
+                                                             results["plots"]))
     met = sum(1 for f in figures.values() if f["met"] is True)
     missed = [n for n, f in figures.items() if f["met"] is False]
     print(f"bench: {len(figures)} figures, {met} goals met, missed: {', '.join(missed) or 'none'}; "

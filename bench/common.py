@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -198,3 +199,25 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+SECTION = re.compile(r"<!-- (bench\.[a-z_]+): start -->.*?<!-- \1: end -->", re.S)
+
+
+def write_section(path: Path, start: str, end: str, text: str) -> None:
+    """Replace the section between the markers `start` and `end` in `path` (text includes them), or append it."""
+    current = path.read_text() if path.exists() else ""
+    if start in current and end in current:
+        head, rest = current.split(start, 1)
+        current = head + text + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(current)
+
+
+def kept_sections(path: Path) -> str:
+    """The sections other bench commands wrote into `path` (bench.oip, bench.peers), to carry over when
+    `python -m bench` writes the file anew."""
+    if not path.exists():
+        return ""
+    return "\n\n".join(m.group(0) for m in SECTION.finditer(path.read_text()))

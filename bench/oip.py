@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import REPOSITORY, ROOT, machine_info, write_json
+from bench.common import REPOSITORY, ROOT, machine_info, write_json, write_section
 from bench.procs import real_server, run_loadgen
 from seqserve.repository import latest_version
 from server.oip.tensors import model_outputs
@@ -122,17 +122,6 @@ def section(figures: dict[str, dict[str, Any]], model: str, rounds: int, duratio
     return "\n".join([*lines, "", SECTION_END])
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the section between its markers in `path`, or append it."""
-    current = path.read_text() if path.exists() else ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        current = head + text + rest.split(SECTION_END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.oip", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="jv_bilstm_attn", help="model to serve the load to")
@@ -162,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, {"figures": figures, "results": results, "machine": machine_info(), "when": when})
     text = section(figures, args.model, rounds, duration_s, when)
     if args.results:
-        write_section(Path(args.results), text)
+        write_section(Path(args.results), SECTION_START, SECTION_END, text)
     print(text)
     return 0
 

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import REPOSITORY, ROOT, machine_info, write_json
+from bench.common import REPOSITORY, ROOT, machine_info, write_json, write_section
 from bench.procs import Served, real_server, run_loadgen
 
 PEERS_DIR = ROOT / "bench" / ".peers"
@@ -416,17 +416,6 @@ def rounds_used(meta: dict[str, Any]) -> str:
             f"{OTHERS_MAX:g} cores even when measured again)")
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the section between its markers in `path`, or append it."""
-    current = path.read_text() if path.exists() else ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        current = head + text + rest.split(SECTION_END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(current)
-
-
 def plot(rows: list[dict[str, Any]], path: Path, model: str) -> None:
     """Throughput vs concurrency (one sequence per call), one line per server and API."""
     import matplotlib
@@ -589,7 +578,7 @@ def report(results: list[dict[str, Any]], probes: dict[str, dict[str, dict[str, 
     plot(rows, args.plot, meta["model"])
     text = section(figures, rows, probes, meta)
     if args.results:
-        write_section(Path(args.results), text)
+        write_section(Path(args.results), SECTION_START, SECTION_END, text)
     print(text)
 
 

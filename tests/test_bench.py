@@ -98,3 +98,17 @@ def test_report_and_plots_written(smoke_run: Path) -> None:
     assert {"latency_vs_concurrency.png", "throughput_vs_batch.png"} <= set(results["plots"])
     for png in results["plots"]:
         assert (smoke_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_new_results_file_keeps_the_sections_other_bench_commands_wrote(tmp_path: Path) -> None:
+    from bench.__main__ import write_results
+    from bench.common import write_section
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# old figures\n")
+    write_section(path, "<!-- bench.peers: start -->", "<!-- bench.peers: end -->",
+                  "<!-- bench.peers: start -->\npeer table\n<!-- bench.peers: end -->")
+    write_results(path, "# new figures\n")
+    text = path.read_text()
+    assert text.startswith("# new figures") and "old figures" not in text
+    assert text.count("peer table") == 1 and text.rstrip().endswith("<!-- bench.peers: end -->")

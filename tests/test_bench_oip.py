@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.oip import SECTION_END, SECTION_START, figures_from, same_answer, section, write_section
+from bench.common import write_section
+from bench.oip import SECTION_END, SECTION_START, figures_from, same_answer, section
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,8 +34,8 @@ def test_the_section_is_replaced_between_its_markers(tmp_path: Path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\nother sections\n")
     figures = figures_from([result(api, c, 0, 1000.0) for api in ("v1", "v2") for c in (1, 64)])
-    write_section(results, section(figures, "jv_bilstm_attn", 1, 1.0, "then"))
-    write_section(results, section(figures, "jv_bilstm_attn", 1, 1.0, "now"))
+    write_section(results, SECTION_START, SECTION_END, section(figures, "jv_bilstm_attn", 1, 1.0, "then"))
+    write_section(results, SECTION_START, SECTION_END, section(figures, "jv_bilstm_attn", 1, 1.0, "now"))
     text = results.read_text()
     assert text.startswith("# Benchmark results\n\nother sections\n")
     assert text.count(SECTION_START) == text.count(SECTION_END) == 1 and "now" in text and "then" not in text

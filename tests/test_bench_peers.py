@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench.common import REPOSITORY
+from bench.common import REPOSITORY, write_section
 from bench.peers import (BIG_CALL, BIG_CLIENTS, CONCURRENCY, OTHERS_MAX, PROBE_TRAFFIC, SECTION_END, SECTION_START,
                          clean_rounds, figures_from, probe_requests, probe_server, reference_logits, scenarios,
-                         section, table_rows, write_section)
+                         section, table_rows)
 from bench.procs import real_server
 
 MODEL = "jv_bilstm_attn"
@@ -69,8 +69,9 @@ def test_the_section_is_replaced_between_its_markers(tmp_path: Path):
             "pad_to": 29, "onnxruntime": "1.32.0", "versions": {"kserve": "0.21.0", "mlserver": "1.7.1"}}
     path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmark results\n\nother sections\n")
-    write_section(path, section(figures_from(results), table_rows(results), probes, meta))
-    write_section(path, section(figures_from(results), table_rows(results), probes, meta | {"when": "now"}))
+    write_section(path, SECTION_START, SECTION_END, section(figures_from(results), table_rows(results), probes, meta))
+    write_section(path, SECTION_START, SECTION_END,
+                  section(figures_from(results), table_rows(results), probes, meta | {"when": "now"}))
     text = path.read_text()
     assert text.startswith("# Benchmark results\n\nother sections\n")
     assert text.count(SECTION_START) == text.count(SECTION_END) == 1 and "now" in text and "then" not in text

@@ -237,6 +237,8 @@ class PackedOutputs:
 
     def sequence(self, i: int) -> SequenceOutputs:
         """Sequence i's own answers (views)."""
+        if len(self.lengths) == 1:  # a request of one sequence: its per-step arrays are whole
+            return {name: value if name in PER_STEP else value[0] for name, value in self.arrays.items()}
         start = int(self.lengths[:i].sum())
         end = start + int(self.lengths[i])
         return {name: value[start:end] if name in PER_STEP else value[i] for name, value in self.arrays.items()}

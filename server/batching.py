@@ -211,16 +211,21 @@ class Round:
                 done.append(int(j))
         return done
 
+    @functools.cached_property
+    def spans(self) -> list[tuple[int, int, int, int]]:
+        """Each job's (first sequence, end, first step, end) in the round, as Python ints."""
+        ends = np.cumsum(self.sizes)  # (J,)
+        step_ends = np.concatenate([[0], np.cumsum(self.lengths)])  # (B + 1,)
+        firsts = ends - self.sizes
+        return list(zip(firsts.tolist(), ends.tolist(), step_ends[firsts].tolist(), step_ends[ends].tolist()))
+
     def answers_of(self, j: int) -> PackedOutputs:
         """Job j's answers: views into the round's arrays."""
         if len(self.jobs) == 1:
             return PackedOutputs(self.answers, self.lengths)
-        first = int(self.sizes[:j].sum())
-        count = len(self.jobs[j])
-        step0 = int(self.starts[first])
-        steps = int(self.lengths[first:first + count].sum())
-        return PackedOutputs({name: value[step0:step0 + steps] if name in PER_STEP else value[first:first + count]
-                              for name, value in self.answers.items()}, self.lengths[first:first + count])
+        first, end, step0, step_end = self.spans[j]
+        return PackedOutputs({name: value[step0:step_end] if name in PER_STEP else value[first:end]
+                              for name, value in self.answers.items()}, self.lengths[first:end])
 
 
 class Batcher:

@@ -254,3 +254,25 @@ def test_a_lone_caller_after_an_idle_spell_is_answered_at_once_and_load_is_queue
     assert at_once and queued == [True, True] and last_batch == 2
     np.testing.assert_array_equal(lone.arrays["logits"], [[6.0] * FEATURES])
     assert all(len(a) == 1 for a in burst)
+
+
+def test_requests_batched_together_each_get_their_own_sequences_back():
+    requests = [[(5, 1.0), (2, 2.0)], [(9, 3.0), (1, 4.0), (7, 5.0)], [(3, 6.0)]]  # (length, value) per sequence
+
+    async def scenario():
+        runtime = FakeRuntime()
+        batcher = await started(runtime, padding_waste=0.1, padding_min_split=1)
+        batcher.hold()
+        jobs = [batcher.enqueue(Packed.of([steps(n, v) for n, v in request], FEATURES)) for request in requests]
+        batcher.release()
+        answers = [await job.future for job in jobs]
+        await batcher.stop()
+        return runtime, answers
+
+    runtime, answers = run(scenario())
+    assert len(runtime.batch_sizes) > 1  # split by length across the requests
+    for request, got in zip(requests, answers):
+        assert got.lengths.tolist() == [n for n, _ in request]
+        for i, (n, v) in enumerate(request):
+            np.testing.assert_array_equal(got.sequence(i)["outputs"], np.cumsum(steps(n, v), axis=0))
+            np.testing.assert_array_equal(got.sequence(i)["logits"], np.full(FEATURES, n * v))

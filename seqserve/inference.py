@@ -75,7 +75,8 @@ def pad_rows(steps: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tupl
 def step_rows(starts: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Where every real step of B sequences lives: its row in a packed array (the sequences start at
     `starts` (B,)) and in a padded batch's (B * width, ...) view. Two (sum T_i,) index arrays."""
-    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,) step in its sequence
+    firsts = np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,) each step's sequence's first step, packed
+    within = np.arange(int(lengths.sum())) - firsts  # (N,) the step's place in its sequence
     packed_at = np.repeat(starts, lengths) + within  # (N,)
     padded_at = np.repeat(np.arange(len(lengths)) * width, lengths) + within  # (N,)
     return packed_at, padded_at

@@ -84,7 +84,8 @@ class Admission(grpc.aio.ServerInterceptor):
                               "authorization: a valid `authorization: Bearer <token>` header is required")
         return counted
 
-    def _wrappers(self, handler: grpc.RpcMethodHandler, method: str) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
+    def _wrappers(self, handler: grpc.RpcMethodHandler,
+                  method: str) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
         """`handler` guarded (unless seqserve's own), and guarded and counted: built once per method."""
         known = self._wrapped.get(method)
         if known is None or known[0] is not handler:

@@ -50,7 +50,8 @@ class SeqserveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.executor = ThreadPoolExecutor(max_workers=max(1, config.concurrent_batches), thread_name_prefix="inference")
+        self.executor = ThreadPoolExecutor(max_workers=max(1, config.concurrent_batches),
+                                           thread_name_prefix="inference")
         self.registry = ModelRegistry(config, self.executor, self.metrics)
         self.health = health.aio.HealthServicer()
         decode_log = RateLimitedLog(wire_log)

@@ -108,9 +108,11 @@ class Round:
     def __init__(self, runtime: ModelRuntime, jobs: Sequence[Job]) -> None:
         self.runtime = runtime
         self.jobs = list(jobs)
-        alone = len(jobs) == 1  # the common case at low load: no joining, nothing to cut apart afterwards
-        self.lengths = jobs[0].sequences.lengths if alone else np.concatenate([j.sequences.lengths for j in jobs])  # (B,)
-        self.steps = jobs[0].sequences.steps if alone else np.concatenate([j.sequences.steps for j in jobs])  # (N, F)
+        if len(jobs) == 1:  # the common case at low load: no joining, nothing to cut apart afterwards
+            self.lengths, self.steps = jobs[0].sequences.lengths, jobs[0].sequences.steps  # (B,), (N, F)
+        else:
+            self.lengths = np.concatenate([j.sequences.lengths for j in jobs])  # (B,)
+            self.steps = np.concatenate([j.sequences.steps for j in jobs])  # (N, F)
         self.unanswered = [len(j) for j in jobs]  # (J,) sequences of each job not run yet
         self.fetch = self._fetch()
         self.h0, self.c0 = self._states("h0"), self._states("c0") if runtime.arch.has_cell_state else None

@@ -82,15 +82,6 @@ def step_rows(starts: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.n
     return packed_at, padded_at
 
 
-def stack_states(states: Sequence[np.ndarray | None], layers: int, hidden: int) -> np.ndarray:
-    """Per-sequence initial states (L, H), or None for zeros, as one (L, B, H) input."""
-    stacked = np.zeros((layers, len(states), hidden), dtype=np.float32)  # (L, B, H)
-    for i, state in enumerate(states):
-        if state is not None:
-            stacked[:, i] = state
-    return stacked
-
-
 @dataclass(frozen=True)
 class Batch:
     """One run's inputs."""

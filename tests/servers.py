@@ -33,6 +33,21 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.005)
 
 
+def assert_reading_held(server: ThreadedServer, method: str, in_flight: int, answers: Iterator, sent: int) -> None:
+    """A stream whose client reads no answers: the server has read (and answered) at most about
+    `in_flight` of the `sent` requests, and reads the rest once the client reads its answers."""
+    registry = server.server.metrics.registry
+
+    def answered() -> float:
+        return registry.get_sample_value("seqserve_requests_total", {"method": method, "code": "OK"}) or 0
+
+    wait_until(lambda: answered() >= in_flight)
+    time.sleep(1.0)  # time to read more, were it not held back
+    held = answered()
+    assert held <= in_flight + 2, f"read {held} of {sent} requests while the client read no answer"
+    assert len(list(answers)) == sent  # reading resumes as the client reads
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from seqserve.inference import (
-    Packed, PackedOutputs, length_groups, pad, pad_packed, per_sequence, session_options, stack_states,
-    with_probabilities,
+    Packed, PackedOutputs, length_groups, pad, pad_packed, per_sequence, session_options, with_probabilities,
 )
 
 F = 3
@@ -29,13 +28,6 @@ def test_pad_puts_each_sequence_at_the_start_of_its_row_and_zeros_after(lengths)
         assert not row[len(s):].any()
     packed_x, _ = pad_packed(np.concatenate(seqs), np.array(lengths))
     np.testing.assert_array_equal(packed_x, x)
-
-
-def test_states_stack_with_zeros_where_a_sequence_has_none():
-    h = np.ones((2, 4), np.float32)
-    stacked = stack_states([None, h, None], layers=2, hidden=4)  # (L, B, H)
-    assert stacked.shape == (2, 3, 4)
-    assert not stacked[:, 0].any() and (stacked[:, 1] == 1).all() and not stacked[:, 2].any()
 
 
 def test_length_groups_honour_every_bound():

@@ -26,7 +26,7 @@ from seqserve.inference import Batch, OnnxModel, length_groups, open_session
 from seqserve.oip import grpc_service_pb2 as pb
 from seqserve.oip import grpc_service_pb2_grpc as pb_grpc
 from seqserve.repository import latest_version
-from servers import REPOSITORY, ROOT, threaded_server, wait_until
+from servers import REPOSITORY, ROOT, assert_reading_held, threaded_server, wait_until
 
 MODELS = ["jv_bilstm_attn", "jv_bigru_attn", "jv_lstm_stream"]
 STREAM_MODEL = "jv_lstm_stream"
@@ -625,12 +625,5 @@ def test_a_stream_stops_reading_a_client_that_does_not_read_its_answers():
         big = raw_request("jv_bilstm_attn", np.ones((1, 500, 12), np.float32), outputs=[{"name": "outputs"}])
         sent = 30  # each answer ~250 kB
         answers = stub.ModelStreamInfer(iter([big] * sent), timeout=120)
-        registry = s.server.metrics.registry
-        answered = lambda: registry.get_sample_value("seqserve_requests_total",  # noqa: E731
-                                                     {"method": "ModelStreamInfer", "code": "OK"}) or 0
-        wait_until(lambda: answered() >= in_flight)
-        time.sleep(1.0)  # time to read more, were it not held back
-        held = answered()
-        assert held <= in_flight + 2, f"read {held} of {sent} requests while the client read no answer"
-        assert len(list(answers)) == sent  # reading resumes as the client reads
+        assert_reading_held(s, "ModelStreamInfer", in_flight, answers, sent)
         channel.close()

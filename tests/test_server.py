@@ -29,7 +29,7 @@ from seqserve.repository import latest_version
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from servers import REPOSITORY, ROOT, ServerProcess, threaded_server, wait_until
+from servers import REPOSITORY, ROOT, ServerProcess, assert_reading_held, threaded_server, wait_until
 
 BI_MODELS = ["jv_bilstm_attn", "jv_bigru_attn"]
 STREAM_MODEL = "jv_lstm_stream"
@@ -635,14 +635,7 @@ def test_encode_stream_stops_reading_a_client_that_does_not_read_its_answers():
         sent = 30
         answers = stub.EncodeStream(iter(pb.EncodeStreamRequest(request_id=str(i), request=big) for i in range(sent)),
                                     timeout=120)
-        registry = s.server.metrics.registry
-        answered = lambda: registry.get_sample_value("seqserve_requests_total",  # noqa: E731
-                                                     {"method": "EncodeStream", "code": "OK"}) or 0
-        wait_until(lambda: answered() >= in_flight)
-        time.sleep(1.0)  # time to read more, were it not held back
-        held = answered()
-        assert held <= in_flight + 2, f"read {held} of {sent} requests while the client read no answer"
-        assert len(list(answers)) == sent  # reading resumes as the client reads
+        assert_reading_held(s, "EncodeStream", in_flight, answers, sent)
         channel.close()
 
 

@@ -120,14 +120,25 @@ def encode_request(
     """An Encode request for (T_i, F) sequences: one message per sequence, or (`packed`) all of them in
     one tensor with the answer packed too (the fast form: the same numbers, far less per-sequence work)."""
     ids = [str(i) for i in range(len(sequences))] if ids is None else list(ids)
-    request = pb.EncodeRequest(model=model, version=version, outputs=output_values(outputs), packed_results=packed)
     if packed and sequences:  # (no sequences: the per-sequence form, which the server refuses by name)
-        request.packed.lengths.extend(len(s) for s in sequences)
-        request.packed.ids.extend(ids)
-        to_tensor(np.concatenate(sequences), request.packed.steps)  # (sum T_i, F)
-        return request
+        return encode_packed_request(model, np.concatenate(sequences), [len(s) for s in sequences], ids, outputs,
+                                     version)
+    request = pb.EncodeRequest(model=model, version=version, outputs=output_values(outputs), packed_results=packed)
     for seq_id, steps in zip(ids, sequences):
         to_tensor(steps, request.sequences.add(id=seq_id).steps)
+    return request
+
+
+def encode_packed_request(
+    model: str, steps: np.ndarray, lengths: Sequence[int] | np.ndarray, ids: Sequence[str],
+    outputs: Iterable[str] | None = None, version: int = 0,
+) -> pb.EncodeRequest:
+    """A packed Encode request for sequences already end to end: steps (sum T_i, F), lengths (B,), ids (B,);
+    the answer comes packed too."""
+    request = pb.EncodeRequest(model=model, version=version, outputs=output_values(outputs), packed_results=True)
+    request.packed.lengths.extend(np.asarray(lengths).tolist())
+    request.packed.ids.extend(ids)
+    to_tensor(steps, request.packed.steps)  # (sum T_i, F)
     return request
 
 

@@ -26,10 +26,11 @@ from servers import threaded_server  # noqa: E402
 import batch_infer  # noqa: E402
 from model.data import dataset_dir  # noqa: E402
 from seqserve.batch import backends, pipeline  # noqa: E402
-from seqserve.batch.backends import LocalBackend, RemoteBackend  # noqa: E402
+from seqserve.batch.backends import LocalBackend, Predictions, RemoteBackend  # noqa: E402
 from seqserve.batch.errors import BackendError  # noqa: E402
 from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
-from seqserve.batch.readers import read_records  # noqa: E402
+from seqserve.batch.readers import each_record, read_records  # noqa: E402
+from seqserve.batch.writers import prediction_lines  # noqa: E402
 from seqserve.channel import Retries  # noqa: E402
 from seqserve.ts_format import iter_ts  # noqa: E402
 
@@ -475,6 +476,93 @@ def test_bad_records_in_binary_formats(tmp_path, sample):
         {"1": "empty sequence", "2": "contains NaN o"}
 
 
+def _faulty_records(cases, count: int) -> list[tuple[str, np.ndarray, str]]:
+    """`count` JapaneseVowels records spanning several reader blocks, with every fault screening catches:
+    duplicate ids (in one block and across blocks), an empty id, an empty sequence, NaN and Inf."""
+    records = [(f"r{i:05d}", cases[i % len(cases)].steps.copy(), cases[i % len(cases)].label) for i in range(count)]
+    records[10] = (records[3][0], *records[10][1:])  # duplicate within the first block
+    records[1500] = (records[20][0], *records[1500][1:])  # duplicate of a record two blocks back
+    records[700] = ("", *records[700][1:])
+    records[1100] = (records[1100][0], np.zeros((0, 12), np.float32), records[1100][2])
+    records[1800][1][2, 5] = np.nan
+    records[2100][1][0, 0] = np.inf
+    return records
+
+
+def test_block_readers_screen_like_the_record_reader(tmp_path, cases):
+    """npz and Parquet are read as blocks of ~1,000 records, JSON Lines one record at a time: the same
+    records with the same faults give the same predictions, errors and counts, also on --resume."""
+    records = _faulty_records(cases, 2300)
+    jsonl = tmp_path / "in.jsonl"
+    with jsonl.open("w") as f:
+        for rid, steps, label in records:
+            f.write(json.dumps({"id": rid, "steps": steps.tolist(), "label": label}) + "\n")
+    sources = {}
+    for fmt in ("parquet", "npz", "npz-padded"):
+        write, name = WRITERS[fmt]
+        sources[fmt] = tmp_path / name
+        write(sources[fmt], records)
+
+    def job(source: Path, out: Path, *extra: str) -> tuple[dict, dict, dict]:
+        summary = out.with_suffix(".summary.json")
+        run_cli("--model", MODEL, "--input", source, "--output", out, "--summary-json", summary, *extra)
+        rows = {r["id"]: r for r in read_jsonl(out)}
+        errors = sorted((e["index"], e["id"], e["reason"]) for e in read_jsonl(Path(f"{out}.errors.jsonl")))
+        counts = json.loads(summary.read_text())
+        return rows, errors, {k: counts[k] for k in ("read", "written", "failed", "skipped", "exit_status")}
+
+    want_rows, want_errors, want_counts = job(jsonl, tmp_path / "jsonl.jsonl")
+    assert want_counts == {"read": 2300, "written": 2294, "failed": 6, "skipped": 0,
+                           "exit_status": EXIT_FAILED_RECORDS}
+    for fmt, source in sources.items():
+        rows, errors, counts = job(source, tmp_path / f"{fmt}.jsonl")
+        assert (errors, counts) == (want_errors, want_counts), fmt
+        assert rows.keys() == want_rows.keys(), fmt
+        for rid, row in rows.items():
+            assert row["label"] == want_rows[rid]["label"], (fmt, rid)
+            assert row.get("true_label", want_rows[rid]["true_label"]) == want_rows[rid]["true_label"]  # padded: none
+            np.testing.assert_allclose(row["probabilities"], want_rows[rid]["probabilities"], atol=PROBABILITY_ATOL)
+
+    for fmt in ("parquet", "npz"):  # resume: the first 1,500 lines' predictions are already in the output
+        out = tmp_path / f"resumed-{fmt}.jsonl"
+        out.write_text("".join(line + "\n" for line in (tmp_path / "jsonl.jsonl").read_text().splitlines()[:1500]))
+        rows, _, counts = job(sources[fmt], out, "--resume")
+        assert rows.keys() == want_rows.keys(), fmt
+        assert (counts["skipped"], counts["written"]) == (1500, 2294 - 1500), fmt
+
+
+def test_padded_npz_lengths_outside_the_padding_fail_their_records(tmp_path, sample):
+    steps = sample[0][1]
+    x = np.zeros((3, len(steps), 12), np.float32)
+    x[:] = steps
+    np.savez(tmp_path / "in.npz", x=x, lengths=np.array([-1, len(steps), len(steps) + 1]),
+             ids=np.array(["low", "ok", "high"]))
+    assert run_cli("--model", MODEL, "--input", tmp_path / "in.npz", "--output", tmp_path / "p.jsonl") == \
+        EXIT_FAILED_RECORDS
+    assert [r["id"] for r in read_jsonl(tmp_path / "p.jsonl")] == ["ok"]
+    assert {e["id"]: e["reason"] for e in read_jsonl(tmp_path / "p.jsonl.errors.jsonl")} == {
+        "low": f"lengths: -1 is outside 0..{len(steps)}", "high": f"lengths: {len(steps) + 1} is outside 0..{len(steps)}"}
+
+
+def test_json_lines_rows_give_back_the_same_float32(tmp_path):
+    """Rows read back exactly (float32 -> text -> float32), state rows that are views included; a NaN is
+    written as NaN, as Python's json writes it (never null)."""
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((5, 9), dtype=np.float32)  # (B, C)
+    states = rng.standard_normal((4, 5, 3), dtype=np.float32).transpose(1, 0, 2)  # (B, L*D, H) views, not contiguous
+    predictions = Predictions([f"id-{i}" for i in range(5)], ["1"] * 5, np.zeros(5, np.int64), probabilities,
+                              [None, "2", None, None, "1"], {"h_n": list(states)})
+    rows = [json.loads(line) for line in prediction_lines(predictions).splitlines()]
+    assert [r["id"] for r in rows] == [f"id-{i}" for i in range(5)]
+    assert [r.get("true_label") for r in rows] == [None, "2", None, None, "1"]
+    np.testing.assert_array_equal(np.array([r["probabilities"] for r in rows], np.float32), probabilities)
+    np.testing.assert_array_equal(np.array([r["h_n"] for r in rows], np.float32), states)
+
+    probabilities[1, 2] = np.nan
+    line = prediction_lines(predictions).splitlines()[1]
+    assert b"NaN" in line and np.isnan(json.loads(line)["probabilities"][2])
+
+
 def test_input_problems_stop_the_run(tmp_path, capsys):
     assert run_cli("--model", MODEL, "--input", tmp_path / "missing.jsonl", "--output", tmp_path / "p.jsonl") == 1
     (tmp_path / "in.csv").write_text("a,b\n")
@@ -611,7 +699,7 @@ def test_the_shipped_samples_hold_the_same_records_in_every_format():
     """samples/ has the README's inputs in JSON Lines, Parquet and npz: the same 36 sequences, ids and labels."""
     by_format = {}
     for suffix in ("jsonl", "parquet", "npz"):
-        records = list(read_records(ROOT / "samples" / f"japanese_vowels_sample.{suffix}"))
+        records = list(each_record(read_records(ROOT / "samples" / f"japanese_vowels_sample.{suffix}")))
         by_format[suffix] = [(r.id, r.label, r.steps) for r in records]
     jsonl = by_format.pop("jsonl")
     assert len(jsonl) == 36

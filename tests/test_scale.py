@@ -40,7 +40,7 @@ import batch_infer
 import scale_load
 from seqserve.batch.backends import RemoteBackend, checked_call
 from seqserve.batch.errors import BackendError, RecordRejected
-from seqserve.batch.readers import Record
+from seqserve.batch.records import Record, Records
 from seqserve.channel import MAX_RETRIES, SERVICE, Retries, open_channel, service_config
 from seqserve.client import SeqserveClient, encode_request
 from seqserve.tensors import to_tensor
@@ -143,7 +143,8 @@ def test_the_batch_backend_rides_out_a_draining_replica(replicas):
     try:
         backend = RemoteBackend(ipv4_target(replicas), MODEL, retries=FAST, timeout=30)
         try:
-            records = [Record(index=i, id=str(i), steps=steps) for i, steps in enumerate(sequences(4))]
+            records = Records.of([Record(index=i, id=str(i), steps=steps) for i, steps in enumerate(sequences(4))],
+                                 FEATURES)
             for _ in range(10):
                 assert backend.infer(records).ids == ["0", "1", "2", "3"]
         finally:

@@ -22,12 +22,12 @@ import numpy as np
 import onnxruntime as ort
 
 from seqserve.batch.errors import BackendError, RecordRejected
-from seqserve.batch.readers import Record
+from seqserve.batch.records import Records
 from seqserve.channel import Retries, Security, open_channel
-from seqserve.client import SeqserveClient, encode_request, results_of
+from seqserve.client import SeqserveClient, encode_packed_request, results_of
 from seqserve.contract import Architecture, output_names
 from seqserve.cpu import physical_cores
-from seqserve.inference import Batch, OnnxModel, open_session, pad, per_sequence
+from seqserve.inference import Batch, OnnxModel, open_session, per_sequence
 from seqserve.numerics import softmax
 from seqserve.repository import ModelVersion, RepositoryError, latest_version, read_version
 
@@ -109,6 +109,11 @@ class Predictions:
             {t: [a for p in parts for a in p.tensors[t]] for t in parts[0].tensors},
         )
 
+    def finite(self) -> bool:
+        """No NaN or Inf in the probabilities or tensors."""
+        return bool(np.isfinite(self.probabilities).all()) and all(
+            np.isfinite(a).all() for values in self.tensors.values() for a in values)
+
     @property
     def nbytes(self) -> int:
         return self.probabilities.nbytes + sum(a.nbytes for v in self.tensors.values() for a in v)
@@ -118,7 +123,7 @@ class Backend(Protocol):
     info: ModelInfo
     concurrency: int  # how many `infer` calls the pipeline may have in flight at once
 
-    def infer(self, records: Sequence[Record]) -> Predictions:
+    def infer(self, records: Records) -> Predictions:
         """One prediction per record, in order; thread-safe. Raises RecordRejected or BackendError."""
         ...
 
@@ -173,9 +178,9 @@ class OrtModel:
     def session(self) -> ort.InferenceSession:
         return self.model.session
 
-    def predict(self, records: Sequence[Record]) -> Predictions:
+    def predict(self, records: Records) -> Predictions:
         """One prediction per record; RecordRejected when onnxruntime fails on the batch."""
-        x, lengths = pad([r.steps for r in records], self.info.input_size)  # (B, T, F), (B,)
+        x, lengths = records.padded()  # (B, T, F), (B,)
         try:
             out = self.model.run(Batch(x, lengths), self.fetch)
         except ORT_ERRORS as exc:
@@ -183,11 +188,12 @@ class OrtModel:
         logits = out["logits"]  # (B, C)
         indices = logits.argmax(axis=1)  # (B,)
         names = self.info.class_labels
-        rows = per_sequence({name: out[name] for name in self.tensors}, lengths)
-        return Predictions(
-            [r.id for r in records], [names[k] if k < len(names) else str(k) for k in indices.tolist()], indices,
-            softmax(logits), [r.label for r in records], {name: [row[name] for row in rows] for name in self.tensors},
-        )
+        tensors = {}
+        if self.tensors:
+            rows = per_sequence({name: out[name] for name in self.tensors}, lengths)
+            tensors = {name: [row[name] for row in rows] for name in self.tensors}
+        return Predictions(records.ids, [names[k] if k < len(names) else str(k) for k in indices.tolist()], indices,
+                           softmax(logits), records.labels, tensors)
 
 
 class LocalBackend:
@@ -205,7 +211,7 @@ class LocalBackend:
         self.model = OrtModel(resolve_version(repository, model, version), tensors, max(1, total // runs))
         self.info = self.model.info
 
-    def infer(self, records: Sequence[Record]) -> Predictions:
+    def infer(self, records: Records) -> Predictions:
         return self.model.predict(records)
 
     def close(self) -> None:
@@ -261,18 +267,18 @@ class RemoteBackend:
         self.tensors = check_tensors(tensors, self.info)
         self.outputs = sorted({REMOTE_OUTPUT[t] for t in self.tensors}) or ["logits"]  # empty would mean the default
 
-    def infer(self, records: Sequence[Record]) -> Predictions:
-        request = encode_request(self.info.name, [r.steps for r in records], [r.id for r in records],
-                                 self.outputs, self.info.version, packed=True)
+    def infer(self, records: Records) -> Predictions:
+        request = encode_packed_request(self.info.name, records.contiguous_steps(), records.lengths, records.ids,
+                                        self.outputs, self.info.version)
         response = checked_call(lambda: self.client.stub.Encode(request, timeout=self.client.timeout),
                                 f"{self.target}: Encode", self.retries)
         results = results_of(response)
         if len(results) != len(records):
             raise BackendError(f"{self.target}: Encode answered {len(results)} results for {len(records)}")
         return Predictions(
-            [r.id for r in records], [res.label for res in results],
+            records.ids, [res.label for res in results],
             np.array([res.label_index for res in results], dtype=np.int64),
-            np.stack([res.probabilities for res in results]), [r.label for r in records],
+            np.stack([res.probabilities for res in results]), records.labels,
             {t: [getattr(res, t) for res in results] for t in self.tensors},
         )
 

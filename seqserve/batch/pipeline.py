@@ -18,16 +18,18 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from seqserve.batch.backends import Backend, ModelInfo, Predictions
 from seqserve.batch.errors import BatchError, RecordRejected
-from seqserve.batch.readers import BadRecord, Fields, Item, Record, detect_format, read_records
+from seqserve.batch.readers import Fields, Item, detect_format, read_records
+from seqserve.batch.records import BadRecord, Record, Records
 from seqserve.batch.writers import ErrorLog, Writer, detect_output_format, open_writer
 from seqserve.inference import length_groups
 
@@ -35,6 +37,7 @@ BATCH_SIZE = 64
 CHUNK_SIZE = 8192
 CHUNK_BYTES = 32 << 20
 FIRST_CHUNK = 1024  # the first chunks ramp up from this, so the backend starts early
+TASK_RECORDS = 512  # records per trip to the inference thread (one call at a time)
 MAX_BATCH_STEPS = 1 << 16  # padded steps (B x T) in one call, so long sequences make smaller batches
 EXIT_OK, EXIT_FATAL, EXIT_FAILED_RECORDS, EXIT_INTERRUPTED = 0, 1, 3, 130
 
@@ -114,40 +117,33 @@ class Summary:
                 "exit_status": self.exit_status}
 
 
-def bad_from(record: Record, reason: str) -> BadRecord:
-    return BadRecord(record.index, record.id, reason, record.line)
+DUPLICATE = "duplicate id: an earlier record has the same id"
 
 
-def check_shape(record: Record, features: int) -> str | None:
-    """Why the model cannot take this record's shape, or None."""
-    time_steps, width = record.steps.shape
-    if time_steps == 0:
+def check_shape(length: int, width: int, features: int) -> str | None:
+    """Why the model cannot take a sequence of this shape, or None."""
+    if length == 0:
         return "empty sequence: at least 1 step is needed"
     if width != features:
         return f"has {width} features per step, the model expects {features}"
     return None
 
 
-def split_nonfinite(records: list[Record]) -> tuple[list[Record], list[BadRecord]]:
-    """(records with only finite values, the others as BadRecords), in one vectorised pass."""
-    if not records:
-        return records, []
-    finite = np.isfinite(np.concatenate([r.steps for r in records])).all(axis=1)  # (sum of T,)
+def split_nonfinite(records: Records) -> tuple[Records, list[BadRecord]]:
+    """(the records with only finite values, the others as BadRecords), in one vectorised pass."""
+    finite = records.finite_rows()  # (N,)
     if finite.all():
         return records, []
-    starts = np.cumsum([0] + [r.length for r in records[:-1]])  # every record has at least 1 step
-    good, bad = [], []
-    for record, ok in zip(records, np.logical_and.reduceat(finite, starts).tolist()):
-        if ok:
-            good.append(record)
-        else:
-            step = int(np.flatnonzero(~np.isfinite(record.steps).all(axis=1))[0])
-            bad.append(bad_from(record, f"contains NaN or Inf (first at step {step})"))
-    return good, bad
+    bad = []
+    for row in np.flatnonzero(~finite).tolist():
+        step = int(np.flatnonzero(~np.isfinite(records.record(row).steps).all(axis=1))[0])
+        bad.append(records.bad(row, f"contains NaN or Inf (first at step {step})"))
+    return records.take(np.flatnonzero(finite)), bad
 
 
 class Screen:
-    """For each item read: a Record to predict, None to skip (already in the output), or a BadRecord.
+    """For each item read: a Record to predict, None to skip (already in the output), or a BadRecord;
+    for a `Records` block, its rows to predict, its bad rows and how many to skip.
 
     Values are checked afterwards, a chunk at a time (split_nonfinite)."""
 
@@ -156,7 +152,7 @@ class Screen:
         self.done = done
         self.seen: set[str] = set()
 
-    def __call__(self, item: Item) -> Item | None:
+    def __call__(self, item: Record | BadRecord) -> Record | BadRecord | None:
         # `__class__ is` and the set's length rather than isinstance and `in` + add: this runs per record.
         if item.__class__ is BadRecord:
             return item
@@ -164,22 +160,45 @@ class Screen:
         before = len(seen)
         seen.add(item.id)
         if len(seen) == before:
-            return BadRecord(item.index, item.id, "duplicate id: an earlier record has the same id", item.line)
+            return BadRecord(item.index, item.id, DUPLICATE, item.line)
         if item.id in self.done:
             return None
         shape = item.steps.shape
         if shape[0] and shape[1] == self.features:
             return item
-        return BadRecord(item.index, item.id, check_shape(item, self.features), item.line)
+        return BadRecord(item.index, item.id, check_shape(shape[0], shape[1], self.features), item.line)
+
+    def block(self, records: Records) -> tuple[Records, list[BadRecord], int]:
+        """(the rows to predict, the bad rows, how many rows to skip): set operations on the whole
+        block, and a pass row by row only when one of them finds something."""
+        unique = set(records.ids)
+        clean = (len(unique) == len(records) and self.seen.isdisjoint(unique)
+                 and (not self.done or self.done.isdisjoint(unique))
+                 and records.features == self.features and records.lengths.all())
+        if clean:
+            self.seen |= unique
+            return records, [], 0
+        keep, bad, skipped = [], [], 0
+        width = records.features
+        for row, (rid, length) in enumerate(zip(records.ids, records.lengths.tolist())):
+            if rid in self.seen:
+                bad.append(records.bad(row, DUPLICATE))
+                continue
+            self.seen.add(rid)
+            if rid in self.done:
+                skipped += 1
+            elif reason := check_shape(length, width, self.features):
+                bad.append(records.bad(row, reason))
+            else:
+                keep.append(row)
+        return records.take(keep), bad, skipped
 
 
-def plan_batches(records: Sequence[Record], batch_size: int,
-                 max_batch_steps: int = MAX_BATCH_STEPS) -> list[list[Record]]:
+def plan_batches(records: Records, batch_size: int, max_batch_steps: int = MAX_BATCH_STEPS) -> list[Records]:
     """Sort by length and cut into batches of at most batch_size records and max_batch_steps padded
     steps (the core's one grouping policy, seqserve.inference.length_groups)."""
-    lengths = np.fromiter((r.length for r in records), dtype=np.int64, count=len(records))  # (N,)
-    groups = length_groups(lengths, max_size=batch_size, max_padded_steps=max_batch_steps)
-    return [[records[i] for i in group.tolist()] for group in groups]
+    groups = length_groups(records.lengths, max_size=batch_size, max_padded_steps=max_batch_steps)
+    return [records.take(group) for group in groups]
 
 
 class Progress:
@@ -235,8 +254,12 @@ class JobOutput:
     def read(self) -> None:
         self.summary.read += 1
 
-    def skip(self) -> None:
-        self.summary.skipped += 1
+    def reading(self, count: int) -> None:
+        """`count` records read so far."""
+        self.summary.read = count
+
+    def skip(self, count: int = 1) -> None:
+        self.summary.skipped += count
 
     def fail(self, bad: BadRecord) -> None:
         self.errors.write(bad)
@@ -267,60 +290,87 @@ class JobOutput:
         return self.summary
 
 
-def one_by_one(infer: Callable[[Sequence[Record]], Predictions], batch: Sequence[Record],
+def one_by_one(infer: Callable[[Records], Predictions], batch: Records,
                rejection: RecordRejected) -> tuple[list[Predictions], list[BadRecord]]:
     """After a batch was rejected: predict its records one at a time, so only the bad ones fail."""
     if len(batch) == 1:
-        return [], [bad_from(batch[0], str(rejection))]
+        return [], [batch.bad(0, str(rejection))]
     predictions, failures = [], []
-    for record in batch:
+    for row in range(len(batch)):
         try:
-            predictions.append(infer([record]))
+            predictions.append(infer(batch.take([row])))
         except RecordRejected as exc:
-            failures.append(bad_from(record, str(exc)))
+            failures.append(batch.bad(row, str(exc)))
     return predictions, failures
 
 
-def chunks(items: Iterable[Item], screen: Callable[[Item], Item | None], output: JobOutput,
-           chunk_size: int, chunk_bytes: int, first_chunk: int = FIRST_CHUNK,
-           on_item: Callable[[], None] = lambda: None) -> Iterable[list[Record]]:
+class Sink(Protocol):
+    """Where screening reports what it will not predict, and how far reading got."""
+
+    def fail(self, bad: BadRecord) -> None: ...
+
+    def skip(self, count: int = 1) -> None: ...
+
+    def reading(self, count: int) -> None: ...
+
+
+def chunks(items: Iterable[Item], screen: Screen, sink: Sink, chunk_size: int, chunk_bytes: int,
+           first_chunk: int = FIRST_CHUNK, on_item: Callable[[], None] = lambda: None) -> Iterable[Records]:
     """Screen every item and group the records to predict into chunks. The first chunk is small and
     each next one twice as big, up to chunk_size, so the backend starts early. `on_item` runs every
-    32 items (the pipeline writes finished batches there)."""
-    chunk: list[Record] = []
-    size = count = 0
+    32 items and after every block (the pipeline writes finished batches there)."""
+    singles: list[Record] = []  # records read one at a time
+    blocks: list[Records] = []
+    rows = size = read = 0
     limit = min(first_chunk, chunk_size)
     for count, item in enumerate(items, start=1):
-        screened = screen(item)
-        if screened.__class__ is Record:
-            chunk.append(screened)
-            size += screened.steps.nbytes
-            if len(chunk) >= limit or size >= chunk_bytes:
-                output.summary.read = count
-                yield _finite(chunk, output)
-                chunk, size = [], 0
-                limit = min(2 * limit, chunk_size)
-        elif screened is None:
-            output.skip()
-        else:
-            output.fail(screened)
-        if count % 32 == 0:
-            output.summary.read = count
+        if item.__class__ is Records:
+            read += len(item)
+            good, bad, skipped = screen.block(item)
+            for b in bad:
+                sink.fail(b)
+            if skipped:
+                sink.skip(skipped)
+            if len(good):
+                blocks.append(good)
+                rows, size = rows + len(good), size + good.nbytes
+            sink.reading(read)
             on_item()
-    output.summary.read = count
-    if chunk:
-        yield _finite(chunk, output)
+        else:
+            read += 1
+            screened = screen(item)
+            if screened.__class__ is Record:
+                singles.append(screened)
+                rows, size = rows + 1, size + screened.steps.nbytes
+            elif screened is None:
+                sink.skip()
+            else:
+                sink.fail(screened)
+            if count % 32 == 0:
+                sink.reading(read)
+                on_item()
+        if rows >= limit or size >= chunk_bytes:
+            sink.reading(read)
+            yield _finite(_chunk(singles, blocks, screen.features), sink)
+            singles, blocks, rows, size = [], [], 0, 0
+            limit = min(2 * limit, chunk_size)
+    sink.reading(read)
+    if rows:
+        yield _finite(_chunk(singles, blocks, screen.features), sink)
 
 
-def _finite(chunk: list[Record], output: JobOutput) -> list[Record]:
+def _chunk(singles: list[Record], blocks: list[Records], features: int) -> Records:
+    return Records.concat([Records.of(singles, features), *blocks] if singles else blocks)
+
+
+def _finite(chunk: Records, sink: Sink) -> Records:
     good, bad = split_nonfinite(chunk)
     for b in bad:
-        output.fail(b)
+        sink.fail(b)
     return good
 
 
-def _infer_each(infer: Callable[[Sequence[Record]], Predictions],
-                batches: list[list[Record]]) -> list[Predictions | RecordRejected]:
+def _infer_each(infer: Callable[[Records], Predictions], batches: list[Records]) -> list[Predictions | RecordRejected]:
     results: list[Predictions | RecordRejected] = []
     for batch in batches:
         try:
@@ -333,8 +383,9 @@ def _infer_each(infer: Callable[[Sequence[Record]], Predictions],
 class _InFlight:
     """Work sent to the backend, finished and written in the order it was sent.
 
-    A backend that takes one call at a time gets a chunk's batches as one task (few thread
-    hand-offs); one that takes N calls at once gets one task per batch, up to N running.
+    A backend that takes one call at a time gets a chunk's batches in tasks of about TASK_RECORDS
+    records (few thread hand-offs, and each task's predictions are written while the next runs); one
+    that takes N calls at once gets one task per batch, up to N running.
     """
 
     def __init__(self, backend: Backend, output: JobOutput, max_records: int) -> None:
@@ -342,19 +393,32 @@ class _InFlight:
         self.output = output
         self.max_records = max_records
         self.executor = ThreadPoolExecutor(max_workers=backend.concurrency, thread_name_prefix="infer")
-        self.queue: deque[tuple[list[list[Record]], int, Future]] = deque()
+        self.queue: deque[tuple[list[Records], int, Future]] = deque()
         self.records = 0
 
-    def submit(self, batches: list[list[Record]]) -> None:
+    def submit(self, batches: list[Records]) -> None:
         if not batches:
             return
-        tasks = [batches] if self.backend.concurrency == 1 else [[b] for b in batches]
-        for task in tasks:
+        for task in self._tasks(batches):
             size = sum(map(len, task))
             while self.queue and self.records + size > self.max_records:
                 self._finish_one()
             self.queue.append((task, size, self.executor.submit(_infer_each, self.backend.infer, task)))
             self.records += size
+
+    def _tasks(self, batches: list[Records]) -> Iterator[list[Records]]:
+        if self.backend.concurrency > 1:
+            yield from ([b] for b in batches)
+            return
+        task, size = [], 0
+        for batch in batches:
+            task.append(batch)
+            size += len(batch)
+            if size >= TASK_RECORDS:
+                yield task
+                task, size = [], 0
+        if task:
+            yield task
 
     def harvest(self) -> None:
         """Write whatever has finished at the head of the queue, without waiting."""

@@ -27,8 +27,9 @@ import numpy as np
 import seqserve
 from seqserve.batch.backends import OrtModel, Predictions, resolve_version
 from seqserve.batch.errors import BackendError, BatchError, RecordRejected
-from seqserve.batch.pipeline import JobConfig, JobOutput, Screen, Summary, one_by_one, plan_batches, split_nonfinite
-from seqserve.batch.readers import BadRecord, Item, Record, detect_format, read_records
+from seqserve.batch.pipeline import JobConfig, JobOutput, Screen, Summary, chunks, one_by_one, plan_batches
+from seqserve.batch.readers import detect_format, read_records
+from seqserve.batch.records import BadRecord, Records
 from seqserve.inference import PER_STATE, PER_STEP
 from seqserve.repository import ModelVersion
 
@@ -93,38 +94,49 @@ class RecordSource(Datasource):
         return [ReadTask(self._read, metadata)]
 
     def _read(self) -> Iterator[pa.Table]:
-        screen = Screen(self.features, self.done)
-        block: list[tuple[str, Item]] = []
-        for item in read_records(self.path, self.fmt, self.fields):
-            screened = screen(item)
-            if screened is None:
-                block.append((SKIP, item))
-            else:
-                block.append((BAD if isinstance(screened, BadRecord) else OK, screened))
-            if len(block) >= self.block_rows:
-                yield _block_table(block)
-                block = []
-        if block:
-            yield _block_table(block)
+        screen, rows = Screen(self.features, self.done), _ScreenedRows()
+        items = read_records(self.path, self.fmt, self.fields)
+        for chunk in chunks(items, screen, rows, self.block_rows, 1 << 62, first_chunk=self.block_rows):
+            yield rows.table(chunk)
+        if rows.bad or rows.skipped:
+            yield rows.table(None)
 
 
-def _block_table(block: list[tuple[str, Item]]) -> pa.Table:
-    """Rows for the actors; records with NaN or Inf become BAD rows here."""
-    _, nonfinite = split_nonfinite([item for status, item in block if status == OK])
-    bad = {b.index: b for b in nonfinite}
-    rows = {c: [] for c in (*ROW_COLUMNS, "length", "steps")}
-    for status, item in block:
-        if status == OK and item.index in bad:
-            status, item = BAD, bad[item.index]
-        if status == OK:
-            values = (item.index, item.id, item.line, OK, None, item.label, item.length,
-                      np.ascontiguousarray(item.steps, dtype="<f4").tobytes())
-        else:
-            reason = item.reason if status == BAD else None
-            values = (item.index, item.id, item.line, status, reason, None, 0, b"")
-        for column, value in zip(rows, values):
-            rows[column].append(value)
-    return _rows_table(rows)
+class _ScreenedRows:
+    """The screening's sink (seqserve.batch.pipeline.Sink): bad and skipped records wait here to travel to
+    the driver as rows beside the next chunk."""
+
+    def __init__(self) -> None:
+        self.bad: list[BadRecord] = []
+        self.skipped = 0
+
+    def fail(self, bad: BadRecord) -> None:
+        self.bad.append(bad)
+
+    def skip(self, count: int = 1) -> None:
+        self.skipped += count
+
+    def reading(self, count: int) -> None:
+        pass
+
+    def table(self, chunk: Records | None) -> pa.Table:
+        """Rows for the actors: the chunk's records (OK), then the bad (BAD) and skipped (SKIP) ones."""
+        rows = {c: [] for c in (*ROW_COLUMNS, "length", "steps")}
+
+        def add(*values: Any) -> None:
+            for column, value in zip(rows, values):
+                rows[column].append(value)
+
+        for row in range(len(chunk) if chunk is not None else 0):
+            record = chunk.record(row)
+            add(record.index, record.id, record.line, OK, None, record.label, record.length,
+                np.ascontiguousarray(record.steps, dtype="<f4").tobytes())
+        for bad in self.bad:
+            add(bad.index, bad.id, bad.line, BAD, bad.reason, None, 0, b"")
+        for _ in range(self.skipped):
+            add(None, None, None, SKIP, None, None, 0, b"")
+        self.bad, self.skipped = [], 0
+        return _rows_table(rows)
 
 
 class OrtPredictor:
@@ -139,19 +151,19 @@ class OrtPredictor:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         columns = table.to_pydict()
-        records = [
-            Record(columns["index"][i], columns["id"][i],
-                   np.frombuffer(columns["steps"][i], dtype="<f4").reshape(columns["length"][i], self.features),
-                   columns["true_label"][i], columns["line"][i])
-            for i in range(table.num_rows) if columns["status"][i] == OK
-        ]
+        ok = [i for i, status in enumerate(columns["status"]) if status == OK]
+        records = Records.packed(
+            np.array([columns["index"][i] for i in ok], dtype=np.int64), [columns["id"][i] for i in ok],
+            np.frombuffer(b"".join(columns["steps"][i] for i in ok), dtype="<f4").reshape(-1, self.features),
+            np.array([columns["length"][i] for i in ok], dtype=np.int64), [columns["true_label"][i] for i in ok],
+            [columns["line"][i] for i in ok])
         results: dict[int, tuple[Predictions, int] | BadRecord] = {}  # by record index
         for batch in plan_batches(records, self.batch_size, self.max_batch_steps):
             try:
                 parts, failures = [self.model.predict(batch)], []
             except RecordRejected as exc:
                 parts, failures = one_by_one(self.model.predict, batch, exc)
-            by_id = {r.id: r.index for r in batch}
+            by_id = dict(zip(batch.ids, batch.index.tolist()))
             for predictions in parts:
                 for row, rid in enumerate(predictions.ids):
                     results[by_id[rid]] = (predictions, row)

@@ -1,4 +1,6 @@
-"""Lazy readers: each yields one `Record` (or `BadRecord`) at a time, so memory stays bounded.
+"""Lazy readers, so memory stays bounded: JSON Lines and .ts yield one `Record` (or `BadRecord`) at a
+time; npz and Parquet yield `Records` blocks of up to ~1,000 records as columns (no Python object per
+record), and a `Record` or `BadRecord` for what does not fit a block. `each_record` flattens either.
 
 Input layouts (F = the model's features per step):
 
@@ -20,10 +22,9 @@ the input as a whole raises `InputError`.
 
 from __future__ import annotations
 
-import itertools
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +37,7 @@ except ImportError:
     fast_json_loads = json.loads
 
 from seqserve.batch.errors import InputError
+from seqserve.batch.records import BadRecord, Record, Records
 from seqserve.ts_format import TsFormatError, parse_case, parse_header
 
 FORMATS = ("jsonl", "parquet", "npz", "ts")
@@ -55,28 +57,7 @@ class Fields:
     label: str = "label"
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass is 4x slower to build, and there is one per sequence
-class Record:
-    index: int  # 0-based position in the input
-    id: str
-    steps: np.ndarray  # (T, F) float32
-    label: str | None = None  # the true class, when the input has one
-    line: int | None = None  # 1-based line (JSON Lines, .ts)
-
-    @property
-    def length(self) -> int:
-        return self.steps.shape[0]
-
-
-@dataclass(slots=True)
-class BadRecord:
-    index: int
-    id: str | None
-    reason: str
-    line: int | None = None
-
-
-Item = Record | BadRecord
+Item = Record | BadRecord | Records  # Records: a block of many records (npz, Parquet)
 
 
 class _RecordError(ValueError):
@@ -112,6 +93,15 @@ def read_records(path: str | Path, fmt: str | None = None, fields: Fields = Fiel
     if fmt == "parquet":
         return read_parquet(path, fields)
     return read_npz(path) if fmt == "npz" else read_ts(path)
+
+
+def each_record(items: Iterable[Item]) -> Iterator[Record | BadRecord]:
+    """The items of a reader one record at a time (a `Records` block as a Record per row)."""
+    for item in items:
+        if isinstance(item, Records):
+            yield from map(item.record, range(len(item)))
+        else:
+            yield item
 
 
 def record_id(value: Any, index: int) -> str:
@@ -208,8 +198,9 @@ def read_parquet(path: Path, fields: Fields = Fields(), batch_rows: int = PARQUE
 
 
 def _parquet_batch(pa, batch, first_index: int, fields: Fields, file: Path) -> Iterator[Item]:
+    """The rows of one record batch: a `Records` block when every step has one width (no copy of the
+    values), else one item per row."""
     n = batch.num_rows
-    names = batch.schema.names
     try:
         col = batch.column(fields.steps).cast(pa.list_(pa.list_(pa.float32())))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -217,41 +208,84 @@ def _parquet_batch(pa, batch, first_index: int, fields: Fields, file: Path) -> I
             f"{file}: column {fields.steps!r} is {batch.schema.field(fields.steps).type}, "
             f"expected list<list<float>> ({exc})"
         ) from None
-    ids = batch.column(fields.id).to_pylist() if fields.id in names else [None] * n
-    labels = batch.column(fields.label).to_pylist() if fields.label in names else [None] * n
-    nulls = col.is_null().to_numpy(zero_copy_only=False)
-    outer = np.asarray(col.offsets)  # (n + 1,) into col.values
-    steps_array = col.values
-    inner = np.asarray(steps_array.offsets)  # (steps + 1,) into the flat floats
-    flat = steps_array.values.to_numpy(zero_copy_only=False)  # float32, NaN where null
-    # A row is ragged when one of its steps has another width than its first step.
+    outer = np.asarray(col.offsets).astype(np.int64)  # (n + 1,) into col.values
+    inner = np.asarray(col.values.offsets).astype(np.int64)  # (steps + 1,) into the flat floats
+    flat = col.values.values.to_numpy(zero_copy_only=False)  # float32, NaN where null
     lo, hi = int(outer[0]), int(outer[-1])
-    widths = np.diff(inner[lo : hi + 1])  # values per step, for the steps of these rows
-    counts = np.diff(outer)  # steps per row
-    first = widths[np.minimum(outer[:-1] - lo, max(hi - lo - 1, 0))] if hi > lo else np.zeros(n, np.int64)
-    row_of_step = np.repeat(np.arange(n), counts)
-    ragged_rows = set(row_of_step[widths != np.repeat(first, counts)].tolist())
-    outer_at, inner_at, first_width = outer.tolist(), inner.tolist(), first.tolist()
-    for r in range(n):
-        index = first_index + r
+    widths = np.diff(inner[lo : hi + 1])  # (steps,) values per step, for the steps of these rows
+    counts = np.diff(outer)  # (n,) steps per row
+    columns = _ParquetColumns(batch, fields, first_index, col.is_null().to_numpy(zero_copy_only=False))
+    if hi > lo and (widths == widths[0]).all():
+        steps = flat[inner[lo] : inner[hi]].reshape(hi - lo, int(widths[0]))  # (steps, F)
+        block = Records(np.arange(first_index, first_index + n), columns.ids, steps, outer[:-1] - lo, counts,
+                        columns.labels)
+        yield from columns.bad
+        yield block.take(columns.good) if columns.bad else block
+    else:
+        yield from _parquet_rows(columns, outer, inner, flat, widths, lo)
+
+
+class _ParquetColumns:
+    """A record batch's ids and labels as Python lists, and the rows that are bad whatever their steps
+    (an invalid id, null steps)."""
+
+    def __init__(self, batch, fields: Fields, first_index: int, nulls: np.ndarray) -> None:
+        n, names = batch.num_rows, batch.schema.names
+        self.first_index = first_index
+        raw_ids = batch.column(fields.id).to_pylist() if fields.id in names else None
+        self.ids, id_errors = _row_ids(raw_ids, first_index, n)
+        labels = batch.column(fields.label).to_pylist() if fields.label in names else [None] * n
+        self.labels = [None if label is None else str(label) for label in labels]
+        self.bad: list[BadRecord] = []
+        self.good = list(range(n))
+        if not id_errors and not nulls.any():
+            return
+        good = []
+        for r in range(n):
+            index = first_index + r
+            if r in id_errors:
+                self.bad.append(BadRecord(index, None, id_errors[r]))
+            elif nulls[r]:
+                self.bad.append(BadRecord(index, self.ids[r], f"{fields.steps}: null"))
+            else:
+                good.append(r)
+        self.good = good
+
+
+def _row_ids(raw: list | None, first_index: int, n: int) -> tuple[list[str | None], dict[int, str]]:
+    """Each row's id as a string (its index where it has none), None where the id is invalid; and why,
+    by row."""
+    if raw is None:
+        return list(map(str, range(first_index, first_index + n))), {}
+    if all(type(v) is str for v in raw) and "" not in raw:
+        return raw, {}
+    ids: list[str | None] = []
+    errors = {}
+    for r, value in enumerate(raw):
         try:
-            rid = record_id(ids[r], index)
+            ids.append(record_id(value, first_index + r))
         except _RecordError as exc:
-            yield BadRecord(index, None, str(exc))
-            continue
-        if nulls[r]:
-            yield BadRecord(index, rid, f"{fields.steps}: null")
-            continue
-        s0, s1 = outer_at[r], outer_at[r + 1]
-        if r in ragged_rows:
-            w = widths[s0 - lo : s1 - lo]
+            ids.append(None)
+            errors[r] = str(exc)
+    return ids, errors
+
+
+def _parquet_rows(columns: _ParquetColumns, outer: np.ndarray, inner: np.ndarray, flat: np.ndarray,
+                  widths: np.ndarray, lo: int) -> Iterator[Item]:
+    """One item per row, for a record batch whose steps differ in width (ragged rows become BadRecords)."""
+    yield from columns.bad
+    ids, labels = columns.ids, columns.labels
+    for r in columns.good:
+        s0, s1 = int(outer[r]), int(outer[r + 1])
+        w = widths[s0 - lo : s1 - lo]  # (T,) values per step
+        index = columns.first_index + r
+        if len(w) and (w != w[0]).any():
             bad = int(np.flatnonzero(w != w[0])[0])
-            yield BadRecord(index, rid, f"steps: step {bad} has {w[bad]} values, step 0 has {w[0]}")
+            yield BadRecord(index, ids[r], f"steps: step {bad} has {w[bad]} values, step 0 has {w[0]}")
             continue
-        width = first_width[r] if s1 > s0 else 0
-        steps = flat[inner_at[s0] : inner_at[s1]].reshape(s1 - s0, width)
-        label = labels[r]
-        yield Record(index, rid, steps, None if label is None else str(label))
+        width = int(w[0]) if len(w) else 0
+        steps = flat[inner[s0] : inner[s1]].reshape(s1 - s0, width)
+        yield Record(index, ids[r], steps, labels[r])
 
 
 class _NpyRows:
@@ -328,43 +362,80 @@ def read_npz(path: Path) -> Iterator[Item]:
         yield from _npz_items(path, layout, count, main, lengths, ids, labels)
 
 
-def _values(rows: _NpyRows | None) -> Iterator[Any]:
-    """The items of a 1-D array as Python values, read a block at a time; endless Nones when absent."""
-    if rows is None:
-        return itertools.repeat(None)
-    return itertools.chain.from_iterable(rows.read(NPZ_BLOCK_ROWS).tolist() for _ in iter(lambda: rows.left, 0))
-
-
-def _npz_items(path, layout, count, main, lengths, ids, labels) -> Iterator[Item]:
-    step_rows = max(1, NPZ_BLOCK_BYTES // max(1, main.row_bytes))
-    padded = itertools.chain.from_iterable(main.read(step_rows) for _ in iter(lambda: main.left, 0))
-    block = np.zeros((0, main.shape[-1]), dtype=np.float32)  # concatenated: steps read, from `at` on unused
-    at = 0
-    for index, length, raw_id, raw_label in zip(range(count), _values(lengths), _values(ids), _values(labels)):
-        if layout == "padded":
-            x = next(padded)  # (T, F)
-            length = x.shape[0] if length is None else length
-            steps = x[: max(0, length)].astype(np.float32, copy=False)
+def _npz_items(path: Path, layout: str, count: int, main: _NpyRows, lengths: _NpyRows | None,
+               ids: _NpyRows | None, labels: _NpyRows | None) -> Iterator[Item]:
+    """The records a block of rows at a time: a `Records` block each, and a BadRecord per bad row."""
+    steps = _StepStream(main, path) if layout == "concatenated" else None
+    rows = NPZ_BLOCK_ROWS if layout == "concatenated" else max(1, min(NPZ_BLOCK_ROWS, NPZ_BLOCK_BYTES // main.row_bytes))
+    for first in range(0, count, rows):
+        n = min(rows, count - first)
+        row_ids, id_errors = _row_ids(None if ids is None else ids.read(n).tolist(), first, n)
+        row_labels = [None] * n if labels is None else list(map(str, labels.read(n).tolist()))
+        bad = [BadRecord(first + r, None, reason) for r, reason in id_errors.items()]
+        if steps is not None:
+            block = _concatenated_block(path, first, steps, lengths.read(n), row_ids, row_labels)
         else:
-            if length < 0:
-                raise InputError(f"{path}: lengths[{index}] is negative ({length})")
-            if at + length > block.shape[0]:
-                if block.shape[0] - at + main.left < length:
-                    raise InputError(f"{path}: 'lengths' add up to more steps than 'steps' holds")
-                fresh = main.read(max(length, step_rows)).astype(np.float32, copy=False)
-                block, at = np.concatenate([block[at:], fresh]), 0
-            steps, at = block[at : at + length], at + length
-        try:
-            rid = record_id(raw_id, index)
-        except _RecordError as exc:
-            yield BadRecord(index, None, str(exc))
-            continue
-        if layout == "padded" and not 0 <= length <= x.shape[0]:
-            yield BadRecord(index, rid, f"lengths: {length} is outside 0..{x.shape[0]}")
-            continue
-        yield Record(index, rid, steps, None if raw_label is None else str(raw_label))
-    if layout == "concatenated" and (block.shape[0] - at or main.left):
-        raise InputError(f"{path}: 'steps' holds {block.shape[0] - at + main.left} steps beyond the sum of 'lengths'")
+            block, out_of_range = _padded_block(first, main.read(n), None if lengths is None else lengths.read(n),
+                                                row_ids, row_labels)
+            bad += [BadRecord(first + r, row_ids[r], reason) for r, reason in out_of_range if row_ids[r] is not None]
+        yield from bad
+        if bad:
+            failed = {b.index - first for b in bad}
+            block = block.take([r for r in range(n) if r not in failed])
+        yield block
+    if steps is not None:
+        steps.check_used_up()
+
+
+def _concatenated_block(path: Path, first: int, steps: _StepStream, lengths: np.ndarray, ids: list,
+                        labels: list) -> Records:
+    negative = np.flatnonzero(lengths < 0)
+    if negative.size:
+        raise InputError(f"{path}: lengths[{first + int(negative[0])}] is negative ({int(lengths[negative[0]])})")
+    block_steps = steps.take(int(lengths.sum()))  # (sum of lengths, F)
+    return Records.packed(np.arange(first, first + len(lengths)), ids, block_steps, lengths, labels)
+
+
+def _padded_block(first: int, x: np.ndarray, lengths: np.ndarray | None, ids: list,
+                  labels: list) -> tuple[Records, list[tuple[int, str]]]:
+    """Rows of a padded x (n, T, F) with their lengths (n,), packed; and (row, reason) for each length
+    outside 0..T (packed as an empty row)."""
+    n, T = x.shape[:2]
+    lengths = np.full(n, T, np.int64) if lengths is None else lengths.astype(np.int64)
+    outside = (lengths < 0) | (lengths > T)  # (n,)
+    reasons = [(r, f"lengths: {int(lengths[r])} is outside 0..{T}") for r in np.flatnonzero(outside).tolist()]
+    lengths = np.where(outside, 0, lengths)
+    real = np.arange(T) < lengths[:, None]  # (n, T)
+    steps = x[real].astype(np.float32, copy=False)  # (sum of lengths, F)
+    return Records.packed(np.arange(first, first + n), ids, steps, lengths, labels), reasons
+
+
+class _StepStream:
+    """The rows of a concatenated `steps` array, handed out in order, read from the .npz a block at a time."""
+
+    def __init__(self, main: _NpyRows, path: Path) -> None:
+        self.main = main
+        self.path = path
+        self.block_rows = max(1, NPZ_BLOCK_BYTES // max(1, main.row_bytes))
+        self.buffer = np.zeros((0, main.shape[-1]), dtype=np.float32)  # read, from `at` on not handed out
+        self.at = 0
+
+    def take(self, count: int) -> np.ndarray:
+        """The next `count` steps (count, F) float32."""
+        missing = count - (self.buffer.shape[0] - self.at)
+        if missing > 0:
+            if self.main.left < missing:
+                raise InputError(f"{self.path}: 'lengths' add up to more steps than 'steps' holds")
+            fresh = self.main.read(max(missing, self.block_rows)).astype(np.float32, copy=False)
+            self.buffer, self.at = np.concatenate([self.buffer[self.at :], fresh]), 0
+        taken = self.buffer[self.at : self.at + count]
+        self.at += count
+        return taken
+
+    def check_used_up(self) -> None:
+        left = self.buffer.shape[0] - self.at + self.main.left
+        if left:
+            raise InputError(f"{self.path}: 'steps' holds {left} steps beyond the sum of 'lengths'")
 
 
 def read_ts(path: Path) -> Iterator[Item]:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 # gRPC core writes its own plain-text lines to stderr (a failed bind: three of them); the server
 # logs what matters as JSON, so core stays quiet unless GRPC_VERBOSITY asks for it. Set before
@@ -56,7 +57,20 @@ def main() -> int:
             log.error(f"cannot start: {exc}")
             return EXIT_STARTUP
     sys.setswitchinterval(config.switch_interval_ms / 1000.0)
-    return asyncio.run(serve(config))
+    with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
+        return runner.run(serve(config))
+
+
+def loop_factory(config: ServerConfig) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when configured and installed (the `serve` extra has it); else asyncio's own."""
+    if not config.uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        log.warning("uvloop is not installed: serving on asyncio's own event loop (pip install 'seqserve[serve]')")
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

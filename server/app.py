@@ -111,6 +111,7 @@ class SeqserveServer:
             await self._set_model_health(model, SERVING)
         await self._set_health(SERVING)
         log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "tls": bool(self.config.tls_cert),
+                                   "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                                    "models": [f"{m.name}/{m.version}" for m in self.registry.all()],
                                    "skipped": len(self.registry.problems)})
         return self.port

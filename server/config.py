@@ -30,6 +30,9 @@ class ServerConfig:
     # The inference thread needs the GIL back after every onnxruntime run; with Python's default 5 ms
     # a busy event loop makes it wait that long each time (measured: batches 8x slower, bench/PROFILE.md).
     switch_interval_ms: float = 0.2
+    # uvloop (libuv) runs the gRPC event loop's callbacks in C: 10-20 % less server CPU per call at
+    # 64 clients than asyncio's own loop, unary and streaming, on 2 cores (bench/PROFILE.md).
+    uvloop: bool = True
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); threads are split between them
     reuse_port: bool = False  # let other processes bind the same port (set for each of --workers' processes)
     padding_waste: float = 0.25  # split a batch when padding would exceed this fraction of real steps
@@ -89,6 +92,7 @@ _HELP = {
                      "hops) when its expected run time, from this model's measured time per step, is at most this",
     "inline_min_idle_ms": "a request this long after the batcher went idle counts as a lone caller (may run inline)",
     "switch_interval_ms": "Python's GIL switch interval for the server process (Python's default: 5)",
+    "uvloop": "run the event loop on uvloop (libuv; less CPU per call) rather than asyncio's own",
     "workers": "server processes on the one port (SO_REUSEPORT), each with its own event loop and sessions, "
                "splitting --intra-op-threads between them; metrics summed over all",
     "reuse_port": "let other processes bind the same port (each --workers process has it)",

@@ -541,6 +541,21 @@ def test_graceful_shutdown_finishes_in_flight_requests(test_sequences):
         proc.kill()
 
 
+@pytest.mark.parametrize("flags, loop", [((), "uvloop"), (("--no-uvloop",), "asyncio")])
+def test_the_server_runs_on_the_event_loop_configured(flags, loop):
+    """uvloop by default (less CPU per call), asyncio's own with --no-uvloop; both answer alike."""
+    proc = ServerProcess(REPOSITORY, *flags)
+    try:
+        assert proc.logs[-1]["event_loop"] == loop
+        steps = np.random.default_rng(0).standard_normal((9, 12)).astype(np.float32)
+        with SeqserveClient(proc.target) as client:
+            result = client.encode("jv_bilstm_attn", [steps])[0]
+        assert result.label and np.isclose(result.probabilities.sum(), 1.0, atol=1e-5)
+        assert proc.terminate() == 0
+    finally:
+        proc.kill()
+
+
 def test_health_turns_not_serving_on_shutdown():
     proc = ServerProcess(REPOSITORY)
     try:

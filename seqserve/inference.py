@@ -138,10 +138,14 @@ def length_groups(lengths: np.ndarray, max_size: int | None = None, max_waste: f
     about as much per step as a bigger one: padding it away does not pay for another run). The one
     grouping policy of the server's batcher and the batch job."""
     order = np.argsort(lengths, kind="stable")  # (B,)
+    sorted_steps = np.maximum(lengths[order], 1)  # (B,) a group's longest is its last
+    if max_waste == float("inf") and (max_padded_steps is None or max_size is not None and len(order)
+                                      and max_size * int(sorted_steps[-1]) <= max_padded_steps):
+        step = max_size or max(1, len(order))  # only the size limit can bind: equal groups in order
+        return [order[i : i + step] for i in range(0, len(order), step)]
     groups: list[np.ndarray] = []
     start, real = 0, 0
-    for end, index in enumerate(order.tolist()):
-        steps = max(1, int(lengths[index]))
+    for end, steps in enumerate(sorted_steps.tolist()):
         size = end - start + 1
         padded = steps * size  # sorted: this sequence is the group's longest
         if size > 1 and ((max_size is not None and size > max_size)

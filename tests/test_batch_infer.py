@@ -502,6 +502,10 @@ def test_block_readers_screen_like_the_record_reader(tmp_path, cases):
         write, name = WRITERS[fmt]
         sources[fmt] = tmp_path / name
         write(sources[fmt], records)
+    sources["npz-stored"] = tmp_path / "stored.npz"  # not compressed: read as views of the mapped file
+    np.savez(sources["npz-stored"], steps=np.concatenate([r[1] for r in records]),
+             lengths=np.array([len(r[1]) for r in records]), ids=np.array([r[0] for r in records]),
+             labels=np.array([r[2] for r in records]))
 
     def job(source: Path, out: Path, *extra: str) -> tuple[dict, dict, dict]:
         summary = out.with_suffix(".summary.json")

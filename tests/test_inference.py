@@ -41,6 +41,18 @@ def test_length_groups_honour_every_bound():
     assert sorted(everything.tolist()) == list(range(len(lengths)))
 
 
+@pytest.mark.parametrize("max_size, max_padded_steps", [(64, 1 << 16), (64, None), (None, None), (8, 100), (5, 7)])
+def test_length_groups_cut_by_size_alone_as_the_general_policy_does(max_size, max_padded_steps):
+    """Where only the size can bind (no padding limit), groups are cut without a pass per sequence: the
+    same groups as the general policy (a finite but unreachable padding limit takes that path)."""
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 63, 64, 65, 1000):
+        lengths = rng.integers(0, 30, n)
+        fast = length_groups(lengths, max_size=max_size, max_padded_steps=max_padded_steps)
+        general = length_groups(lengths, max_size=max_size, max_padded_steps=max_padded_steps, max_waste=1e300)
+        assert [g.tolist() for g in fast] == [g.tolist() for g in general], n
+
+
 def test_per_sequence_views_drop_padding_and_copy_nothing():
     lengths = np.array([3, 1, 4])
     B, T, H, C = 3, 4, 5, 2

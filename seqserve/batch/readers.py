@@ -257,7 +257,7 @@ def _row_ids(raw: list | None, first_index: int, n: int) -> tuple[list[str | Non
     by row."""
     if raw is None:
         return list(map(str, range(first_index, first_index + n))), {}
-    if all(type(v) is str for v in raw) and "" not in raw:
+    if set(map(type, raw)) == {str} and "" not in raw:
         return raw, {}
     ids: list[str | None] = []
     errors = {}
@@ -289,11 +289,13 @@ def _parquet_rows(columns: _ParquetColumns, outer: np.ndarray, inner: np.ndarray
 
 
 class _NpyRows:
-    """The rows of one array in an .npz, read from its zip member a block at a time."""
+    """The rows of one array in an .npz, a block at a time: views of the file mapped into memory when
+    the member is stored (np.savez), read and decompressed from the zip member otherwise."""
 
     def __init__(self, archive: zipfile.ZipFile, name: str, path: Path) -> None:
         self.name = name
-        self.file: BinaryIO = archive.open(name + ".npy")
+        member = archive.getinfo(name + ".npy")
+        self.file: BinaryIO = archive.open(member)
         version = np.lib.format.read_magic(self.file)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         self.shape, fortran, self.dtype = read_header(self.file)
@@ -307,9 +309,27 @@ class _NpyRows:
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
         self.left = self.shape[0]
         self.path = path
+        self.mapped = self._map(member) if member.compress_type == zipfile.ZIP_STORED else None
+
+    def _map(self, member: zipfile.ZipInfo) -> np.ndarray | None:
+        """The whole array as a read-only view of the file (None when it has no rows)."""
+        if not self.shape[0] or not self.row_bytes:
+            return None
+        with self.path.open("rb") as f:  # the member's local header: 30 bytes, then its name and extra field
+            f.seek(member.header_offset)
+            header = f.read(30)
+        name_length, extra_length = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+        start = member.header_offset + 30 + name_length + extra_length + self.file.tell()
+        if start + self.shape[0] * self.row_bytes > self.path.stat().st_size:
+            raise InputError(f"{self.path}: array {self.name!r} is truncated")
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=start, shape=self.shape)
 
     def read(self, rows: int) -> np.ndarray:
         rows = min(rows, self.left)
+        if self.mapped is not None:
+            at = self.shape[0] - self.left
+            self.left -= rows
+            return self.mapped[at : at + rows]
         want = rows * self.row_bytes
         chunks, got = [], 0
         while got < want:
@@ -422,6 +442,10 @@ class _StepStream:
 
     def take(self, count: int) -> np.ndarray:
         """The next `count` steps (count, F) float32."""
+        if self.main.mapped is not None:  # a view of the file, no buffer needed
+            if self.main.left < count:
+                raise InputError(f"{self.path}: 'lengths' add up to more steps than 'steps' holds")
+            return self.main.read(count).astype(np.float32, copy=False)
         missing = count - (self.buffer.shape[0] - self.at)
         if missing > 0:
             if self.main.left < missing:

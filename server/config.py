@@ -30,8 +30,8 @@ class ServerConfig:
     # The inference thread needs the GIL back after every onnxruntime run; with Python's default 5 ms
     # a busy event loop makes it wait that long each time (measured: batches 8x slower, bench/PROFILE.md).
     switch_interval_ms: float = 0.2
-    # uvloop (libuv) runs the gRPC event loop's callbacks in C: 10-20 % less server CPU per call at
-    # 64 clients than asyncio's own loop, unary and streaming, on 2 cores (bench/PROFILE.md).
+    # uvloop (libuv) runs the event loop's own machinery in C: 10-20 % less server CPU per call at 64
+    # clients than asyncio's loop, unary and streaming (interleaved A/B on 2 cores; README, Performance).
     uvloop: bool = True
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); threads are split between them
     reuse_port: bool = False  # let other processes bind the same port (set for each of --workers' processes)

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from seqserve.batch.readers import Record, read_records
+from seqserve.batch.readers import Record, each_record, read_records
 from seqserve.channel import add_security_args, security_from_args
 from seqserve.client import OUTPUTS, SeqserveClient
 from seqserve.numerics import softmax
@@ -31,7 +31,7 @@ from seqserve.v1 import seqserve_pb2 as pb
 
 
 def good_records(path: str, limit: int | None) -> Iterator[Record]:
-    records = (r for r in read_records(path) if isinstance(r, Record))
+    records = (r for r in each_record(read_records(path)) if isinstance(r, Record))
     return itertools.islice(records, limit)
 
 

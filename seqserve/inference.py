@@ -1,7 +1,8 @@
 """The inference core: from raw (T, F) sequences to answers, written once.
 
 Session options, padding, initial states, length grouping, the run, softmax and slicing live here
-and nowhere else. The server's batcher, the batch job (local backend and Ray actors), export's
+and nowhere else (softmax and the padding gather in seqserve.numerics, numpy only, so code that
+never runs a model can use them without onnxruntime). The server's batcher, the batch job (local backend and Ray actors), export's
 parity and int8 checks and the bench all call these, on whole batches with numpy: nothing loops
 over sequences in Python where a vector operation does the work.
 
@@ -18,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from seqserve.contract import Architecture, input_names, output_names
-from seqserve.numerics import softmax
+from seqserve.numerics import pad_rows, softmax, step_rows
 
 PER_STEP = frozenset({"outputs", "attention", "step_logits"})  # (B, T, ...): cut to each sequence's length
 PER_STATE = frozenset({"h_n", "c_n"})  # (L*D, B, H): the batch is axis 1
@@ -59,27 +60,6 @@ def pad(sequences: Sequence[np.ndarray], features: int) -> tuple[np.ndarray, np.
 def pad_packed(steps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sequences already packed end to end, steps (sum T_i, F) + lengths (B,), as x (B, T_max, F)."""
     return pad_rows(steps, np.cumsum(lengths) - lengths, lengths)
-
-
-def pad_rows(steps: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The sequences that start at `starts` (B,) in a packed steps array (N, F), `lengths` (B,) long,
-    as one right-padded x (B, T_max, F): one gather, whatever the number of sequences."""
-    B, F = len(lengths), steps.shape[1]
-    T = max(1, int(lengths.max(initial=0)))  # a batch of empty chunks still runs one (padded) step
-    x = np.zeros((B, T, F), dtype=np.float32)  # (B, T, F)
-    packed_at, padded_at = step_rows(starts, lengths, T)
-    x.reshape(B * T, F)[padded_at] = steps[packed_at]
-    return x, lengths.astype(np.int64, copy=False)
-
-
-def step_rows(starts: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Where every real step of B sequences lives: its row in a packed array (the sequences start at
-    `starts` (B,)) and in a padded batch's (B * width, ...) view. Two (sum T_i,) index arrays."""
-    firsts = np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,) each step's sequence's first step, packed
-    within = np.arange(int(lengths.sum())) - firsts  # (N,) the step's place in its sequence
-    packed_at = np.repeat(starts, lengths) + within  # (N,)
-    padded_at = np.repeat(np.arange(len(lengths)) * width, lengths) + within  # (N,)
-    return packed_at, padded_at
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,10 @@ def test_info_describes_a_model(server):
     assert out.returncode == 0 and 'cell: "gru"' in out.stdout
 
 
-def test_encode_prints_one_prediction_per_sequence(server):
-    out = cli(server, "encode", "jv_bilstm_attn", str(SAMPLE), "--limit", "4", "--outputs", "hidden",
+@pytest.mark.parametrize("suffix", ["jsonl", "npz", "parquet"])
+def test_encode_prints_one_prediction_per_sequence(server, suffix):
+    sample = SAMPLE.with_suffix(f".{suffix}")  # npz and Parquet are read in blocks, JSON Lines a line at a time
+    out = cli(server, "encode", "jv_bilstm_attn", str(sample), "--limit", "4", "--outputs", "hidden",
               "--show-tensors")
     assert out.returncode == 0, out.stderr
     predictions = [line for line in out.stdout.splitlines() if "->" in line]

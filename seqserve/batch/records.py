@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqserve.inference import pad_rows, step_rows
+from seqserve.numerics import pad_rows, step_rows
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass is 4x slower to build, and there is one per sequence

@@ -15,20 +15,24 @@ WARM_UP_SHAPES = ((1, 8), (8, 32), (32, 32))  # (batch, time) run once per model
 
 
 class ModelRuntime(OnnxModel):
-    """Runs one model version through the inference core; `run` is thread-safe (onnxruntime sessions are)."""
+    """Runs one model version through the inference core; `run` is thread-safe (onnxruntime sessions are).
+
+    With `threads` > 1 it also holds a one-thread session, as `one_thread` (a model of its own: the parts
+    of a big call run on it side by side, one per core) and for batches under `single_thread_below`."""
 
     def __init__(self, version: ModelVersion, threads: int, spinning: bool = False,
                  single_thread_below: int = 0) -> None:
-        """`single_thread_below`: batches of fewer sequences run on a one-thread session (0: never)."""
+        """`single_thread_below`: batches of fewer sequences run on the one-thread session (0: never)."""
         self.version = version
+        self.threads = threads
         try:
             session = open_session(version.model_file, threads, spinning)
-            small = None
-            if threads > 1 and single_thread_below > 1:
-                small = (single_thread_below, open_session(version.model_file, 1, spinning))
+            single = open_session(version.model_file, 1, spinning) if threads > 1 else None
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise RepositoryError(f"{version.model_file}: onnxruntime cannot load it: {exc}") from None
+        small = (single_thread_below, single) if single is not None and single_thread_below > 1 else None
         super().__init__(session, version.architecture, small)
+        self.one_thread = None if single is None else OnnxModel(single, version.architecture)
         self._check_contract()
 
     @property
@@ -59,9 +63,10 @@ class ModelRuntime(OnnxModel):
         loads but cannot run raises RepositoryError."""
         F = self.arch.input_size
         try:
-            for batch, time in WARM_UP_SHAPES:
-                x = np.zeros((batch, time, F), dtype=np.float32)  # (B, T, F)
-                self.run(Batch(x, np.full(batch, time, dtype=np.int64)))
+            for model in (self, self.one_thread) if self.one_thread is not None else (self,):
+                for batch, time in WARM_UP_SHAPES:
+                    x = np.zeros((batch, time, F), dtype=np.float32)  # (B, T, F)
+                    model.run(Batch(x, np.full(batch, time, dtype=np.int64)))
         except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
             raise RepositoryError(f"{self.version.model_file}: warm-up run failed: {exc}") from None
         log.info("warmed up", extra={"model": self.name, "version": self.number})

@@ -52,7 +52,10 @@ class SeqserveServer:
         self.metrics = Metrics()
         self.executor = ThreadPoolExecutor(max_workers=max(1, config.concurrent_batches),
                                            thread_name_prefix="inference")
-        self.registry = ModelRegistry(config, self.executor, self.metrics)
+        # A big call's parts beside the event loop's (--parallel-call-min). The loop waits for them, so no
+        # two calls' parts ever queue here: threads - 1 workers are always free when a call starts.
+        self.lanes = ThreadPoolExecutor(max_workers=max(1, config.threads - 1), thread_name_prefix="inference-lane")
+        self.registry = ModelRegistry(config, self.executor, self.metrics, self.lanes)
         self.health = health.aio.HealthServicer()
         decode_log = RateLimitedLog(wire_log)
         self.admission = Admission(read_token(config), functools.partial(guard, metrics=self.metrics,
@@ -82,7 +85,7 @@ class SeqserveServer:
         except StartupError:
             await self.grpc.stop(None)
             self.metrics.shutdown()
-            self.executor.shutdown(wait=True)
+            self._stop_threads()
             raise
 
     async def _start(self) -> int:
@@ -173,8 +176,12 @@ class SeqserveServer:
                         extra={"in_flight": self.admission.in_flight})
         await self.grpc.stop(SOCKET_CLOSE_GRACE_S)
         await self.registry.stop()
-        self.executor.shutdown(wait=True)
+        self._stop_threads()
         log.info("stopped")
+
+    def _stop_threads(self) -> None:
+        for executor in (self.executor, self.lanes):
+            executor.shutdown(wait=True)
 
     async def wait(self) -> None:
         await self.grpc.wait_for_termination()

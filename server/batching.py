@@ -7,7 +7,8 @@ padding stays small, the groups run one after the other in one trip to the infer
 padded with one gather and its outputs scattered into the round's packed answer arrays with one
 index assignment per output. Every job is answered with views into those arrays. Nothing loops over
 sequences in Python. With batching off, each sequence runs alone through the same code, so results
-are identical either way.
+are identical either way. A big call alone in its round runs side by side instead: one part per
+intra-op thread, cut by length, each on a one-thread session, the first on the event-loop thread.
 
 Failure stays small: the queue is bounded (max_queued_sequences; more is refused at once with
 RESOURCE_EXHAUSTED), a batch that fails at run time is retried one sequence at a time so only the
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -62,6 +65,14 @@ class BatchPolicy:
     # Measured on loopback (bench/PROFILE.md): a client's own round trip takes longer than 0.2 ms,
     # while the gap between requests of a saturated loop is shorter.
     inline_min_idle_ms: float = 0.2
+    # A call of at least this many sequences (up to max_batch_size), alone in its round, runs as one part
+    # per intra-op thread, side by side, each on a one-thread session, the first on the event-loop thread
+    # (0 = never). No per-step thread syncs, no thread hop, no concurrent Python while it runs. Measured
+    # (bench/PROFILE.md): 2 clients x 64-sequence calls, 1.28x the seq/s of one round on the inference thread.
+    parallel_call_min: int = 0
+    # ... and only while its expected run time (this model's measured time per padded step x its padded steps
+    # / threads) is at most this: the event loop serves nothing else meanwhile.
+    parallel_call_max_ms: float = 20.0
 
 
 class Job:
@@ -101,6 +112,30 @@ def as_packed(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 Outcome = tuple[float, float] | Exception  # a group's run: (started, seconds), or what it raised
 
 
+def balanced_parts(lengths: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Indices of sequences in `parts` runs of similar length, shortest first, each padded to its longest:
+    cut where the padded steps (sequences x longest) of the costliest run are fewest, so that runs side by
+    side end together. Every run holds at least one sequence."""
+    order = np.argsort(lengths, kind="stable")  # (B,)
+    steps = np.maximum(lengths[order], 1)  # (B,) sorted
+    bounds = [0, len(order)]  # run j is order[bounds[j]:bounds[j + 1]]
+    while len(bounds) - 1 < min(parts, len(order)):
+        costs = [(end - start) * int(steps[end - 1]) for start, end in itertools.pairwise(bounds)]
+        j = costs.index(max(costs))
+        if bounds[j + 1] - bounds[j] < 2:
+            break
+        bounds.insert(j + 1, bounds[j] + best_cut(steps[bounds[j]:bounds[j + 1]]))
+    return [order[start:end] for start, end in itertools.pairwise(bounds)]
+
+
+def best_cut(steps: np.ndarray) -> int:
+    """Where to cut sorted lengths (m >= 2,) in two so that the costlier side pads the fewest steps."""
+    m = len(steps)
+    at = np.arange(1, m)  # (m - 1,) the first side is steps[:at]
+    cost = np.maximum(at * steps[at - 1], (m - at) * steps[-1])  # (m - 1,)
+    return int(at[np.argmin(cost)])
+
+
 class Round:
     """The jobs one collection took from the queue: their sequences packed end to end (B in all), and
     the packed answer arrays their groups' outputs are scattered into."""
@@ -117,6 +152,7 @@ class Round:
         self.fetch = self._fetch()
         self.h0, self.c0 = self._states("h0"), self._states("c0") if runtime.arch.has_cell_state else None
         self.answers: dict[str, np.ndarray] = {}  # output -> (N, ...) per step, (B, ...) per sequence
+        self._answers_made = threading.Lock()  # groups run side by side create the arrays once
 
     @functools.cached_property
     def starts(self) -> np.ndarray:
@@ -153,25 +189,27 @@ class Round:
         """The round's sequences (indices) in runs of similar length, shortest first."""
         return length_groups(self.lengths, max_size=max_size, max_waste=max_waste, min_split=min_split)
 
-    def run(self, group: np.ndarray) -> None:
-        """Run one group as a padded batch (in the inference thread pool) and keep its answers."""
+    def run(self, group: np.ndarray, one_thread: bool = False) -> None:
+        """Run one group as a padded batch (in the inference thread pool) and keep its answers; `one_thread`:
+        on the runtime's one-thread session (groups run side by side)."""
+        model = self.runtime.one_thread if one_thread else self.runtime
         if self._whole_and_unpadded(group):
             B, T = len(self.lengths), int(self.lengths[0])
-            outputs = self.runtime.run(Batch(self.steps.reshape(B, T, -1), self.lengths, self.h0, self.c0), self.fetch)
+            outputs = model.run(Batch(self.steps.reshape(B, T, -1), self.lengths, self.h0, self.c0), self.fetch)
             self.answers = as_packed(with_probabilities(outputs))
             return
         x, lengths = pad_rows(self.steps, self.starts[group], self.lengths[group])  # (G, T, F), (G,)
         h0 = None if self.h0 is None else self.h0[:, group]  # (L, G, H)
         c0 = None if self.c0 is None else self.c0[:, group]
-        self._store(group, with_probabilities(self.runtime.run(Batch(x, lengths, h0, c0), self.fetch)), x.shape[1])
+        self._store(group, with_probabilities(model.run(Batch(x, lengths, h0, c0), self.fetch)), x.shape[1])
 
-    def run_all(self, groups: list[np.ndarray]) -> list[Outcome]:
+    def run_all(self, groups: list[np.ndarray], one_thread: bool = False) -> list[Outcome]:
         """Run groups one after the other; each one's (start, seconds), or the exception it raised."""
         outcomes: list[Outcome] = []
         for group in groups:
             started = time.perf_counter()
             try:
-                self.run(group)
+                self.run(group, one_thread)
             except Exception as exc:  # onnxruntime raises its own types; the batcher retries the group's sequences
                 outcomes.append(exc)
             else:
@@ -197,9 +235,10 @@ class Round:
                 self._answer(name, len(self.lengths), value.shape[1:], value.dtype)[group] = value
 
     def _answer(self, name: str, rows: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        if name not in self.answers:
-            self.answers[name] = np.empty((rows, *shape), dtype=dtype)
-        return self.answers[name]
+        with self._answers_made:
+            if name not in self.answers:
+                self.answers[name] = np.empty((rows, *shape), dtype=dtype)
+            return self.answers[name]
 
     def finished(self, group: np.ndarray) -> list[int]:
         """Count `group` as run; the jobs (indices) whose last sequence it was."""
@@ -231,11 +270,18 @@ class Round:
 
 
 class Batcher:
-    """Queues work for one model version and runs it in batches, up to `concurrent_batches` at a time."""
+    """Queues work for one model version and runs it in batches, up to `concurrent_batches` at a time.
 
-    def __init__(self, runtime: ModelRuntime, executor: Executor, metrics: ModelMetrics, policy: BatchPolicy) -> None:
+    `lanes`: threads (at least the runtime's threads - 1) that run a big call's parts beside the event
+    loop's (policy.parallel_call_min); None: such calls run as any other round."""
+
+    def __init__(self, runtime: ModelRuntime, executor: Executor, metrics: ModelMetrics, policy: BatchPolicy,
+                 lanes: Executor | None = None) -> None:
         self.runtime = runtime
         self.executor = executor
+        self.lanes = lanes
+        self.parallel_min = policy.parallel_call_min if lanes is not None else 0
+        self.parallel_max = policy.parallel_call_max_ms / 1000.0
         self.metrics = metrics
         self.max_batch_size = policy.max_batch_size if policy.enabled else 1
         self.max_delay = policy.max_queue_delay_ms / 1000.0 if policy.enabled else 0.0
@@ -496,9 +542,32 @@ class Batcher:
         finally:
             self._in_hand.difference_update(work.jobs)
 
+    def _side_by_side(self, work: Round) -> bool:
+        """A big call alone in its round, that fits one batch, on a runtime with a one-thread session, and
+        expected to keep the event loop for at most parallel_call_max_ms (unknown before the model's first run)."""
+        if not (0 < self.parallel_min <= len(work.lengths) <= self.max_batch_size and len(work.jobs) == 1
+                and self.runtime.one_thread is not None and self._seconds_per_step is not None):
+            return False
+        padded_steps = len(work.lengths) * max(1, int(work.lengths.max()))
+        return padded_steps * self._seconds_per_step / self.runtime.threads <= self.parallel_max
+
+    def _run_side_by_side(self, work: Round) -> tuple[list[np.ndarray], list[Outcome]]:
+        """Run the round as one part per thread at once: the first here, on the event-loop thread (it
+        waits for the others: nothing else runs meanwhile), the others in `lanes`."""
+        parts = balanced_parts(work.lengths, self.runtime.threads)
+        others = [self.lanes.submit(work.run_all, [part], True) for part in parts[1:]]
+        outcomes = work.run_all(parts[:1], one_thread=True)
+        for other in others:
+            outcomes += other.result()
+        self.metrics.side_by_side.inc()
+        return parts, outcomes
+
     async def _run_groups(self, work: Round) -> None:
-        groups = work.groups(self.max_batch_size, self.max_waste, self.min_split)
-        outcomes = await self._run(work, groups)
+        if self._side_by_side(work):
+            groups, outcomes = self._run_side_by_side(work)
+        else:
+            groups = work.groups(self.max_batch_size, self.max_waste, self.min_split)
+            outcomes = await self._run(work, groups)
         for group, outcome in zip(groups, outcomes):
             if isinstance(outcome, Exception):
                 log.warning("batch failed; retrying its sequences one by one",

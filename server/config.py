@@ -37,6 +37,8 @@ class ServerConfig:
     reuse_port: bool = False  # let other processes bind the same port (set for each of --workers' processes)
     padding_waste: float = 0.25  # split a batch when padding would exceed this fraction of real steps
     padding_min_split: int = 16  # ... unless that cuts off fewer sequences than this
+    parallel_call_min: int = 32  # a call this big runs as parts side by side (see BatchPolicy; 0 = never)
+    parallel_call_max_ms: float = 20.0  # ... when expected to hold the event loop at most this long
     max_sequence_length: int = 4096  # steps in one sequence
     max_sequences_per_request: int = 256
     max_message_bytes: int = 64 * 1024 * 1024
@@ -66,7 +68,8 @@ class ServerConfig:
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(self.batching, self.max_batch_size, self.max_queue_delay_ms, self.padding_waste,
                            self.padding_min_split, self.max_queued_sequences, self.concurrent_batches,
-                           self.inline_max_ms, self.inline_min_idle_ms)
+                           self.inline_max_ms, self.inline_min_idle_ms, self.parallel_call_min,
+                           self.parallel_call_max_ms)
 
     @property
     def threads(self) -> int:
@@ -99,6 +102,13 @@ _HELP = {
     "padding_waste": "split a batch by length when padding exceeds this fraction of real steps",
     "padding_min_split": "never split a batch by length where that cuts off fewer sequences than this "
                          "(a small batch costs about as much per step as a bigger one)",
+    "parallel_call_min": "a call of at least this many sequences (and at most --max-batch-size), alone in its "
+                         "batch, runs as one part per intra-op thread side by side, each on a one-thread "
+                         "onnxruntime session, the first on the event-loop thread (0: never; needs "
+                         "--intra-op-threads >= 2)",
+    "parallel_call_max_ms": "run a call side by side (--parallel-call-min) only when its expected run time, from "
+                            "this model's measured time per padded step, is at most this (the event loop serves "
+                            "nothing else meanwhile)",
     "max_sequence_length": "most steps in one sequence",
     "max_sequences_per_request": "most sequences in one Encode request",
     "max_message_bytes": "largest gRPC message accepted or sent",

@@ -18,6 +18,7 @@ class ModelMetrics:
     inference_seconds: Histogram
     batch_size: Histogram
     sequences: Counter
+    side_by_side: Counter
 
     def observe_batch(self, queue_seconds: list[float], seconds: float) -> None:
         for waited in queue_seconds:
@@ -50,6 +51,9 @@ class Metrics:
             "seqserve_batch_size", "sequences per onnxruntime run", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
         self.sequences = Counter("seqserve_sequences", "sequences encoded", ["model"], registry=r)
+        self.side_by_side = Counter("seqserve_side_by_side_calls", "big calls run as parts side by side, one per "
+                                    "intra-op thread on one-thread sessions (--parallel-call-min)", ["model"],
+                                    registry=r)
         # multiprocess_mode: how --workers' processes add up (ignored by a single process).
         self.open_streams = Gauge("seqserve_open_streams", "streaming calls open now", registry=r,
                                   multiprocess_mode="livesum")
@@ -66,6 +70,7 @@ class Metrics:
             inference_seconds=self.inference_seconds.labels(model),
             batch_size=self.batch_size.labels(model),
             sequences=self.sequences.labels(model),
+            side_by_side=self.side_by_side.labels(model),
         )
 
     def rpc(self, method: str, code: str) -> tuple[Counter, Histogram]:

@@ -31,9 +31,11 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(self, config: ServerConfig, executor: Executor, metrics: Metrics) -> None:
+    def __init__(self, config: ServerConfig, executor: Executor, metrics: Metrics,
+                 lanes: Executor | None = None) -> None:
         self.config = config
         self.executor = executor
+        self.lanes = lanes  # for the batchers' side-by-side calls (server.batching.Batcher)
         self.metrics = metrics
         self._models: dict[str, dict[int, ServedModel]] = {}
         self.problems: list[str] = []
@@ -49,7 +51,8 @@ class ModelRegistry:
             except RepositoryError as exc:
                 self.problems.append(str(exc))
                 continue
-            batcher = Batcher(runtime, self.executor, self.metrics.for_model(version.name), self.config.batch_policy)
+            batcher = Batcher(runtime, self.executor, self.metrics.for_model(version.name), self.config.batch_policy,
+                              self.lanes)
             self._models.setdefault(version.name, {})[version.version] = ServedModel(runtime, batcher)
             log.info("model loaded", extra={"model": version.name, "version": version.version})
         for problem in self.problems:

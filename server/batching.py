@@ -68,7 +68,7 @@ class BatchPolicy:
     # A call of at least this many sequences (up to max_batch_size), alone in its round, runs as one part
     # per intra-op thread, side by side, each on a one-thread session, the first on the event-loop thread
     # (0 = never). No per-step thread syncs, no thread hop, no concurrent Python while it runs. Measured
-    # (README, Performance): 2 clients x 64-sequence calls, 1.4x the seq/s of one round on the inference thread.
+    # (README, Performance): 2 clients x 64-sequence calls, 1.3x the seq/s of one round on the inference thread.
     parallel_call_min: int = 0
     # ... and only while its expected run time (this model's measured time per padded step x its padded steps
     # / threads) is at most this: the event loop serves nothing else meanwhile.

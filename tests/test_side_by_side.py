@@ -29,6 +29,7 @@ STREAM_MODEL = "jv_lstm_stream"
 COUNTER = "seqserve_side_by_side_calls_total"
 ATOL = 1e-6
 BIG = 64  # sequences in a big call (the default --max-batch-size)
+NO_TIME_BOUND = 1e9  # parallel_call_max_ms: the path must not depend on how fast this machine runs today
 
 
 def random_steps(count: int, seed: int = 0, features: int = 12) -> list[np.ndarray]:
@@ -77,7 +78,9 @@ def test_fewer_sequences_than_parts():
 # --- the batcher on real sessions ------------------------------------------------------------------
 
 def runtime_of(model: str, threads: int = 2) -> ModelRuntime:
-    return ModelRuntime(latest_version(REPOSITORY, model), threads, single_thread_below=16)
+    runtime = ModelRuntime(latest_version(REPOSITORY, model), threads, single_thread_below=16)
+    runtime.warm_up()
+    return runtime
 
 
 def side_by_side_runs(metrics: Metrics, model: str) -> float:
@@ -90,7 +93,8 @@ async def submit_all(runtime: ModelRuntime, calls: list[Packed], **policy) -> tu
     metrics = Metrics()
     with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as lanes:
         batcher = Batcher(runtime, executor, metrics.for_model(runtime.name),
-                          BatchPolicy(**{"parallel_call_min": 32, **policy}), lanes)
+                          BatchPolicy(**{"parallel_call_min": 32, "parallel_call_max_ms": NO_TIME_BOUND, **policy}),
+                          lanes)
         batcher.start()
         await batcher.submit(Packed.of(random_steps(4), 12))
         batcher.hold()
@@ -149,7 +153,7 @@ def test_other_rounds_run_as_before_with_the_same_answers(case):
 def server():
     if physical_cores() < 2:
         pytest.skip("side by side needs 2 intra-op threads, the server never takes more than the cores")
-    with threaded_server(REPOSITORY, intra_op_threads=2) as s:
+    with threaded_server(REPOSITORY, intra_op_threads=2, parallel_call_max_ms=NO_TIME_BOUND) as s:
         for model in MODELS:  # one run each: the model's time per step is known from then on
             infer(s, model, *pad(random_steps(2), 12))
         yield s

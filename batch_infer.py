@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--threads", type=int, default=0,
                        help="onnxruntime intra-op threads (0 = physical cores; never more), split between --runs. "
                             "With --ray: per actor, 0 = 1")
-    local.add_argument("--runs", type=int, default=1,
-                       help="onnxruntime runs at once (batches side by side, each with --threads / N threads)")
+    local.add_argument("--runs", type=int, default=0,
+                       help="onnxruntime runs at once (batches side by side, each with --threads / N threads; "
+                            "0 = one per thread: one-thread runs side by side beat one many-thread run)")
 
     remote = parser.add_argument_group("remote backend")
     remote.add_argument("--server", metavar="TARGET",

@@ -127,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per onnxruntime run, everywhere")
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime intra-op threads, in-process and local (0 = physical cores, as batch_infer)")
-    parser.add_argument("--runs", type=int, default=1,
-                        help="the local job's onnxruntime runs at once (batch_infer --runs; the threads split between "
-                             "them); in-process onnxruntime always runs one batch at a time on every thread")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="the local job's onnxruntime runs at once (batch_infer --runs, 0 = one per thread as its "
+                             "default; the threads split between them); in-process onnxruntime always runs one batch "
+                             "at a time on every thread")
     parser.add_argument("--repeats", type=int, help="runs of each measurement; the best counts (default 5; --quick 2)")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS,
                         help="input formats of the local runs to a JSON Lines output (results['local'][format])")
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = [c.steps for c in iter_ts(args.ts or japanese_vowels_dir() / "JapaneseVowels_TEST.ts")]
     sequences = (cases * math.ceil(count / len(cases)))[:count]
-    reference = LocalBackend(args.model_repository, args.model, threads=threads)  # onnxruntime in-process
+    reference = LocalBackend(args.model_repository, args.model, threads=threads, runs=1)  # onnxruntime in-process
     local = LocalBackend(args.model_repository, args.model, threads=threads, runs=args.runs)  # the job's
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="batch_bench-") as tmp:
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ort = rates["ort"]
     ort_wall, ort_cpu = max(r.wall for r in ort), max(r.cpu for r in ort)
     results = {
-        "model": args.model, "sequences": count, "batch_size": args.batch_size, "threads": threads, "runs": args.runs,
+        "model": args.model, "sequences": count, "batch_size": args.batch_size, "threads": threads, "runs": local.concurrency,
         "repeats": repeats, "goal_ratio": GOAL,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"{count} sequences, batch size {args.batch_size}, {threads} onnxruntime thread(s), local job {args.runs} "
+    print(f"{count} sequences, batch size {args.batch_size}, {threads} onnxruntime thread(s), local job {local.concurrency} "
           f"run(s) at once, best of {repeats}; "
           f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"{'run':<26}{'seq/s':>9}{'x ort':>7}{'paired':>8}{'cpu x ort':>11}")

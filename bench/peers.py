@@ -418,10 +418,7 @@ def rounds_used(meta: dict[str, Any]) -> str:
 
 def plot(rows: list[dict[str, Any]], path: Path, model: str) -> None:
     """Throughput vs concurrency (one sequence per call), one line per server and API."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from bench.plots import plt, save  # matplotlib on its Agg backend
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines = sorted({(r["server"], r["api"]) for r in rows},
@@ -437,9 +434,7 @@ def plot(rows: list[dict[str, Any]], path: Path, model: str) -> None:
     ax.set_title(f"{model}: throughput vs concurrency, {THREADS} onnxruntime threads each")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 # --- the run ---------------------------------------------------------------------------------------

@@ -14,6 +14,13 @@ import numpy as np  # noqa: E402
 from bench.serving import CONCURRENCY, MODES, PER_CALL, PER_CALL_CONCURRENCY, pick  # noqa: E402
 
 
+def save(fig, path: Path) -> None:
+    """Lay the figure out, write it as a PNG and free it (every bench plot)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _median(reps: list[dict[str, Any]], server: str, mode: str, c: int, key: str, per_call: int = 1) -> float:
     return float(np.median([pick(rep["loadgen"], server, mode, c, per_call)[key] for rep in reps]))
 
@@ -34,9 +41,7 @@ def latency_vs_concurrency(serving: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("latency (ms)")
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def throughput_vs_batch(serving: dict[str, Any], path: Path) -> None:
@@ -58,9 +63,7 @@ def throughput_vs_batch(serving: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{serving['model']}: throughput vs batch size (JapaneseVowels test)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def runtime_speedups(figures: dict[str, dict], path: Path) -> None:
@@ -78,9 +81,7 @@ def runtime_speedups(figures: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("PyTorch time / onnxruntime time")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def write_all(figures: dict[str, dict], raw: dict[str, Any], out_dir: Path) -> list[Path]:

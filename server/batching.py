@@ -30,9 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqserve.inference import (
-    PER_STATE, PER_STEP, Batch, Packed, PackedOutputs, length_groups, pad_rows, step_rows, with_probabilities,
-)
+from seqserve.inference import PER_STATE, PER_STEP, Batch, Packed, PackedOutputs, length_groups, with_probabilities
+from seqserve.numerics import pad_rows, step_rows
 from server.errors import LimitExceeded, NotReady
 from server.metrics import ModelMetrics
 from server.runtime import ModelRuntime

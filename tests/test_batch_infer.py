@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from servers import threaded_server  # noqa: E402
 
 import batch_infer  # noqa: E402
 from model.data import dataset_dir  # noqa: E402
-from seqserve.batch import backends, pipeline  # noqa: E402
+from seqserve.batch import backends, pipeline, readers  # noqa: E402
 from seqserve.batch.backends import LocalBackend, Predictions, RemoteBackend  # noqa: E402
 from seqserve.batch.errors import BackendError  # noqa: E402
 from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
@@ -207,15 +208,38 @@ def test_jsonl_output_tensors_and_streaming_model(tmp_path, sample):
 
 
 def test_readers_are_lazy(tmp_path, sample):
-    """The first record comes out before the rest of the file is read (the generator reads on demand)."""
+    """The first records come out while the rest of the input is still being written: the reader of a
+    pipe holds a block of lines (~1 MB) at a time, never the whole input."""
     source = tmp_path / "in.jsonl"
-    write_jsonl(source, sample)
-    with source.open("a") as f:
-        f.write("{not json, and never read\n")
-    records = read_records(source)
-    first = next(records)
-    assert first.id == sample[0][0]
-    np.testing.assert_array_equal(first.steps, sample[0][1])
+    os.mkfifo(source)
+    lines = [json.dumps({"id": f"{i}", "steps": sample[i % len(sample)][1].tolist()}) + "\n" for i in range(1000)]
+    first_part = "".join(lines * 2)  # ~2x the reader's block
+    assert len(first_part) > 2 * readers.JSONL_BLOCK_BYTES
+    go_on = threading.Event()
+    waited_in_vain = []
+
+    def write() -> None:
+        with source.open("w") as f:
+            f.write(first_part)
+            f.flush()
+            if not go_on.wait(30):  # the reader wants the whole input before its first record
+                waited_in_vain.append(True)
+            f.write("{not json, and only written once the first records are out\n")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        items = read_records(source, "jsonl")
+        first = next(items)
+        go_on.set()
+        assert not waited_in_vain
+        first_record = next(each_record([first]))
+        assert first_record.id == "0"
+        np.testing.assert_array_equal(first_record.steps, sample[0][1])
+        assert sum(1 for _ in each_record(items)) + len(first) == 2001  # the rest, the bad line last
+    finally:
+        go_on.set()
+        writer.join(60)
 
 
 # ---------------------------------------------------------------- backends agree
@@ -489,15 +513,16 @@ def _faulty_records(cases, count: int) -> list[tuple[str, np.ndarray, str]]:
     return records
 
 
-def test_block_readers_screen_like_the_record_reader(tmp_path, cases):
-    """npz and Parquet are read as blocks of ~1,000 records, JSON Lines one record at a time: the same
-    records with the same faults give the same predictions, errors and counts, also on --resume."""
+def test_block_readers_screen_like_the_record_reader(tmp_path, cases, monkeypatch):
+    """npz, Parquet and JSON Lines (simdjson's path) are read as blocks of many records, JSON Lines' exact
+    path one record at a time: the same records with the same faults give the same predictions, errors and
+    counts, also on --resume."""
     records = _faulty_records(cases, 2300)
     jsonl = tmp_path / "in.jsonl"
     with jsonl.open("w") as f:
         for rid, steps, label in records:
             f.write(json.dumps({"id": rid, "steps": steps.tolist(), "label": label}) + "\n")
-    sources = {}
+    sources = {"jsonl-blocks": jsonl}
     for fmt in ("parquet", "npz", "npz-padded"):
         write, name = WRITERS[fmt]
         sources[fmt] = tmp_path / name
@@ -515,7 +540,9 @@ def test_block_readers_screen_like_the_record_reader(tmp_path, cases):
         counts = json.loads(summary.read_text())
         return rows, errors, {k: counts[k] for k in ("read", "written", "failed", "skipped", "exit_status")}
 
-    want_rows, want_errors, want_counts = job(jsonl, tmp_path / "jsonl.jsonl")
+    with monkeypatch.context() as exact:
+        exact.setattr(readers, "simdjson", None)
+        want_rows, want_errors, want_counts = job(jsonl, tmp_path / "jsonl.jsonl")
     assert want_counts == {"read": 2300, "written": 2294, "failed": 6, "skipped": 0,
                            "exit_status": EXIT_FAILED_RECORDS}
     for fmt, source in sources.items():

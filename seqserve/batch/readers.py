@@ -1,11 +1,13 @@
-"""Lazy readers, so memory stays bounded: JSON Lines and .ts yield one `Record` (or `BadRecord`) at a
-time; npz and Parquet yield `Records` blocks of up to ~1,000 records as columns (no Python object per
-record), and a `Record` or `BadRecord` for what does not fit a block. `each_record` flattens either.
+"""Lazy readers, so memory stays bounded: npz, Parquet and JSON Lines yield `Records` blocks of up to
+~1,000 records as columns (no Python object per record), and a `Record` or `BadRecord` for what does
+not fit a block; .ts yields one `Record` (or `BadRecord`) at a time. `each_record` flattens either.
 
 Input layouts (F = the model's features per step):
 
     jsonl    one JSON object per line: {"id": "a1", "steps": [[f1, ..., fF], ...], "label": "3"};
-             "id" and "label" optional; blank lines are skipped
+             "id" and "label" optional; blank lines are skipped. Read ~1 MB of lines at a time, by
+             simdjson where installed (the `batch` extra) and by orjson or the json module for any
+             line simdjson could read differently; both give the same records
     parquet  a file, or a folder of *.parquet files: column `steps` list<list<float>> (any float or int
              type, list/large_list/fixed_size_list), optional `id` and `label` columns
     npz      either `steps` (sum of T, F) with every sequence concatenated along time + `lengths` (N,),
@@ -35,6 +37,10 @@ try:  # the `batch` extra's fast JSON parser; the standard library's otherwise
     from orjson import loads as fast_json_loads
 except ImportError:
     fast_json_loads = json.loads
+try:  # the `batch` extra's SIMD parser, which reads a line's steps into one buffer
+    import simdjson
+except ImportError:
+    simdjson = None
 
 from seqserve.batch.errors import InputError
 from seqserve.batch.records import BadRecord, Record, Records
@@ -44,6 +50,7 @@ FORMATS = ("jsonl", "parquet", "npz", "ts")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
             ".npz": "npz", ".ts": "ts"}
 PARQUET_BATCH_ROWS = 1024  # rows decoded at a time from a Parquet file
+JSONL_BLOCK_BYTES = 1 << 20  # about the most bytes of lines read at a time from a JSON Lines file
 NPZ_BLOCK_ROWS = 1024  # ids / lengths / padded sequences read at a time from an .npz member
 NPZ_BLOCK_BYTES = 8 << 20  # most bytes of concatenated steps read at a time
 
@@ -119,7 +126,8 @@ def record_id(value: Any, index: int) -> str:
 def as_steps(value: Any) -> np.ndarray:
     """A [time][features] nested list as float32 (T, F); an empty list gives (0, 0)."""
     try:
-        steps = np.asarray(value, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range becomes Inf, which screening reports
+            steps = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise _RecordError(f"steps: not a list of equal-length lists of numbers ({str(exc).split(';')[0]})") from None
     if steps.size == 0 and steps.ndim == 1:
@@ -130,13 +138,112 @@ def as_steps(value: Any) -> np.ndarray:
 
 
 def read_jsonl(path: Path, fields: Fields = Fields()) -> Iterator[Item]:
+    """`Records` blocks of the lines simdjson reads straight into arrays (`_SimdLines`), and a Record or
+    BadRecord, in input order, for every other line (orjson, then the json module)."""
+    simd = _SimdLines(fields) if simdjson is not None else None
     with path.open("rb") as f:
-        index = 0
-        for line, raw in enumerate(f, start=1):
-            if not raw.strip():
+        index, line = 0, 1
+        while raws := f.readlines(JSONL_BLOCK_BYTES):
+            chunk = [(number, raw) for number, raw in enumerate(raws, start=line) if raw.strip()]
+            line += len(raws)
+            if simd is None:
+                yield from (_jsonl_item(raw, index + k, number, fields) for k, (number, raw) in enumerate(chunk))
+            else:
+                yield from simd.items(chunk, index)
+            index += len(chunk)
+
+
+class _SimdLines:
+    """Lines read by simdjson: the steps come out as one buffer of doubles, no Python float per value.
+
+    simdjson flattens any nesting and keeps the first of duplicate keys, so a line takes this path only
+    when nothing can differ from the exact path's reading: an object with no repeated key, `steps` an
+    array of T arrays of equal length and no other `[` in the line (so no deeper nesting), numbers only,
+    an id that is a non-empty string, an integer or absent, a label that is a string, number, boolean or
+    absent. Any other line, bad ones included, is read by `_jsonl_item` and gets its exact message."""
+
+    def __init__(self, fields: Fields) -> None:
+        self.fields = fields
+        self.parser = simdjson.Parser()
+
+    def items(self, chunk: list[tuple[int, bytes]], first_index: int) -> Iterator[Item]:
+        """The lines of `chunk` (line number, raw) from `first_index` on, consecutive simple lines of one
+        width as a `Records` block."""
+        block = _BlockBuilder()
+        for k, (line, raw) in enumerate(chunk):
+            index = first_index + k
+            row = self.read(raw)
+            if row is None or not row[2].shape[0]:  # the exact path, also for the rare empty sequence
+                yield from block.flush()  # first: items keep input order (the duplicate check relies on it)
+                yield _jsonl_item(raw, index, line, self.fields)
                 continue
-            yield _jsonl_item(raw, index, line, fields)
-            index += 1
+            if not block.fits(row[2]):
+                yield from block.flush()
+            block.add(index, line, *row)
+        yield from block.flush()
+
+    def read(self, raw: bytes) -> tuple[str | None, str | None, np.ndarray] | None:
+        """(id or None, label or None, steps (T, F) float64) of a simple line; None otherwise."""
+        try:
+            doc = self.parser.parse(raw)
+            if doc.__class__ is not simdjson.Object:
+                return None
+            keys = set(doc.keys())  # (doc.get of an absent key costs an exception)
+            if len(keys) != len(doc) or self.fields.steps not in keys:  # a repeated key, or no steps
+                return None
+            steps = doc[self.fields.steps]
+            if steps.__class__ is not simdjson.Array:
+                return None
+            length = len(steps)
+            widths = {len(step) for step in steps}  # TypeError where a step is not an array
+            if len(widths) > 1 or raw.count(b"[") != length + 1:
+                return None
+            values = np.frombuffer(steps.as_buffer(of_type="d"), dtype=np.float64)  # TypeError: not a number
+            rid = doc[self.fields.id] if self.fields.id in keys else None
+            label = doc[self.fields.label] if self.fields.label in keys else None
+        except (ValueError, TypeError, RuntimeError):  # not JSON simdjson reads (NaN, big numbers, bad UTF-8)
+            return None
+        finally:
+            doc = steps = None  # the parser refuses to parse again while its documents are referenced
+        if not (rid is None or rid.__class__ is str and rid or rid.__class__ is int):
+            return None
+        if not (label is None or label.__class__ in (str, int, float, bool)):
+            return None
+        width = widths.pop() if widths else 0
+        return (None if rid is None else str(rid)), (None if label is None else str(label)), values.reshape(length, width)
+
+
+class _BlockBuilder:
+    """Rows of one width gathered into a `Records` block."""
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.index: list[int] = []
+        self.ids: list[str] = []
+        self.labels: list[str | None] = []
+        self.lines: list[int] = []
+        self.steps: list[np.ndarray] = []  # (T, F) float64 each
+
+    def fits(self, steps: np.ndarray) -> bool:
+        return not self.steps or steps.shape[1] == self.steps[0].shape[1]
+
+    def add(self, index: int, line: int, rid: str | None, label: str | None, steps: np.ndarray) -> None:
+        self.index.append(index)
+        self.ids.append(str(index) if rid is None else rid)
+        self.labels.append(label)
+        self.lines.append(line)
+        self.steps.append(steps)
+
+    def flush(self) -> Iterator[Records]:
+        if not self.steps:
+            return
+        lengths = np.fromiter(map(len, self.steps), np.int64, len(self.steps))
+        with np.errstate(over="ignore"):  # beyond float32's range becomes Inf, as np.asarray makes it
+            steps = np.concatenate(self.steps).astype(np.float32)  # (sum of T, F)
+        yield Records.packed(np.array(self.index, np.int64), self.ids, steps, lengths, self.labels, self.lines)
+        self._clear()
 
 
 def parse_json(raw: bytes) -> object:

@@ -1,6 +1,6 @@
 """What the batch job reads and predicts: one record, a bad one, and many records as columns.
 
-Readers of JSON Lines and .ts yield a `Record` per sequence; readers of npz and Parquet yield
+The .ts reader yields a `Record` per sequence; readers of npz, Parquet and JSON Lines yield
 `Records` blocks (a thousand sequences as a few arrays, no Python object per sequence) and a
 `Record` only for what does not fit a block. The job screens, sorts and predicts `Records`.
 """

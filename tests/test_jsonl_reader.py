@@ -130,3 +130,19 @@ def test_clean_lines_come_as_blocks_and_odd_ones_keep_their_place(tmp_path):
     block = fast[0]
     assert block.lines == [1, 2, 3] and block.labels == ["0", "1", "0"]
     assert math.isnan(exact[3].steps[0, 0])
+
+
+def test_lines_no_parser_reads_are_bad_records_and_odd_field_names_read_alike(tmp_path):
+    """A line nested deeper than any parser goes is a BadRecord, and reading goes on; field names simdjson
+    would look up only in part (a NUL in them) are read by the exact path."""
+    deep = b'{"steps": [[1]], "m": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3000 + b"}"
+    fast, exact = read_both([deep, b'{"steps": [[1, 2, 3]]}'], tmp_path)
+    assert [as_tuple(i) for i in each_record(fast)] == [as_tuple(i) for i in exact]
+    assert isinstance(exact[0], BadRecord) and "nested too deeply" in exact[0].reason
+    assert isinstance(exact[1], Record)
+
+    path = tmp_path / "fields.jsonl"
+    path.write_bytes(b'{"st\\u0000eps": [[1]], "i\\u0000d": "x", "i": "y"}\n')
+    fields = Fields(id="i\0d", steps="st\0eps")
+    [record] = list(each_record(read_jsonl(path, fields)))
+    assert (record.id, record.steps.tolist()) == ("x", [[1.0]])

@@ -140,7 +140,9 @@ def as_steps(value: Any) -> np.ndarray:
 def read_jsonl(path: Path, fields: Fields = Fields()) -> Iterator[Item]:
     """`Records` blocks of the lines simdjson reads straight into arrays (`_SimdLines`), and a Record or
     BadRecord, in input order, for every other line (orjson, then the json module)."""
-    simd = _SimdLines(fields) if simdjson is not None else None
+    # simdjson looks a key up only up to a NUL in its name
+    simple_names = not any("\0" in name for name in (fields.id, fields.steps, fields.label))
+    simd = _SimdLines(fields) if simdjson is not None and simple_names else None
     with path.open("rb") as f:
         index, line = 0, 1
         while raws := f.readlines(JSONL_BLOCK_BYTES):
@@ -201,7 +203,7 @@ class _SimdLines:
             values = np.frombuffer(steps.as_buffer(of_type="d"), dtype=np.float64)  # TypeError: not a number
             rid = doc[self.fields.id] if self.fields.id in keys else None
             label = doc[self.fields.label] if self.fields.label in keys else None
-        except (ValueError, TypeError, RuntimeError):  # not JSON simdjson reads (NaN, big numbers, bad UTF-8)
+        except (ValueError, TypeError, RuntimeError, KeyError):  # not JSON simdjson reads (NaN, big numbers, ...)
             return None
         finally:
             doc = steps = None  # the parser refuses to parse again while its documents are referenced
@@ -252,7 +254,10 @@ def parse_json(raw: bytes) -> object:
     try:
         return fast_json_loads(raw)
     except ValueError:
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except RecursionError:  # nested deeper than orjson's 1,024 levels and Python's stack
+            raise ValueError("nested too deeply") from None
 
 
 def _jsonl_item(raw: bytes, index: int, line: int, fields: Fields) -> Item:

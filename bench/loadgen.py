@@ -7,6 +7,7 @@ scenarios, run one after the other:
 
     {"label", "target": "host:port", "model", "mode": "unary" | "stream",
      "concurrency": N, "per_call": K, "packed": bool (optional: the packed form of Encode),
+     "outputs": [names] (optional: what each answer carries, as seqserve.client names them),
      "warmup_s", "duration_s", "pid": server pid (optional)}
 
 `unary`: each of N callers loops on `Encode` (K sequences per call), one call in flight each.
@@ -56,12 +57,13 @@ def answered(response: pb.EncodeResponse) -> int:
     return len(response.packed.ids) if response.HasField("packed") else len(response.results)
 
 
-def build_requests(model: str, sequences: list[np.ndarray], per_call: int,
-                   packed: bool = False) -> list[pb.EncodeRequest]:
+def build_requests(model: str, sequences: list[np.ndarray], per_call: int, packed: bool = False,
+                   outputs: list[str] | None = None) -> list[pb.EncodeRequest]:
+    """`outputs`: what the answers carry (seqserve.client's names); None: the server's default."""
     n = len(sequences)
     return [
         encode_request(model, [sequences[(i * per_call + j) % n] for j in range(per_call)],
-                       ids=[str((i * per_call + j) % n) for j in range(per_call)], packed=packed)
+                       ids=[str((i * per_call + j) % n) for j in range(per_call)], outputs=outputs, packed=packed)
         for i in range(n)
     ]
 
@@ -142,7 +144,8 @@ async def stream_caller(stub, requests, first: int, step: int, per_call: int, wi
 
 async def run_scenario(scenario: dict[str, Any], sequences: list[np.ndarray]) -> dict[str, Any]:
     per_call, concurrency = int(scenario.get("per_call", 1)), int(scenario["concurrency"])
-    requests = build_requests(scenario["model"], sequences, per_call, bool(scenario.get("packed")))
+    requests = build_requests(scenario["model"], sequences, per_call, bool(scenario.get("packed")),
+                              scenario.get("outputs"))
     caller = {"unary": unary_caller, "stream": stream_caller}[scenario["mode"]]
     async with grpc.aio.insecure_channel(scenario["target"], options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)

@@ -18,7 +18,8 @@ generator for every server's v2 `ModelInfer` (bench.oip_loadgen, tritonclient.gr
 logits and probabilities: one sequence per call at 1, 8 and 64 clients, and 64-sequence calls (x
 [64, T_max, 12] + lengths) from 2 clients. MLServer's batcher joins requests of one shape only, so its
 requests are padded to the data's longest sequence (29 steps) with lengths. seqserve also through its
-own API (bench.loadgen): `Encode` and `EncodeStream` at the same concurrencies, packed 64-sequence calls.
+own API (bench.loadgen): `Encode` and `EncodeStream` at the same concurrencies, packed 64-sequence calls,
+with the same answer (OUTPUT_LOGITS: label, probabilities and logits).
 
 Beside the speed, a correctness probe per server: 20 rounds of 8 concurrent one-sequence requests of
 mixed lengths, half padded by the client to 29 steps with lengths, half unpadded without; each answer's
@@ -64,7 +65,8 @@ SERVERS = ("seqserve", "kserve", "mlserver")
 THREADS = 2  # onnxruntime intra-op threads, every server
 CONCURRENCY = (1, 8, 64)
 BIG_CALL, BIG_CLIENTS = 64, 2  # 64-sequence calls from 2 clients
-ANSWER = ["logits", "probabilities"]
+ANSWER = ["logits", "probabilities"]  # what every answer carries, over either API
+V1_ANSWER = ["logits"]  # seqserve.v1's OUTPUT_LOGITS: label, probabilities and logits (the default adds states, attention)
 PROBE_ROUNDS, PROBE_REQUESTS, PROBE_ATOL = 20, 8, 1e-4
 PROBE_TRAFFIC = {"mixed": "half padded by the client, half not", "padded": "every request padded, with lengths"}
 NETNS_ENV = "BENCH_PEERS_NETNS"
@@ -190,7 +192,7 @@ def scenarios(name: str, served: Served, model: str, pad_to: int, warmup_s: floa
                                   for c, k in loads]}
     if name == "seqserve":
         plan["bench.loadgen"] = [base | {"label": f"{name}/v1-{mode}/c{c}x{k}", "api": f"v1-{mode}", "mode": mode,
-                                         "concurrency": c, "per_call": k, "packed": k > 1}
+                                         "concurrency": c, "per_call": k, "packed": k > 1, "outputs": V1_ANSWER}
                                  for mode in ("unary", "stream") for c, k in loads if mode == "unary" or k == 1]
     return plan
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from bench.common import REPOSITORY, write_section
-from bench.peers import (BIG_CALL, BIG_CLIENTS, CONCURRENCY, OTHERS_MAX, PROBE_TRAFFIC, SECTION_END, SECTION_START,
+from bench.loadgen import build_requests
+from bench.peers import (ANSWER, BIG_CALL, BIG_CLIENTS, CONCURRENCY, OTHERS_MAX, PROBE_TRAFFIC, SECTION_END, SECTION_START,
                          clean_rounds, figures_from, probe_requests, probe_server, reference_logits, scenarios,
                          section, table_rows)
 from bench.procs import real_server
+from seqserve.v1 import seqserve_pb2 as pb
 
 MODEL = "jv_bilstm_attn"
 
@@ -94,6 +96,19 @@ def test_mlserver_requests_have_one_shape_and_seqserve_also_runs_its_own_api():
     seqserve = scenarios("seqserve", served, MODEL, 29, 0.1, 0.1)
     assert {s["api"] for s in seqserve["bench.loadgen"]} == {"v1-unary", "v1-stream"}
     assert not any("pad_to" in s for s in seqserve["bench.oip_loadgen"])
+
+
+def test_every_api_asks_for_the_same_answer():
+    """Logits and probabilities over v2; OUTPUT_LOGITS (label, probabilities, logits) over seqserve.v1, not
+    its default, which adds the final states and the attention."""
+    served = SimpleNamespace(target="127.0.0.1:1", pid=1)
+    plans = [scenarios(name, served, MODEL, 29, 0.1, 0.1) for name in ("seqserve", "kserve", "mlserver")]
+    assert all(s["outputs"] == ANSWER for plan in plans for s in plan["bench.oip_loadgen"])
+    sequences = [np.zeros((3, 12), np.float32), np.ones((5, 12), np.float32)]
+    for s in plans[0]["bench.loadgen"]:
+        for request in build_requests(MODEL, sequences, s["per_call"], s["packed"], s["outputs"]):
+            assert list(request.outputs) == [pb.OUTPUT_LOGITS]
+    assert all(not r.outputs for r in build_requests(MODEL, sequences, 1))  # no outputs: the server's default
 
 
 @pytest.mark.slow

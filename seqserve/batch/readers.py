@@ -174,7 +174,7 @@ class _SimdLines:
         block = _BlockBuilder()
         for k, (line, raw) in enumerate(chunk):
             index = first_index + k
-            row = self.read(raw)
+            row = self.read(raw, index)
             if row is None or not row[2].shape[0]:  # the exact path, also for the rare empty sequence
                 yield from block.flush()  # first: items keep input order (the duplicate check relies on it)
                 yield _jsonl_item(raw, index, line, self.fields)
@@ -184,8 +184,8 @@ class _SimdLines:
             block.add(index, line, *row)
         yield from block.flush()
 
-    def read(self, raw: bytes) -> tuple[str | None, str | None, np.ndarray] | None:
-        """(id or None, label or None, steps (T, F) float64) of a simple line; None otherwise."""
+    def read(self, raw: bytes, index: int) -> tuple[str, str | None, np.ndarray] | None:
+        """(id, label or None, steps (T, F) float64) of a simple line, record `index`; None otherwise."""
         try:
             doc = self.parser.parse(raw)
             if doc.__class__ is not simdjson.Object:
@@ -207,12 +207,14 @@ class _SimdLines:
             return None
         finally:
             doc = steps = None  # the parser refuses to parse again while its documents are referenced
-        if not (rid is None or rid.__class__ is str and rid or rid.__class__ is int):
+        try:
+            rid = record_id(rid, index)
+        except _RecordError:  # the exact path words the error
             return None
         if not (label is None or label.__class__ in (str, int, float, bool)):
             return None
         width = widths.pop() if widths else 0
-        return (None if rid is None else str(rid)), (None if label is None else str(label)), values.reshape(length, width)
+        return rid, (None if label is None else str(label)), values.reshape(length, width)
 
 
 class _BlockBuilder:
@@ -231,9 +233,9 @@ class _BlockBuilder:
     def fits(self, steps: np.ndarray) -> bool:
         return not self.steps or steps.shape[1] == self.steps[0].shape[1]
 
-    def add(self, index: int, line: int, rid: str | None, label: str | None, steps: np.ndarray) -> None:
+    def add(self, index: int, line: int, rid: str, label: str | None, steps: np.ndarray) -> None:
         self.index.append(index)
-        self.ids.append(str(index) if rid is None else rid)
+        self.ids.append(rid)
         self.labels.append(label)
         self.lines.append(line)
         self.steps.append(steps)

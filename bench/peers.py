@@ -5,11 +5,11 @@
 
 Every server serves the same model.onnx (jv_bilstm_attn) through onnxruntime 1.32 with the same
 session options (`seqserve.inference.open_session`) and the same thread budget: 2 onnxruntime
-intra-op threads, one server process (seqserve: `--intra-op-threads 2`, which it drops to 1 for
-batches under 16; KServe: its synchronous `predict` on the event loop; MLServer: `parallel_workers` 0,
-inference in the server process — measured here faster than 1 worker process, 1513 vs 977 seq/s at 64
-clients —, adaptive batching up to 64 sequences or 1 ms). The peers run from their own venvs
-(bench/peer_runtimes/), never from the serving image.
+intra-op threads, one server process (seqserve: `--intra-op-threads 2`: two batches at once, one thread
+each, a big call's two parts side by side; KServe: its synchronous `predict` on the event loop;
+MLServer: `parallel_workers` 0, inference in the server process — measured here faster than 1 worker
+process, 1513 vs 977 seq/s at 64 clients —, adaptive batching up to 64 sequences or 1 ms). The peers
+run from their own venvs (bench/peer_runtimes/), never from the serving image.
 
 The measurement re-runs itself inside a network namespace that holds only loopback (`unshare -n`,
 `ip link set lo up`; KServe binds every interface with no option to change it), one server at a time,

@@ -50,7 +50,7 @@ class SeqserveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.executor = ThreadPoolExecutor(max_workers=max(1, config.concurrent_batches),
+        self.executor = ThreadPoolExecutor(max_workers=config.batch_runs,
                                            thread_name_prefix="inference")
         # A big call's parts beside the event loop's (--parallel-call-min). The loop waits for them, so no
         # two calls' parts ever queue here: threads - 1 workers are always free when a call starts.

@@ -20,10 +20,12 @@ class ServerConfig:
     metrics_host: str = "0.0.0.0"
     intra_op_threads: int = 0  # onnxruntime threads per session; 0 = physical cores
     ort_spinning: bool = False  # let onnxruntime's idle pool threads spin (costs a core between runs)
-    single_thread_below: int = 16  # batches of fewer sequences run on a one-thread session (0: never)
+    single_thread_below: int = 16  # runs of several threads: smaller batches run on a one-thread session (0: never)
     batching: bool = True  # dynamic batching of concurrent requests
     max_batch_size: int = 64  # sequences per onnxruntime run
-    concurrent_batches: int = 1  # onnxruntime runs at once, each in its own inference thread (see BatchPolicy)
+    # onnxruntime runs at once, each in its own inference thread, sharing the intra-op threads (see BatchPolicy);
+    # 0 = one per thread, so every run has one thread (bench: less CPU per sequence under load, README Performance)
+    concurrent_batches: int = 0
     max_queue_delay_ms: float = 0.0  # extra wait to fill a batch; 0 = take what is queued
     inline_max_ms: float = 0.5  # a lone sequence expected to run this fast runs at once in its call (0 = never)
     inline_min_idle_ms: float = 0.2  # see BatchPolicy
@@ -67,13 +69,23 @@ class ServerConfig:
     @property
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(self.batching, self.max_batch_size, self.max_queue_delay_ms, self.padding_waste,
-                           self.padding_min_split, self.max_queued_sequences, self.concurrent_batches,
+                           self.padding_min_split, self.max_queued_sequences, self.batch_runs,
                            self.inline_max_ms, self.inline_min_idle_ms, self.parallel_call_min,
                            self.parallel_call_max_ms)
 
     @property
     def threads(self) -> int:
         return min(self.intra_op_threads or physical_cores(), physical_cores())
+
+    @property
+    def batch_runs(self) -> int:
+        """onnxruntime runs at once: --concurrent-batches, or one per intra-op thread."""
+        return max(1, self.concurrent_batches or self.threads)
+
+    @property
+    def run_threads(self) -> int:
+        """Intra-op threads of one batch run: the threads shared among the runs at once."""
+        return max(1, self.threads // self.batch_runs)
 
 
 _HELP = {
@@ -83,13 +95,15 @@ _HELP = {
     "metrics_port": "Prometheus metrics HTTP port (0 disables)",
     "metrics_host": "address the metrics endpoint binds",
     "intra_op_threads": "onnxruntime intra-op threads per session (0 = physical cores; never more)",
-    "single_thread_below": "batches of fewer sequences run on a one-thread onnxruntime session (its recurrent "
-                           "kernels sync threads every step: one thread wins on small batches; 0: never)",
+    "single_thread_below": "when a run has several threads (--concurrent-batches below the threads), batches of "
+                           "fewer sequences run on a one-thread onnxruntime session (its recurrent kernels sync "
+                           "threads every step: one thread wins on small batches; 0: never)",
     "ort_spinning": "let onnxruntime's idle pool threads spin-wait (faster wake-up, burns CPU between runs)",
     "batching": "gather concurrent requests into one onnxruntime run",
     "max_batch_size": "most sequences in one onnxruntime run",
-    "concurrent_batches": "onnxruntime runs at once, each in its own inference thread (with --intra-op-threads, "
-                          "at most the cores: side-by-side one-thread runs never stall on a busy core)",
+    "concurrent_batches": "onnxruntime runs at once, each in its own inference thread with --intra-op-threads / "
+                          "this many threads (0: one run per thread, each on one thread: no per-step thread syncs, "
+                          "which stall whenever the event loop holds a core)",
     "max_queue_delay_ms": "how long a request may wait for others to fill its batch",
     "inline_max_ms": "run a lone caller's sequence at once in its own call (skipping the queue and two thread "
                      "hops) when its expected run time, from this model's measured time per step, is at most this",

@@ -63,7 +63,7 @@ class ModelRegistry:
     def _runtime(self, version: ModelVersion) -> ModelRuntime:
         """An onnxruntime session for `version`, warmed up if configured; raises RepositoryError."""
         runtime = ModelRuntime(version, self.config.threads, self.config.ort_spinning,
-                               self.config.single_thread_below)
+                               self.config.single_thread_below, self.config.run_threads)
         if self.config.warmup:
             runtime.warm_up()
         return runtime

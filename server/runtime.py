@@ -17,22 +17,26 @@ WARM_UP_SHAPES = ((1, 8), (8, 32), (32, 32))  # (batch, time) run once per model
 class ModelRuntime(OnnxModel):
     """Runs one model version through the inference core; `run` is thread-safe (onnxruntime sessions are).
 
-    With `threads` > 1 it also holds a one-thread session, as `one_thread` (a model of its own: the parts
-    of a big call run on it side by side, one per core) and for batches under `single_thread_below`."""
+    A batch runs on `run_threads` intra-op threads (0: `threads`, the model's share of the cores). With
+    `threads` > 1 it also has a one-thread session, as `one_thread` (a model of its own: the parts of a big
+    call run on it side by side, one per thread) and, when runs have several threads, for batches under
+    `single_thread_below`. With one-thread runs that is the runs' own session."""
 
     def __init__(self, version: ModelVersion, threads: int, spinning: bool = False,
-                 single_thread_below: int = 0) -> None:
+                 single_thread_below: int = 0, run_threads: int = 0) -> None:
         """`single_thread_below`: batches of fewer sequences run on the one-thread session (0: never)."""
         self.version = version
         self.threads = threads
+        run_threads = run_threads or threads
         try:
-            session = open_session(version.model_file, threads, spinning)
-            single = open_session(version.model_file, 1, spinning) if threads > 1 else None
+            session = open_session(version.model_file, run_threads, spinning)
+            single = session if run_threads == 1 else open_session(version.model_file, 1, spinning)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise RepositoryError(f"{version.model_file}: onnxruntime cannot load it: {exc}") from None
-        small = (single_thread_below, single) if single is not None and single_thread_below > 1 else None
+        small = (single_thread_below, single) if single is not session and single_thread_below > 1 else None
         super().__init__(session, version.architecture, small)
-        self.one_thread = None if single is None else OnnxModel(single, version.architecture)
+        one_thread = self if single is session else OnnxModel(single, version.architecture)
+        self.one_thread = one_thread if threads > 1 else None
         self._check_contract()
 
     @property
@@ -63,7 +67,7 @@ class ModelRuntime(OnnxModel):
         loads but cannot run raises RepositoryError."""
         F = self.arch.input_size
         try:
-            for model in (self, self.one_thread) if self.one_thread is not None else (self,):
+            for model in (self,) if self.one_thread in (None, self) else (self, self.one_thread):
                 for batch, time in WARM_UP_SHAPES:
                     x = np.zeros((batch, time, F), dtype=np.float32)  # (B, T, F)
                     model.run(Batch(x, np.full(batch, time, dtype=np.int64)))

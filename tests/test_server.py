@@ -29,6 +29,8 @@ from seqserve.repository import latest_version
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from server import config as server_config
+from server.config import ServerConfig
 from servers import REPOSITORY, ROOT, ServerProcess, assert_reading_held, threaded_server, wait_until
 
 BI_MODELS = ["jv_bilstm_attn", "jv_bigru_attn"]
@@ -470,7 +472,6 @@ def test_broken_models_are_skipped_and_the_rest_serve(tmp_path):
 def test_health_and_requests_while_models_load(monkeypatch):
     """Until every model is loaded and warmed up: health NOT_SERVING, requests UNAVAILABLE."""
     from server.app import SeqserveServer
-    from server.config import ServerConfig
     from server.registry import ModelRegistry
     from servers import ThreadedServer
 
@@ -539,6 +540,15 @@ def test_graceful_shutdown_finishes_in_flight_requests(test_sequences):
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("concurrent, runs, run_threads", [(0, 8, 1), (1, 1, 8), (2, 2, 4), (3, 3, 2), (16, 16, 1)])
+def test_runs_at_once_share_the_intra_op_threads(monkeypatch, concurrent, runs, run_threads):
+    """--concurrent-batches runs at once, each on threads / runs intra-op threads; 0: one run per thread."""
+    monkeypatch.setattr(server_config, "physical_cores", lambda: 8)
+    config = ServerConfig(concurrent_batches=concurrent)
+    assert (config.threads, config.batch_runs, config.run_threads) == (8, runs, run_threads)
+    assert config.batch_policy.concurrent_batches == runs
 
 
 @pytest.mark.parametrize("flags, loop", [((), "uvloop"), (("--no-uvloop",), "asyncio")])

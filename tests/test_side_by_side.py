@@ -77,8 +77,8 @@ def test_fewer_sequences_than_parts():
 
 # --- the batcher on real sessions ------------------------------------------------------------------
 
-def runtime_of(model: str, threads: int = 2) -> ModelRuntime:
-    runtime = ModelRuntime(latest_version(REPOSITORY, model), threads, single_thread_below=16)
+def runtime_of(model: str, threads: int = 2, run_threads: int = 0) -> ModelRuntime:
+    runtime = ModelRuntime(latest_version(REPOSITORY, model), threads, single_thread_below=16, run_threads=run_threads)
     runtime.warm_up()
     return runtime
 
@@ -105,9 +105,21 @@ async def submit_all(runtime: ModelRuntime, calls: list[Packed], **policy) -> tu
     return answers, side_by_side_runs(metrics, runtime.name)
 
 
+def test_one_thread_runs_are_the_one_thread_session():
+    """Runs of one thread each (the server's default, --concurrent-batches 0) run on the session the parts
+    of a big call use: no second session, no small-batch switch."""
+    runtime = runtime_of("jv_bilstm_attn", run_threads=1)
+    assert runtime.one_thread is runtime and runtime.small is None
+    assert runtime.session.get_session_options().intra_op_num_threads == 1
+    two = runtime_of("jv_bilstm_attn", run_threads=2)
+    assert two.session.get_session_options().intra_op_num_threads == 2
+    assert two.one_thread.session.get_session_options().intra_op_num_threads == 1 and two.small[0] == 16
+
+
+@pytest.mark.parametrize("run_threads", [1, 2])
 @pytest.mark.parametrize("model", MODELS)
-def test_a_big_call_runs_side_by_side_with_onnxruntimes_answers(model):
-    runtime = runtime_of(model)
+def test_a_big_call_runs_side_by_side_with_onnxruntimes_answers(model, run_threads):
+    runtime = runtime_of(model, run_threads=run_threads)
     sequences = random_steps(BIG, seed=1)
     h0 = c0 = None
     if model == STREAM_MODEL:  # initial states travel with their sequences into the parts

@@ -108,7 +108,7 @@ def as_packed(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             else value.transpose(1, 0, 2) if name in PER_STATE else value for name, value in outputs.items()}
 
 
-Outcome = tuple[float, float] | Exception  # a group's run: (started, seconds), or what it raised
+Outcome = float | Exception  # a group's run: its seconds, or what it raised
 
 
 def balanced_parts(lengths: np.ndarray, parts: int) -> list[np.ndarray]:
@@ -203,7 +203,7 @@ class Round:
         self._store(group, with_probabilities(model.run(Batch(x, lengths, h0, c0), self.fetch)), x.shape[1])
 
     def run_all(self, groups: list[np.ndarray], one_thread: bool = False) -> list[Outcome]:
-        """Run groups one after the other; each one's (start, seconds), or the exception it raised."""
+        """Run groups one after the other; each one's seconds, or the exception it raised."""
         outcomes: list[Outcome] = []
         for group in groups:
             started = time.perf_counter()
@@ -212,7 +212,7 @@ class Round:
             except Exception as exc:  # onnxruntime raises its own types; the batcher retries the group's sequences
                 outcomes.append(exc)
             else:
-                outcomes.append((started, time.perf_counter() - started))
+                outcomes.append(time.perf_counter() - started)
         return outcomes
 
     def _whole_and_unpadded(self, group: np.ndarray) -> bool:
@@ -439,6 +439,7 @@ class Batcher:
 
     def _run_now(self, job: Job) -> None:
         work, group = Round(self.runtime, [job]), np.zeros(1, dtype=np.int64)
+        self._started(work)
         [outcome] = work.run_all([group])
         if isinstance(outcome, Exception):
             job.fail(outcome)
@@ -450,11 +451,13 @@ class Batcher:
         """Run groups in one trip to the inference thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, work.run_all, groups)
 
-    def _observe(self, work: Round, group: np.ndarray, outcome: tuple[float, float]) -> None:
+    def _started(self, work: Round) -> None:
+        """A round starts: its requests' waits into the metrics."""
+        self.metrics.observe_waits(time.perf_counter(), (job.enqueued_at for job in work.jobs))
+
+    def _observe(self, work: Round, group: np.ndarray, seconds: float) -> None:
         """Metrics of a group that ran, and its time per padded step for the next run-now decision."""
-        started, seconds = outcome
-        waited = [started - work.jobs[j].enqueued_at for j in work.job_of[group].tolist()]
-        self.metrics.observe_batch(waited, seconds)
+        self.metrics.observe_batch(len(group), seconds)
         self._measure(len(group) * max(1, int(work.lengths[group].max())), seconds)
 
     def _measure(self, padded_steps: int, seconds: float) -> None:
@@ -562,6 +565,7 @@ class Batcher:
         return parts, outcomes
 
     async def _run_groups(self, work: Round) -> None:
+        self._started(work)
         if self._side_by_side(work):
             groups, outcomes = self._run_side_by_side(work)
         else:

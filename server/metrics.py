@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -20,12 +21,15 @@ class ModelMetrics:
     sequences: Counter
     side_by_side: Counter
 
-    def observe_batch(self, queue_seconds: list[float], seconds: float) -> None:
-        for waited in queue_seconds:
-            self.queue_seconds.observe(waited)
-        self.batch_size.observe(len(queue_seconds))
+    def observe_waits(self, started: float, enqueued_at: Iterable[float]) -> None:
+        """Each request's wait for its batch: from its arrival to its round's start."""
+        for arrived in enqueued_at:
+            self.queue_seconds.observe(started - arrived)
+
+    def observe_batch(self, sequences: int, seconds: float) -> None:
+        self.batch_size.observe(sequences)
         self.inference_seconds.observe(seconds)
-        self.sequences.inc(len(queue_seconds))
+        self.sequences.inc(sequences)
 
 
 class Metrics:
@@ -40,7 +44,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.queue_seconds = Histogram(
-            "seqserve_queue_seconds", "time a sequence waited for its batch", ["model"],
+            "seqserve_queue_seconds", "time a request waited for its batch to start", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.inference_seconds = Histogram(

@@ -100,6 +100,32 @@ def test_one_batch_answers_every_request_with_its_own_slice():
         np.testing.assert_allclose(result["probabilities"].sum(), 1.0, rtol=1e-6)
 
 
+def test_metrics_count_each_request_wait_once_and_each_run():
+    """Three requests (9 sequences) held, then run as one round in two length groups: three waits (one a
+    request, however many sequences it has, each at least the time held), two runs, nine sequences."""
+    held_s = 0.05
+
+    async def scenario():
+        metrics = Metrics()
+        batcher = Batcher(FakeRuntime(), ThreadPoolExecutor(1), metrics.for_model("fake"),
+                          BatchPolicy(padding_waste=0.5, padding_min_split=1))
+        batcher.start()
+        batcher.hold()
+        jobs = [batcher.enqueue(Packed.of([steps(n) for n in lengths], FEATURES))
+                for lengths in ((2, 3, 2), (30,), (2, 2, 3, 31, 29))]
+        await asyncio.sleep(held_s)
+        batcher.release()
+        await asyncio.gather(*(job.future for job in jobs))
+        await batcher.stop()
+        return metrics
+
+    metrics = run(scenario())
+    value = lambda name: metrics.registry.get_sample_value(name, {"model": "fake"})  # noqa: E731
+    assert value("seqserve_queue_seconds_count") == 3 and value("seqserve_queue_seconds_sum") >= 3 * held_s
+    assert value("seqserve_inference_seconds_count") == 2 and value("seqserve_batch_size_sum") == 9
+    assert value("seqserve_sequences_total") == 9
+
+
 def test_a_cancelled_request_leaves_the_batch():
     async def scenario():
         runtime = FakeRuntime()

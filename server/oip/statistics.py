@@ -2,9 +2,10 @@
 
 - success / fail: this protocol's inference requests (ModelInfer and each ModelStreamInfer request)
   that reached the model version, with the nanoseconds they took from arrival to answer;
-- queue (per sequence) and compute_infer (per batch run), inference_count (sequences) and
-  execution_count (batches): every sequence the model's batcher ran, seqserve.v1's included, from
-  the Prometheus metrics the batcher keeps per model name (shared by its versions).
+- queue (per request: its wait for its batch to start) and compute_infer (per batch run),
+  inference_count (sequences) and execution_count (batches): every request and sequence the model's
+  batcher ran, seqserve.v1's included, from the Prometheus metrics the batcher keeps per model name
+  (shared by its versions).
 """
 
 from __future__ import annotations

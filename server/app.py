@@ -52,9 +52,8 @@ class SeqserveServer:
         self.metrics = Metrics()
         self.executor = ThreadPoolExecutor(max_workers=config.batch_runs,
                                            thread_name_prefix="inference")
-        # A big call's parts beside the event loop's (--parallel-call-min). The loop waits for them, so no
-        # two calls' parts ever queue here: threads - 1 workers are always free when a call starts.
-        self.lanes = ThreadPoolExecutor(max_workers=max(1, config.threads - 1), thread_name_prefix="inference-lane")
+        # A big call's parts, one per thread, side by side (--parallel-call-min); the event loop awaits them.
+        self.lanes = ThreadPoolExecutor(max_workers=max(1, config.threads), thread_name_prefix="inference-lane")
         self.registry = ModelRegistry(config, self.executor, self.metrics, self.lanes)
         self.health = health.aio.HealthServicer()
         decode_log = RateLimitedLog(wire_log)

@@ -8,7 +8,8 @@ padded with one gather and its outputs scattered into the round's packed answer 
 index assignment per output. Every job is answered with views into those arrays. Nothing loops over
 sequences in Python. With batching off, each sequence runs alone through the same code, so results
 are identical either way. A big call alone in its round runs side by side instead: one part per
-intra-op thread, cut by length, each on a one-thread session, the first on the event-loop thread.
+intra-op thread, cut by length, each on a one-thread session in a thread of its own, while the event
+loop goes on serving.
 
 Failure stays small: the queue is bounded (max_queued_sequences; more is refused at once with
 RESOURCE_EXHAUSTED), a batch that fails at run time is retried one sequence at a time so only the
@@ -65,13 +66,10 @@ class BatchPolicy:
     # while the gap between requests of a saturated loop is shorter.
     inline_min_idle_ms: float = 0.2
     # A call of at least this many sequences (up to max_batch_size), alone in its round, runs as one part
-    # per intra-op thread, side by side, each on a one-thread session, the first on the event-loop thread
-    # (0 = never). No per-step thread syncs, no thread hop, no concurrent Python while it runs. Measured
-    # (README, Performance): 2 clients x 64-sequence calls, 1.3x the seq/s of one round on the inference thread.
+    # per intra-op thread, side by side, each on a one-thread session in a lane of its own (0 = never): no
+    # per-step thread syncs. Measured (README, Performance): 2 clients x 64-sequence calls, 1.3x the seq/s of
+    # one round on the inference thread.
     parallel_call_min: int = 0
-    # ... and only while its expected run time (this model's measured time per padded step x its padded steps
-    # / threads) is at most this: the event loop serves nothing else meanwhile.
-    parallel_call_max_ms: float = 20.0
 
 
 class Job:
@@ -271,8 +269,8 @@ class Round:
 class Batcher:
     """Queues work for one model version and runs it in batches, up to `concurrent_batches` at a time.
 
-    `lanes`: threads (at least the runtime's threads - 1) that run a big call's parts beside the event
-    loop's (policy.parallel_call_min); None: such calls run as any other round."""
+    `lanes`: threads (at least the runtime's threads) that run a big call's parts side by side
+    (policy.parallel_call_min); None: such calls run as any other round."""
 
     def __init__(self, runtime: ModelRuntime, executor: Executor, metrics: ModelMetrics, policy: BatchPolicy,
                  lanes: Executor | None = None) -> None:
@@ -280,7 +278,6 @@ class Batcher:
         self.executor = executor
         self.lanes = lanes
         self.parallel_min = policy.parallel_call_min if lanes is not None else 0
-        self.parallel_max = policy.parallel_call_max_ms / 1000.0
         self.metrics = metrics
         self.max_batch_size = policy.max_batch_size if policy.enabled else 1
         self.max_delay = policy.max_queue_delay_ms / 1000.0 if policy.enabled else 0.0
@@ -545,29 +542,22 @@ class Batcher:
             self._in_hand.difference_update(work.jobs)
 
     def _side_by_side(self, work: Round) -> bool:
-        """A big call alone in its round, that fits one batch, on a runtime with a one-thread session, and
-        expected to keep the event loop for at most parallel_call_max_ms (unknown before the model's first run)."""
-        if not (0 < self.parallel_min <= len(work.lengths) <= self.max_batch_size and len(work.jobs) == 1
-                and self.runtime.one_thread is not None and self._seconds_per_step is not None):
-            return False
-        padded_steps = len(work.lengths) * max(1, int(work.lengths.max()))
-        return padded_steps * self._seconds_per_step / self.runtime.threads <= self.parallel_max
+        """A big call alone in its round, that fits one batch, on a runtime with a one-thread session."""
+        return (0 < self.parallel_min <= len(work.lengths) <= self.max_batch_size and len(work.jobs) == 1
+                and self.runtime.one_thread is not None)
 
-    def _run_side_by_side(self, work: Round) -> tuple[list[np.ndarray], list[Outcome]]:
-        """Run the round as one part per thread at once: the first here, on the event-loop thread (it
-        waits for the others: nothing else runs meanwhile), the others in `lanes`."""
+    async def _run_side_by_side(self, work: Round) -> tuple[list[np.ndarray], list[Outcome]]:
+        """Run the round as one part per thread, all at once in `lanes`; the event loop goes on serving."""
         parts = balanced_parts(work.lengths, self.runtime.threads)
-        others = [self.lanes.submit(work.run_all, [part], True) for part in parts[1:]]
-        outcomes = work.run_all(parts[:1], one_thread=True)
-        for other in others:
-            outcomes += other.result()
+        runs = [asyncio.wrap_future(self.lanes.submit(work.run_all, [part], True)) for part in parts]
+        outcomes = [outcome for ran in await asyncio.gather(*runs) for outcome in ran]
         self.metrics.side_by_side.inc()
         return parts, outcomes
 
     async def _run_groups(self, work: Round) -> None:
         self._started(work)
         if self._side_by_side(work):
-            groups, outcomes = self._run_side_by_side(work)
+            groups, outcomes = await self._run_side_by_side(work)
         else:
             groups = work.groups(self.max_batch_size, self.max_waste, self.min_split)
             outcomes = await self._run(work, groups)

@@ -40,7 +40,6 @@ class ServerConfig:
     padding_waste: float = 0.25  # split a batch when padding would exceed this fraction of real steps
     padding_min_split: int = 16  # ... unless that cuts off fewer sequences than this
     parallel_call_min: int = 32  # a call this big runs as parts side by side (see BatchPolicy; 0 = never)
-    parallel_call_max_ms: float = 20.0  # ... when expected to hold the event loop at most this long
     max_sequence_length: int = 4096  # steps in one sequence
     max_sequences_per_request: int = 256
     max_message_bytes: int = 64 * 1024 * 1024
@@ -70,8 +69,7 @@ class ServerConfig:
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(self.batching, self.max_batch_size, self.max_queue_delay_ms, self.padding_waste,
                            self.padding_min_split, self.max_queued_sequences, self.batch_runs,
-                           self.inline_max_ms, self.inline_min_idle_ms, self.parallel_call_min,
-                           self.parallel_call_max_ms)
+                           self.inline_max_ms, self.inline_min_idle_ms, self.parallel_call_min)
 
     @property
     def threads(self) -> int:
@@ -118,11 +116,7 @@ _HELP = {
                          "(a small batch costs about as much per step as a bigger one)",
     "parallel_call_min": "a call of at least this many sequences (and at most --max-batch-size), alone in its "
                          "batch, runs as one part per intra-op thread side by side, each on a one-thread "
-                         "onnxruntime session, the first on the event-loop thread (0: never; needs "
-                         "--intra-op-threads >= 2)",
-    "parallel_call_max_ms": "run a call side by side (--parallel-call-min) only when its expected run time, from "
-                            "this model's measured time per padded step, is at most this (the event loop serves "
-                            "nothing else meanwhile)",
+                         "onnxruntime session in a thread of its own (0: never; needs --intra-op-threads >= 2)",
     "max_sequence_length": "most steps in one sequence",
     "max_sequences_per_request": "most sequences in one Encode request",
     "max_message_bytes": "largest gRPC message accepted or sent",

@@ -10,14 +10,14 @@ from bench.serving import CONCURRENCY, MODES, PER_CALL, PER_CALL_CONCURRENCY, pi
 # server process, per-thread CPU from /proc, the server's own metrics), see PROFILE.md.
 NOTES = {
     "serving.": (
-        "Two cores carry the gRPC stack, the event loop's Python and onnxruntime at once (`python -m bench.profile`, "
-        "no py-spy): at 64 streaming clients the loop thread uses ~0.5 core (~83 us per message against the echo's "
-        "~56 us in all), onnxruntime runs batches of ~20 that take ~3 ms (~80 us CPU per sequence against ~46 us at "
-        "the in-process best batch of 64), and the inference thread waits on the GIL between runs. Fixed so far: "
-        "onnxruntime's spinning pool thread took 44-59% of the server's CPU (now off), the 5 ms GIL switch interval "
-        "made every batch 8x slower under a busy loop (now 0.2 ms), per-sequence futures, per-call metric lookups and "
-        "per-sequence softmax (now once per request or batch). What remains is Python per message: protobuf decode "
-        "and encode of up to 7 tensors, validation, the batch hand-off."
+        "Two cores carry the gRPC stack, the event loop's Python, the load generator and onnxruntime at once "
+        "(`python -m bench.profile`, no py-spy; /proc schedstat): at 64 unary clients the loop thread runs ~0.7 core "
+        "and waits on the run queue for ~0.14 more, ~390 us of CPU a call, of which seqserve's own Python is ~90-100 "
+        "us (measured in process through the real handlers, no sockets) and the rest gRPC aio and the loop's "
+        "machinery. Fixed so far: onnxruntime's spinning pool thread (now off), the 5 ms GIL switch interval (now "
+        "0.2 ms), per-sequence futures, metric lookups, queue-wait observations and softmax (now once per request or "
+        "batch), two-thread onnxruntime runs that sync every step while the loop holds a core (now one thread a run, "
+        "one run per thread at once), and a big call's first part run on the event loop (now every part in a lane)."
     ),
     "latency.": (
         "A lone caller's short sequence runs on the event loop with no thread hop (after an idle spell, so load still "

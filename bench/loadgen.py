@@ -8,6 +8,8 @@ scenarios, run one after the other:
     {"label", "target": "host:port", "model", "mode": "unary" | "stream",
      "concurrency": N, "per_call": K, "packed": bool (optional: the packed form of Encode),
      "outputs": [names] (optional: what each answer carries, as seqserve.client names them),
+     "connections": C (optional, default 1: the callers take turns over C channels, each its own TCP
+     connection, as C client processes would; a server's --workers spread connections, not calls),
      "warmup_s", "duration_s", "pid": server pid (optional)}
 
 `unary`: each of N callers loops on `Encode` (K sequences per call), one call in flight each.
@@ -147,11 +149,16 @@ async def run_scenario(scenario: dict[str, Any], sequences: list[np.ndarray]) ->
     requests = build_requests(scenario["model"], sequences, per_call, bool(scenario.get("packed")),
                               scenario.get("outputs"))
     caller = {"unary": unary_caller, "stream": stream_caller}[scenario["mode"]]
-    async with grpc.aio.insecure_channel(scenario["target"], options=CHANNEL_OPTIONS) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-        stub = pb_grpc.SeqserveServiceStub(channel)
-        return await measure(scenario, lambda window: [caller(stub, requests, w, concurrency, per_call, window)
-                                                       for w in range(concurrency)])
+    connections = int(scenario.get("connections", 1))
+    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]  # a connection of its own per channel
+    channels = [grpc.aio.insecure_channel(scenario["target"], options=options) for _ in range(connections)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), 30)
+        stubs = [pb_grpc.SeqserveServiceStub(channel) for channel in channels]
+        return await measure(scenario, lambda window: [
+            caller(stubs[w % connections], requests, w, concurrency, per_call, window) for w in range(concurrency)])
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
 
 
 async def measure(scenario: dict[str, Any], callers: Callable[[Window], list[Awaitable[None]]]) -> dict[str, Any]:

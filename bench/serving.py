@@ -35,6 +35,7 @@ SWEEP = (1, 4, 8, 16, 32, 64, 128)
 GOAL_RATIO = 0.8
 GOAL_OVERHEAD_MS = 0.3
 WORKERS = 2  # the --workers figure: this many server processes against one
+WORKER_CONNECTIONS = 8  # ... driven over this many connections (one connection reaches one worker)
 
 
 def ort_sweep(runtime, sequences: list[np.ndarray], min_time: float) -> dict[str, dict[str, float]]:
@@ -78,13 +79,14 @@ def ort_latency(runtime, sequences: list[np.ndarray], min_time: float) -> dict[s
 def build_plan(model: str, payloads: Path, servers: dict[str, Any], mode: Mode, rep: int) -> dict[str, Any]:
     scenarios = []
 
-    def add(target: str, kind: str, concurrency: int, per_call: int = 1, packed: bool = False) -> None:
+    def add(target: str, kind: str, concurrency: int, per_call: int = 1, packed: bool = False,
+            connections: int = 1) -> None:
         s = servers[target]
-        form = "/packed" if packed else ""
+        form = ("/packed" if packed else "") + (f"/x{connections}" if connections > 1 else "")
         scenarios.append({"label": f"{target}/{kind}/c{concurrency}/k{per_call}{form}", "server": target,
                           "target": s.target, "pid": s.pid, "model": model, "mode": kind,
                           "concurrency": concurrency, "per_call": per_call, "packed": packed,
-                          "warmup_s": mode.warmup_s, "duration_s": mode.duration_s})
+                          "connections": connections, "warmup_s": mode.warmup_s, "duration_s": mode.duration_s})
 
     pairs = [(kind, c, 1) for kind in MODES for c in CONCURRENCY] + [("unary", PER_CALL_CONCURRENCY, PER_CALL)]
     for n, (kind, c, k) in enumerate(pairs):
@@ -94,15 +96,16 @@ def build_plan(model: str, payloads: Path, servers: dict[str, Any], mode: Mode, 
     add("server_nobatch", "unary", 64)
     add("server", "unary", PER_CALL_CONCURRENCY, PER_CALL, packed=True)
     for target in (("server", "server_workers") if rep % 2 == 0 else ("server_workers", "server")):
-        add(target, "unary", 64)  # 1 vs WORKERS processes (the first also in the sweep above)
+        add(target, "unary", 64, connections=WORKER_CONNECTIONS)  # 1 vs WORKERS processes, many connections
     return {"payloads": str(payloads), "scenarios": scenarios}
 
 
 def pick(results: list[dict[str, Any]], server: str, mode: str, concurrency: int, per_call: int = 1,
-         packed: bool = False) -> dict[str, Any]:
+         packed: bool = False, connections: int = 1) -> dict[str, Any]:
     """The (last) result of one scenario."""
-    found = [r for r in results if (r["server"], r["mode"], r["concurrency"], r["per_call"], r.get("packed", False))
-             == (server, mode, concurrency, per_call, packed)]
+    wanted = (server, mode, concurrency, per_call, packed, connections)
+    found = [r for r in results if (r["server"], r["mode"], r["concurrency"], r["per_call"], r.get("packed", False),
+                                    r.get("connections", 1)) == wanted]
     if not found:
         raise KeyError(f"no result for {server}/{mode}/c{concurrency}/k{per_call}{'/packed' if packed else ''}")
     return found[-1]
@@ -240,11 +243,12 @@ def packed_and_workers_figures(reps: list[dict[str, Any]], common: dict[str, Any
         **common)
     ratios, per_rep = [], []
     for rep in reps:
-        one = pick(rep["loadgen"], "server", "unary", 64)["seqs_per_s"]
-        many = pick(rep["loadgen"], "server_workers", "unary", 64)["seqs_per_s"]
+        one = pick(rep["loadgen"], "server", "unary", 64, connections=WORKER_CONNECTIONS)["seqs_per_s"]
+        many = pick(rep["loadgen"], "server_workers", "unary", 64, connections=WORKER_CONNECTIONS)["seqs_per_s"]
         ratios.append(many / one)
         per_rep.append({"one_process_seqs_per_s": one, f"{WORKERS}_workers_seqs_per_s": many})
     figures["serving.workers"] = figure(
-        statistics.median(ratios), None, None, f"served seq/s with --workers {WORKERS} / one process (unary, 64 clients)",
-        workers=WORKERS, ratios=ratios, per_rep=per_rep, **common)
+        statistics.median(ratios), None, None,
+        f"served seq/s with --workers {WORKERS} / one process (unary, 64 clients, {WORKER_CONNECTIONS} connections)",
+        workers=WORKERS, connections=WORKER_CONNECTIONS, ratios=ratios, per_rep=per_rep, **common)
     return figures

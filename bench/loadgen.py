@@ -144,14 +144,20 @@ async def stream_caller(stub, requests, first: int, step: int, per_call: int, wi
         window.error(f"{exc.code().name}: {exc.details()}")
 
 
+def open_channels(target: str, connections: int) -> list[grpc.aio.Channel]:
+    """`connections` channels to `target`, each on a TCP connection of its own (gRPC would otherwise share
+    one connection between channels of equal settings)."""
+    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    return [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+
+
 async def run_scenario(scenario: dict[str, Any], sequences: list[np.ndarray]) -> dict[str, Any]:
     per_call, concurrency = int(scenario.get("per_call", 1)), int(scenario["concurrency"])
     requests = build_requests(scenario["model"], sequences, per_call, bool(scenario.get("packed")),
                               scenario.get("outputs"))
     caller = {"unary": unary_caller, "stream": stream_caller}[scenario["mode"]]
     connections = int(scenario.get("connections", 1))
-    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]  # a connection of its own per channel
-    channels = [grpc.aio.insecure_channel(scenario["target"], options=options) for _ in range(connections)]
+    channels = open_channels(scenario["target"], connections)
     try:
         await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), 30)
         stubs = [pb_grpc.SeqserveServiceStub(channel) for channel in channels]

@@ -67,3 +67,30 @@ def test_a_worker_that_dies_takes_the_server_down(workers):
     os.kill(children_of(workers.proc.pid)[0], signal.SIGKILL)
     assert workers.wait(60) != 0
     assert any(e.get("msg") == "a worker exited; stopping the others" for e in workers.logs)
+
+
+def test_the_load_generators_connections_reach_every_worker(workers):
+    """bench's --workers figure drives the server over several connections (one connection reaches one
+    worker): calls over 16 of bench.loadgen's channels are answered by both workers (`seqserve-replica`;
+    the kernel spreads connections by their addresses, so all 16 on one worker has odds of 2 in 2**16)."""
+    import asyncio
+
+    from bench.loadgen import open_channels
+    from seqserve.client import encode_request
+    from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+    async def replicas() -> set[str]:
+        channels = open_channels(workers.target, 16)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), 60)
+            request = encode_request("jv_bigru_attn", [np.zeros((5, 12), np.float32)])
+            calls = [pb_grpc.SeqserveServiceStub(channel).Encode(request, timeout=30) for channel in channels]
+            for call in calls:
+                await call
+            return {value for call in calls for key, value in await call.trailing_metadata()
+                    if key == "seqserve-replica"}
+        finally:
+            await asyncio.gather(*(channel.close() for channel in channels))
+
+    workers._wait_for("serving")  # the second worker (the first one's line started the fixture)
+    assert len(asyncio.run(replicas())) == 2

@@ -119,10 +119,11 @@ class ServerProcess:
             env={**os.environ, **(env or {})},
         )
         self.logs: list[dict] = []
-        self.port = self._wait_for("serving")["port"]
+        self.port = self.wait_for_log("serving")["port"]
         self.target = f"127.0.0.1:{self.port}"
 
-    def _wait_for(self, message: str, timeout: float = 60.0) -> dict:
+    def wait_for_log(self, message: str, timeout: float = 60.0) -> dict:
+        """The next log line whose msg is `message` (the lines before it kept in `logs`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()

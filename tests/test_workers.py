@@ -92,5 +92,5 @@ def test_the_load_generators_connections_reach_every_worker(workers):
         finally:
             await asyncio.gather(*(channel.close() for channel in channels))
 
-    workers._wait_for("serving")  # the second worker (the first one's line started the fixture)
+    workers.wait_for_log("serving")  # the second worker (the first one's line started the fixture)
     assert len(asyncio.run(replicas())) == 2

@@ -129,7 +129,8 @@ def test_sequences() -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
 
 def model_names(repository: Path = REPOSITORY) -> list[str]:
     """The repository's float32 models (each section derives whatever variant it compares from them)."""
-    from seqserve.repository import FP32, scan_repository
+    from seqserve.metadata import FP32
+    from seqserve.repository import scan_repository
 
     versions, _ = scan_repository(repository)
     return sorted({v.name for v in versions if v.precision == FP32})

@@ -11,7 +11,7 @@ accept only the listed values, and a field's `metadata` may bound it ({"min": ..
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 

@@ -22,11 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqserve.contract import Architecture, TensorSpec, input_specs, output_specs
-from seqserve.metadata import (  # FP32, INT8, METADATA_FORMAT: importable from here too, as before
-    FP32,
-    INT8,
+from seqserve.metadata import (
     INT64_MAX,
-    METADATA_FORMAT,
     MODEL_NAME,
     NAME_PATTERN,
     MetadataError,

@@ -46,7 +46,7 @@ class BatchPolicy:
 
     enabled: bool = True  # off: every sequence runs alone, through the same code
     max_batch_size: int = 64
-    max_queue_delay_ms: float = 0.0  # extra wait for a batch to fill after an idle spell; 0 = take what is queued
+    max_queue_delay_ms: float = 0.0  # under load, extra wait for a batch to fill (see _collect); 0 = take what is queued
     # Split a batch by length where padding would exceed this fraction of its real steps, but never cut off
     # fewer than padding_min_split sequences. Measured on JapaneseVowels, onnxruntime in-process: random
     # 64-sequence batches ran 1.3x faster in ~3 groups than padded as one; at 8 and 20, splitting gained nothing.

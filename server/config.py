@@ -30,7 +30,10 @@ class ServerConfig:
     # batches cost onnxruntime less CPU a sequence. Measured (README, Performance: paired A/B, 2 cores):
     # 64 clients +16-26 % seq/s over 0 ms, 8 clients -4..+8 %, 1 client unchanged (a lone caller never waits).
     max_queue_delay_ms: float = 2.0
-    inline_max_ms: float = 0.5  # a lone sequence expected to run this fast runs at once in its call (0 = never)
+    # A lone caller's sequence expected to run within this runs at once in its call (0 = never). At 0.5 ms a
+    # slow phase of the 2-core bench machine (batch-1 runs ~1 ms) sent lone calls through the queue: 2 ms gave
+    # 1 client -19..-22 % p50 and CPU a call, 8 clients +5 %, 64 unchanged (paired A/B, README Performance).
+    inline_max_ms: float = 2.0
     inline_min_idle_ms: float = 0.2  # see BatchPolicy
     # The inference thread needs the GIL back after every onnxruntime run; with Python's default 5 ms
     # a busy event loop makes it wait that long each time (measured: batches 8x slower, bench/PROFILE.md).

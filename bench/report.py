@@ -17,11 +17,13 @@ NOTES = {
         "machinery. Fixed so far: onnxruntime's spinning pool thread (now off), the 5 ms GIL switch interval (now "
         "0.2 ms), per-sequence futures, metric lookups, queue-wait observations and softmax (now once per request or "
         "batch), two-thread onnxruntime runs that sync every step while the loop holds a core (now one thread a run, "
-        "one run per thread at once), and a big call's first part run on the event loop (now every part in a lane)."
+        "one run per thread at once), a big call's first part run on the event loop (now every part in a lane), and "
+        "rounds that took only what was queued (now, under load, a round waits up to 2 ms for more: bigger batches, "
+        "less onnxruntime CPU a sequence)."
     ),
     "latency.": (
-        "A lone caller's short sequence runs on the event loop with no thread hop (after an idle spell, so load still "
-        "batches); what is left is decode, validation and the response's tensors."
+        "A lone caller's sequence expected to run within 2 ms runs on the event loop with no thread hop (after an "
+        "idle spell, so load still batches); what is left is decode, validation and the response's tensors."
     ),
     "batch_script.": "Measured by bench/batch_bench.py (its owner's figure): `python bench/batch_bench.py` breaks it down.",
     "runtime.": (

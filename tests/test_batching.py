@@ -282,6 +282,35 @@ def test_a_lone_caller_after_an_idle_spell_is_answered_at_once_and_load_is_queue
     assert all(len(a) == 1 for a in burst)
 
 
+def test_under_load_a_round_waits_for_more_and_after_an_idle_spell_it_does_not():
+    """max_queue_delay: a round taken under load waits for a late request (up to the delay, or until the
+    batch is full); a request after an idle spell runs at once, so one arriving just after it runs alone."""
+    late_s, delay_ms = 0.05, 2000.0
+
+    async def scenario():
+        runtime = FakeRuntime()
+        batcher = await started(runtime, max_batch_size=3, max_queue_delay_ms=delay_ms, inline_min_idle_ms=1.0)
+        batcher.hold()
+        # The first arrives after an idle spell; the other three while it is open: load.
+        held = [batcher.enqueue(Packed.one(steps(2))) for _ in range(4)]
+        batcher.release()
+        await asyncio.sleep(late_s)
+        late = [batcher.enqueue(Packed.one(steps(2))) for _ in range(2)]  # fill the second batch: it runs at once
+        await asyncio.gather(*(job.future for job in (*held, *late)))
+        under_load = list(runtime.batch_sizes)
+        await asyncio.sleep(0.01)  # idle
+        lone = batcher.enqueue(Packed.one(steps(2)))
+        await asyncio.sleep(late_s)
+        after = batcher.enqueue(Packed.one(steps(2)))
+        await asyncio.gather(lone.future, after.future)
+        await batcher.stop()
+        return under_load, runtime.batch_sizes[len(under_load):]
+
+    under_load, after_idle = run(scenario())
+    assert under_load == [3, 3]  # a full batch at once, then the fourth held request waited for the late two
+    assert after_idle == [1, 1]  # the lone request did not wait for the next one
+
+
 def test_requests_batched_together_each_get_their_own_sequences_back():
     requests = [[(5, 1.0), (2, 2.0)], [(9, 3.0), (1, 4.0), (7, 5.0)], [(3, 6.0)]]  # (length, value) per sequence
 

@@ -107,7 +107,8 @@ def pick(results: list[dict[str, Any]], server: str, mode: str, concurrency: int
     found = [r for r in results if (r["server"], r["mode"], r["concurrency"], r["per_call"], r.get("packed", False),
                                     r.get("connections", 1)) == wanted]
     if not found:
-        raise KeyError(f"no result for {server}/{mode}/c{concurrency}/k{per_call}{'/packed' if packed else ''}")
+        raise KeyError(f"no result for {server}/{mode}/c{concurrency}/k{per_call}{'/packed' if packed else ''}"
+                       f"{f'/x{connections}' if connections > 1 else ''}")
     return found[-1]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -10,7 +11,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from seqserve.client import SeqserveClient
+from bench.loadgen import open_channels
+from seqserve.client import SeqserveClient, encode_request
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from servers import REPOSITORY, ServerProcess, free_port
 
 
@@ -73,11 +76,6 @@ def test_the_load_generators_connections_reach_every_worker(workers):
     """bench's --workers figure drives the server over several connections (one connection reaches one
     worker): calls over 16 of bench.loadgen's channels are answered by both workers (`seqserve-replica`;
     the kernel spreads connections by their addresses, so all 16 on one worker has odds of 2 in 2**16)."""
-    import asyncio
-
-    from bench.loadgen import open_channels
-    from seqserve.client import encode_request
-    from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
     async def replicas() -> set[str]:
         channels = open_channels(workers.target, 16)

@@ -15,7 +15,7 @@ ratio of two things measured alternately, in the same run, on the same cores (se
 
 import os as _os
 
-from server.config import physical_cores as _physical_cores
+from seqserve.server.config import physical_cores as _physical_cores
 
 # BLAS/OpenMP pools sized to the physical cores, like onnxruntime in the server; set before
 # numpy or torch start their pools (an explicit environment setting wins).

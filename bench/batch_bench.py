@@ -45,10 +45,10 @@ if str(ROOT) not in sys.path:
 
 from bench.procs import real_server  # noqa: E402
 from seqserve.batch.backends import LocalBackend, RemoteBackend  # noqa: E402
-from seqserve.inference import pad  # noqa: E402
+from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
 from seqserve.cpu import physical_cores  # noqa: E402
 from seqserve.datasets import japanese_vowels_dir  # noqa: E402
-from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
+from seqserve.inference import pad  # noqa: E402
 from seqserve.ts_format import iter_ts  # noqa: E402
 
 GOAL = 0.9

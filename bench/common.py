@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from seqserve.inference import Batch
-from server.config import physical_cores
+from seqserve.server.config import physical_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
@@ -121,7 +121,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def test_sequences() -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
     """JapaneseVowels test split: (sequences (T_i, 12) float32, targets, labels)."""
-    from model.data import load_split
+    from seqserve.model.data import load_split
 
     data = load_split("test")
     return [np.ascontiguousarray(s, dtype=np.float32) for s in data.sequences], data.targets, data.class_labels
@@ -142,7 +142,7 @@ def runtime_for(name: str, repository: Path = REPOSITORY, folder: Path | None = 
     `folder` swaps in another model.onnx with the same contract (e.g. a quantized copy).
     """
     from seqserve.repository import ModelVersion, latest_version
-    from server.runtime import ModelRuntime
+    from seqserve.server.runtime import ModelRuntime
 
     version = latest_version(repository, name)
     if folder is not None:

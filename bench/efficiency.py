@@ -111,9 +111,9 @@ def synthetic_model(folder: Path, cell: str, hidden: int) -> Path:
     """A 2-layer bidirectional encoder of `hidden` units, exported by the project's exporter."""
     import torch
 
-    from model.config import EncoderConfig
-    from model.encoder import RecurrentEncoder
-    from model.onnx_export import export_onnx
+    from seqserve.model.config import EncoderConfig
+    from seqserve.model.encoder import RecurrentEncoder
+    from seqserve.model.onnx_export import export_onnx
 
     torch.manual_seed(0)
     config = EncoderConfig(cell=cell, input_size=SYNTHETIC_INPUT, hidden_size=hidden, num_layers=2,

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import Mode, feeds_for, figure, median_ratio, paired_times, runtime_for
-from model.quantize import compare, quantize_int8, recurrent_layers_quantized
 from seqserve.inference import pad
+from seqserve.model.quantize import compare, quantize_int8, recurrent_layers_quantized
 from seqserve.repository import MODEL_FILE
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from bench.common import REPOSITORY, ROOT, machine_info, write_json, write_section
 from bench.procs import real_server, run_loadgen
 from seqserve.repository import latest_version
-from server.oip.tensors import model_outputs
+from seqserve.server.oip.tensors import model_outputs
 
 CONCURRENCY = (1, 64)
 GOAL = 0.85

@@ -70,7 +70,7 @@ class Served:
 def real_server(repository: Path, log_dir: Path, name: str = "server", *flags: str,
                 env: dict[str, str] | None = None) -> Served:
     """`python -m server` on a free port; later flags override the defaults here (e.g. --metrics-port)."""
-    return Served(name, ["-m", "server", "--model-repository", str(repository), "--host", "127.0.0.1",
+    return Served(name, ["-m", "seqserve.server", "--model-repository", str(repository), "--host", "127.0.0.1",
                          "--port", "0", "--metrics-port", "0", *flags], log_dir, env=env)
 
 

@@ -24,11 +24,11 @@ import os
 import re
 import shutil
 import socket
-import urllib.request
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np

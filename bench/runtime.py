@@ -37,7 +37,7 @@ def measure_model(name: str, mode: Mode) -> dict[str, Any]:
     import torch
 
     from bench.common import runtime_for
-    from model.checkpoint import load_checkpoint
+    from seqserve.model.checkpoint import load_checkpoint
 
     runtime = runtime_for(name)
     module, _ = load_checkpoint(runtime.version.path / "checkpoint.pt")

@@ -130,7 +130,7 @@ def malformed_under_load(target: str, count: int) -> dict:
 
 
 def logits_alone(runtime, steps: np.ndarray) -> np.ndarray:
-    from server.batching import WorkItem, run_items
+    from seqserve.server.batching import WorkItem, run_items
 
     [result] = run_items(runtime, [WorkItem(steps)])
     return result["logits"]

@@ -19,11 +19,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from export import publish, publish_int8
-from model.errors import SeqserveModelError
-from model.train import train
-from model.zoo import PRESETS
 from seqserve.repository import read_version
+
+from .errors import SeqserveModelError
+from .export import publish, publish_int8
+from .train import train
+from .zoo import PRESETS
 
 
 def train_seeds(name: str, seeds: list[int], runs: Path, progress: bool) -> list[dict]:

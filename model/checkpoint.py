@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from model.config import EncoderConfig
-from model.encoder import RecurrentEncoder
-from model.errors import CheckpointError, ConfigError
+from .config import EncoderConfig
+from .encoder import RecurrentEncoder
+from .errors import CheckpointError, ConfigError
 
 FORMAT = "seqserve.checkpoint/1"
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from model.errors import ConfigError
 from seqserve.contract import Architecture
+
+from .errors import ConfigError
 
 CELLS = ("rnn", "lstm", "gru")
 ATTENTIONS = ("additive", "none")

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from model.config import EncoderConfig
-from model.errors import InputShapeError
+from .config import EncoderConfig
+from .errors import InputShapeError
 
 _RNN_TYPES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 

@@ -14,9 +14,10 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from model.encoder import RecurrentEncoder
-from model.errors import ParityError
 from seqserve.contract import dynamic_axes, input_names, input_specs, output_names, output_specs
+
+from .encoder import RecurrentEncoder
+from .errors import ParityError
 
 OPSET = 17
 RNN_OPS = ("RNN", "LSTM", "GRU")

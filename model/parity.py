@@ -33,11 +33,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from model.encoder import RecurrentEncoder
-from model.errors import ParityError
-from model.reference import ReferenceEncoder
 from seqserve.contract import BATCH, input_names, output_specs
 from seqserve.inference import open_session
+
+from .encoder import RecurrentEncoder
+from .errors import ParityError
+from .reference import ReferenceEncoder
 
 ATOL = 1e-5
 RTOL = 1e-4

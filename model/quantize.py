@@ -24,11 +24,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from model.data import DATASET, load_split
-from model.errors import InputShapeError
-from model.parity import make_session
 from seqserve.contract import Architecture
 from seqserve.inference import Batch, OnnxModel, pad
+
+from .data import DATASET, load_split
+from .errors import InputShapeError
+from .parity import make_session
 
 SCHEME = "dynamic: int8 weights (QInt8), activations quantized per call"
 INT8_SUFFIX = "_int8"  # an int8 variant of model `m` is published as model `m_int8`

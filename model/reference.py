@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.config import EncoderConfig
+from .config import EncoderConfig
 
 if TYPE_CHECKING:
-    from model.encoder import RecurrentEncoder
+    from .encoder import RecurrentEncoder
 
 Array = np.ndarray
 CellStep = Callable[[Array, Array, Array | None], tuple[Array, Array | None]]

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint
-from model.errors import ConfigError, SeqserveModelError
-from model.onnx_export import export_onnx
-from model.parity import check_parity
-from model.train import build_parser, configs_from_args, train
-from model.zoo import PRESETS
+from .checkpoint import load_checkpoint
+from .errors import ConfigError, SeqserveModelError
+from .onnx_export import export_onnx
+from .parity import check_parity
+from .train import build_parser, configs_from_args, train
+from .zoo import PRESETS
 
 RESULTS_FILE, SUMMARY_FILE, PLOT_FILE = "results.jsonl", "summary.md", "accuracy.png"
 PARITY_KEY = "parity_max_abs_error"

@@ -25,12 +25,12 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import ATTENTIONS, CELLS, EncoderConfig, TrainConfig
-from model.data import SequenceDataset, iter_batches, load_split, stratified_split
-from model.encoder import EncoderOutput, RecurrentEncoder
-from model.errors import SeqserveModelError
-from model.zoo import PRESETS
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ATTENTIONS, CELLS, EncoderConfig, TrainConfig
+from .data import SequenceDataset, iter_batches, load_split, stratified_split
+from .encoder import EncoderOutput, RecurrentEncoder
+from .errors import SeqserveModelError
+from .zoo import PRESETS
 
 
 @dataclass(frozen=True)

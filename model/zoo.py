@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.config import EncoderConfig, TrainConfig
+from .config import EncoderConfig, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-
 BATCH, TIME = "batch", "time"
 Dim = int | str
 DType = Literal["float32", "int64"]  # numpy dtype names

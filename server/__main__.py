@@ -21,11 +21,11 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 # (a container's service user) onnxruntime prints a plain-text warning on every start.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from server.app import SeqserveServer
-from server.config import ServerConfig, parse_config
-from server.errors import StartupError
-from server.logs import configure
-from server.workers import run_workers
+from .app import SeqserveServer
+from .config import ServerConfig, parse_config
+from .errors import StartupError
+from .logs import configure
+from .workers import run_workers
 
 log = logging.getLogger("server")
 EXIT_STARTUP = 2

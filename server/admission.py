@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from server.wire import responses_of
+from .wire import responses_of
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 SEQSERVE_PREFIX = "/seqserve.v1."  # registered through server/wire.py, already guarded

@@ -19,22 +19,23 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seqserve.oip import grpc_service_pb2 as oip_pb
-from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.repository import RepositoryError
-from server.admission import Admission
-from server.calls import Calls
-from server.config import ServerConfig
-from server.dataplane import DataPlane
-from server.errors import StartupError
-from server.metrics import Metrics
-from server.oip.plane import InferencePlane
-from server.oip.service import SERVICE_NAME as OIP_SERVICE_NAME
-from server.oip.service import InferenceService, add_inference_service
-from server.reflection import enable_reflection
-from server.registry import ModelRegistry, ServedModel
-from server.service import SeqserveService
-from server.wire import RateLimitedLog, add_service, guard
-from server.wire import log as wire_log
+from seqserve.v1 import seqserve_pb2 as pb
+
+from .admission import Admission
+from .calls import Calls
+from .config import ServerConfig
+from .dataplane import DataPlane
+from .errors import StartupError
+from .metrics import Metrics
+from .oip.plane import InferencePlane
+from .oip.service import SERVICE_NAME as OIP_SERVICE_NAME
+from .oip.service import InferenceService, add_inference_service
+from .reflection import enable_reflection
+from .registry import ModelRegistry, ServedModel
+from .service import SeqserveService
+from .wire import RateLimitedLog, add_service, guard
+from .wire import log as wire_log
 
 log = logging.getLogger(__name__)
 # After draining: time for calls that raced the drain (answered UNAVAILABLE) and health watches to close.

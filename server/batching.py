@@ -33,9 +33,10 @@ import numpy as np
 
 from seqserve.inference import PER_STATE, PER_STEP, Batch, Packed, PackedOutputs, length_groups, with_probabilities
 from seqserve.numerics import pad_rows, step_rows
-from server.errors import LimitExceeded, NotReady
-from server.metrics import ModelMetrics
-from server.runtime import ModelRuntime
+
+from .errors import LimitExceeded, NotReady
+from .metrics import ModelMetrics
+from .runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 

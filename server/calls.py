@@ -16,9 +16,9 @@ from typing import TypeVar
 
 import grpc
 
-from server.config import ServerConfig
-from server.errors import LimitExceeded, status_of
-from server.metrics import Metrics
+from .config import ServerConfig
+from .errors import LimitExceeded, status_of
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -19,8 +19,9 @@ from seqserve.contract import Architecture
 from seqserve.inference import SequenceOutputs
 from seqserve.tensors import TensorDecodeError, from_tensor, to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
-from server.config import ServerConfig
-from server.errors import InvalidInput, LimitExceeded, excerpt
+
+from .config import ServerConfig
+from .errors import InvalidInput, LimitExceeded, excerpt
 
 DEFAULT_OUTPUTS = frozenset({pb.OUTPUT_HIDDEN, pb.OUTPUT_ATTENTION, pb.OUTPUT_LOGITS})
 PER_STEP_OUTPUTS = {pb.OUTPUT_OUTPUTS: "OUTPUT_OUTPUTS", pb.OUTPUT_STEP_LOGITS: "OUTPUT_STEP_LOGITS"}

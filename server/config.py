@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from seqserve.cpu import physical_cores
-from server.batching import BatchPolicy
+
+from .batching import BatchPolicy
 
 
 @dataclass(frozen=True)

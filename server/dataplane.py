@@ -17,15 +17,26 @@ from seqserve.inference import PER_STATE, Packed, PackedOutputs, SequenceOutputs
 from seqserve.metadata import ParitySummary
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
-from server.batching import Job
-from server.codec import (
-    MAX_STEPS_SEEN, AnswerSize, check_sequence_count, check_state_origin, check_steps_seen, check_version, check_steps_shape, decode_outputs,
-    decode_state, decode_steps, encode_result, tensors_of,
+
+from .batching import Job
+from .codec import (
+    MAX_STEPS_SEEN,
+    AnswerSize,
+    check_sequence_count,
+    check_state_origin,
+    check_steps_seen,
+    check_steps_shape,
+    check_version,
+    decode_outputs,
+    decode_state,
+    decode_steps,
+    encode_result,
+    tensors_of,
 )
-from server.config import ServerConfig
-from server.packed import encode_packed, packed_ids, packed_lengths, unpack
-from server.errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
-from server.registry import ModelRegistry, ServedModel
+from .config import ServerConfig
+from .errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
+from .packed import encode_packed, packed_ids, packed_lengths, unpack
+from .registry import ModelRegistry, ServedModel
 
 
 def parity_summary(parity: ParitySummary) -> pb.ParitySummary:

@@ -16,9 +16,10 @@ from seqserve.contract import Architecture
 from seqserve.inference import Packed, PackedOutputs
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
-from server.codec import OUTPUT_TENSORS, check_sequence_count, decode
-from server.config import ServerConfig
-from server.errors import InvalidInput, LimitExceeded, excerpt
+
+from .codec import OUTPUT_TENSORS, check_sequence_count, decode
+from .config import ServerConfig
+from .errors import InvalidInput, LimitExceeded, excerpt
 
 FIELD = "packed"
 

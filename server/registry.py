@@ -7,11 +7,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from seqserve.repository import ModelVersion, RepositoryError, scan_repository
-from server.batching import Batcher
-from server.config import ServerConfig
-from server.errors import ModelNotFound, NotReady
-from server.metrics import Metrics
-from server.runtime import ModelRuntime
+
+from .batching import Batcher
+from .config import ServerConfig
+from .errors import ModelNotFound, NotReady
+from .metrics import Metrics
+from .runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 

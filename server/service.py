@@ -15,9 +15,10 @@ import grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from server.calls import Calls
-from server.config import ServerConfig
-from server.dataplane import DataPlane, PendingEncode, SequenceStream
+
+from .calls import Calls
+from .config import ServerConfig
+from .dataplane import DataPlane, PendingEncode, SequenceStream
 
 
 class SeqserveService(pb_grpc.SeqserveServiceServicer):

@@ -29,8 +29,9 @@ import grpc
 from google.protobuf.message import Message
 
 from seqserve.v1 import seqserve_pb2 as pb
-from server.errors import EXCERPT_CHARS, InvalidInput, ServingError, bounded, status_of
-from server.metrics import Metrics
+
+from .errors import EXCERPT_CHARS, InvalidInput, ServingError, bounded, status_of
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["SeqserveService"]

@@ -21,8 +21,8 @@ import sys
 import tempfile
 import time
 
-from server.config import ServerConfig
-from server.errors import StartupError
+from .config import ServerConfig
+from .errors import StartupError
 
 log = logging.getLogger(__name__)
 CHILD_POLL_S = 0.2
@@ -46,7 +46,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
 def worker_command(argv: list[str], config: ServerConfig, port: int, index: int) -> list[str]:
     """The command line of worker `index`: the parent's own flags, then what makes it one of N."""
     threads = max(1, config.threads // config.workers)
-    return [sys.executable, "-m", "server", *argv, "--workers", "1", "--reuse-port", "--port", str(port),
+    return [sys.executable, "-m", __package__ or "server", *argv, "--workers", "1", "--reuse-port", "--port", str(port),
             "--metrics-port", "0", "--intra-op-threads", str(threads),
             "--replica", f"{config.replica or socket.gethostname()}/{index}"]
 

@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from model.checkpoint import save_checkpoint  # noqa: E402
-from model.config import EncoderConfig  # noqa: E402
-from model.encoder import RecurrentEncoder  # noqa: E402
-from model.onnx_export import export_onnx  # noqa: E402
-from model.parity import make_session  # noqa: E402
 from seqserve.contract import input_names, output_names  # noqa: E402
+from seqserve.model.checkpoint import save_checkpoint  # noqa: E402
+from seqserve.model.config import EncoderConfig  # noqa: E402
+from seqserve.model.encoder import RecurrentEncoder  # noqa: E402
+from seqserve.model.onnx_export import export_onnx  # noqa: E402
+from seqserve.model.parity import make_session  # noqa: E402
 
 CELLS = ("rnn", "lstm", "gru")
 F = 5  # features

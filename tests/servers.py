@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from server.app import SeqserveServer
-from server.config import ServerConfig
+from seqserve.server.app import SeqserveServer
+from seqserve.server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
@@ -113,7 +113,7 @@ class ServerProcess:
 
     def __init__(self, repository: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model-repository", str(repository), "--host", "127.0.0.1",
+            [sys.executable, "-m", "seqserve.server", "--model-repository", str(repository), "--host", "127.0.0.1",
              "--port", "0", "--metrics-port", "0", *args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {})},

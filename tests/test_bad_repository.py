@@ -18,12 +18,12 @@ from pathlib import Path
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from servers import REPOSITORY, threaded_server
 
 from seqserve.client import SeqserveClient
 from seqserve.contract import input_specs, output_specs
 from seqserve.repository import latest_version, sha256_of
-from servers import REPOSITORY, threaded_server
-from server.runtime import ModelRuntime
+from seqserve.server.runtime import ModelRuntime
 
 SERVED = ["jv_bigru_attn", "jv_bilstm_attn", "jv_lstm_stream"]
 NOT_SERVED = ("checkpoint.pt", "parity.json", "*.png")  # the server reads model.onnx and metadata.json only

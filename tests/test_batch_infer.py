@@ -24,15 +24,15 @@ sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "tests")) if p not in sys.path
 
 from servers import threaded_server  # noqa: E402
 
-import batch_infer  # noqa: E402
-from model.data import dataset_dir  # noqa: E402
 from seqserve.batch import backends, pipeline, readers  # noqa: E402
+from seqserve.batch import cli as batch_infer  # noqa: E402
 from seqserve.batch.backends import LocalBackend, Predictions, RemoteBackend  # noqa: E402
 from seqserve.batch.errors import BackendError  # noqa: E402
 from seqserve.batch.pipeline import JobConfig, run_job  # noqa: E402
 from seqserve.batch.readers import each_record, read_records  # noqa: E402
 from seqserve.batch.writers import prediction_lines  # noqa: E402
 from seqserve.channel import Retries  # noqa: E402
+from seqserve.model.data import dataset_dir  # noqa: E402
 from seqserve.ts_format import iter_ts  # noqa: E402
 
 REPOSITORY = ROOT / "model_repository"
@@ -624,7 +624,7 @@ def test_japanese_vowels_test_file_reproduces_the_metadata_accuracy(tmp_path, ca
 MEMORY_PROBE = """
 import sys
 sys.path.insert(0, sys.argv[1])
-import batch_infer
+from seqserve.batch import cli as batch_infer
 code = batch_infer.main(sys.argv[2:])
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))  # KiB
 sys.exit(code)

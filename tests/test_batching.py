@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from seqserve.inference import Packed
-from server.batching import Batcher, BatchPolicy
-from server.errors import LimitExceeded, NotReady
-from server.metrics import Metrics
+from seqserve.server.batching import Batcher, BatchPolicy
+from seqserve.server.errors import LimitExceeded, NotReady
+from seqserve.server.metrics import Metrics
 
 POISON = 666.0
 FEATURES = 3

@@ -12,9 +12,24 @@ import pytest
 
 from bench.common import REPOSITORY, write_section
 from bench.loadgen import build_requests
-from bench.peers import (ANSWER, BIG_CALL, BIG_CLIENTS, CONCURRENCY, OTHERS_MAX, PROBE_TRAFFIC, SECTION_END, SECTION_START,
-                         clean_rounds, figures_from, probe_requests, probe_server, reference_logits, scenarios,
-                         section, table_rows)
+from bench.peers import (
+    ANSWER,
+    BIG_CALL,
+    BIG_CLIENTS,
+    CONCURRENCY,
+    OTHERS_MAX,
+    PROBE_TRAFFIC,
+    SECTION_END,
+    SECTION_START,
+    clean_rounds,
+    figures_from,
+    probe_requests,
+    probe_server,
+    reference_logits,
+    scenarios,
+    section,
+    table_rows,
+)
 from bench.procs import real_server
 from seqserve.v1 import seqserve_pb2 as pb
 

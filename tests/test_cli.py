@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from servers import REPOSITORY, ROOT, threaded_server
 
 SAMPLE = ROOT / "samples" / "japanese_vowels_sample.jsonl"

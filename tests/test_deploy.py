@@ -33,15 +33,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from server import healthcheck
 from servers import ROOT
 from test_docker import TEST_IMAGE, docker_engine, image_id, run
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
-from kubernetes_validate.utils import schema_contents  # noqa: E402
+from seqserve.server import healthcheck
 
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 import jsonschema  # noqa: E402  (kubernetes-validate's own dependencies)
+from kubernetes_validate.utils import schema_contents  # noqa: E402
 from referencing import Registry, Resource  # noqa: E402
 
 DEPLOY = ROOT / "deploy"

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from servers import REPOSITORY, ROOT, threaded_server
 
 from seqserve.client import SeqserveClient
-from server import healthcheck
-from servers import REPOSITORY, ROOT, threaded_server
+from seqserve.server import healthcheck
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SECURE_OVERRIDE = ROOT / "docker-compose.secure.yml"

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import CELLS, C, F, H, make_config, make_model, random_batch, random_state
-from model.config import EncoderConfig
-from model.errors import ConfigError, InputShapeError
+
 from seqserve.contract import output_names
+from seqserve.model.config import EncoderConfig
+from seqserve.model.errors import ConfigError, InputShapeError
 
 ARCHS = list(itertools.product(CELLS, (1, 2), (False, True), ("additive", "none")))
 

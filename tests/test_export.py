@@ -20,10 +20,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
-import export
-import model.onnx_export as onnx_export
-import seqserve.cli
 from conftest import (
     CELLS,
     LABELS,
@@ -37,12 +33,19 @@ from conftest import (
     torch_outputs,
     write_checkpoint,
 )
-from model.checkpoint import load_checkpoint
-from model.data import load_split, pad_batch
-from model.errors import AccuracyDropError, CheckpointError, ParityError, SeqserveModelError
-from model.onnx_export import export_onnx, graph_problems
-import model.parity as parity
-from model.parity import (
+from servers import REPOSITORY, threaded_server
+
+import seqserve.cli
+import seqserve.model.onnx_export as onnx_export
+import seqserve.model.parity as parity
+from seqserve.client import SeqserveClient
+from seqserve.contract import BATCH, TIME, input_names, input_specs, output_names, output_specs
+from seqserve.model import export
+from seqserve.model.checkpoint import load_checkpoint
+from seqserve.model.data import load_split, pad_batch
+from seqserve.model.errors import AccuracyDropError, CheckpointError, ParityError, SeqserveModelError
+from seqserve.model.onnx_export import export_onnx, graph_problems
+from seqserve.model.parity import (
     ATOL,
     CONDITIONING_SLACK,
     ROUNDING_ALLOWANCE_CAP,
@@ -52,12 +55,9 @@ from model.parity import (
     check_parity,
     make_session,
 )
-from model.quantize import ACCURACY_BATCH
-from seqserve.client import SeqserveClient
-from seqserve.contract import BATCH, TIME, input_names, input_specs, output_names, output_specs
+from seqserve.model.quantize import ACCURACY_BATCH
 from seqserve.repository import read_version, sha256_of
-from server.runtime import ModelRuntime
-from servers import REPOSITORY, threaded_server
+from seqserve.server.runtime import ModelRuntime
 
 LONG = 200  # longest sequence of the parity grid here (the CLI default is 500)
 EXACT_AGREEMENT = 1e-12  # max |numpy reference - float64 PyTorch|: two float64 runs of the same equations

@@ -28,14 +28,14 @@ import pytest
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from servers import REPOSITORY, threaded_server
 
 from seqserve.client import SeqserveClient
 from seqserve.inference import Batch, OnnxModel, open_session, pad
 from seqserve.repository import latest_version
+from seqserve.server.errors import MAX_STATUS_CHARS
+from seqserve.server.wire import DECODE_LOG_BURST, DECODE_LOG_PERIOD_S, RateLimitedLog
 from seqserve.v1 import seqserve_pb2 as pb
-from server.errors import MAX_STATUS_CHARS
-from server.wire import DECODE_LOG_BURST, DECODE_LOG_PERIOD_S, RateLimitedLog
-from servers import REPOSITORY, threaded_server
 
 settings.register_profile(
     "seqserve-fuzz", derandomize=True, database=None, max_examples=150, deadline=None, print_blob=False,

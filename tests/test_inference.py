@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from seqserve.inference import (
-    Packed, PackedOutputs, length_groups, pad, pad_packed, per_sequence, session_options, with_probabilities,
+    Packed,
+    PackedOutputs,
+    length_groups,
+    pad,
+    pad_packed,
+    per_sequence,
+    session_options,
+    with_probabilities,
 )
 
 F = 3
@@ -89,9 +96,10 @@ def test_session_options_never_spin_unless_asked():
 
 
 def test_small_batches_take_the_small_session():
+    from servers import REPOSITORY
+
     from seqserve.inference import OnnxModel
     from seqserve.repository import latest_version
-    from servers import REPOSITORY
 
     arch = latest_version(REPOSITORY, "jv_bigru_attn").architecture
     big, small = object(), object()  # stand-ins: only which one is picked matters here

@@ -19,6 +19,7 @@ import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from servers import REPOSITORY, ROOT, assert_reading_held, threaded_server, wait_until
 from tritonclient.utils import InferenceServerException
 
 from seqserve.client import SeqserveClient
@@ -26,7 +27,6 @@ from seqserve.inference import Batch, OnnxModel, length_groups, open_session
 from seqserve.oip import grpc_service_pb2 as pb
 from seqserve.oip import grpc_service_pb2_grpc as pb_grpc
 from seqserve.repository import latest_version
-from servers import REPOSITORY, ROOT, assert_reading_held, threaded_server, wait_until
 
 MODELS = ["jv_bilstm_attn", "jv_bigru_attn", "jv_lstm_stream"]
 STREAM_MODEL = "jv_lstm_stream"

@@ -12,14 +12,14 @@ from collections.abc import Callable, Iterable
 import grpc
 import numpy as np
 import pytest
+from servers import REPOSITORY, threaded_server
 
 from seqserve.client import encode_request
+from seqserve.server.codec import ENVELOPE_BYTES, MAX_STEPS_SEEN, AnswerSize
+from seqserve.server.errors import EXCERPT_CHARS, MAX_STATUS_CHARS
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from server.codec import ENVELOPE_BYTES, MAX_STEPS_SEEN, AnswerSize
-from server.errors import EXCERPT_CHARS, MAX_STATUS_CHARS
-from servers import REPOSITORY, threaded_server
 
 BI_MODEL = "jv_bilstm_attn"
 STREAM_MODEL = "jv_lstm_stream"

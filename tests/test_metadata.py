@@ -9,14 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-import export
 from conftest import ROOT
-from model.checkpoint import load_checkpoint
-from model.errors import SeqserveModelError
-from model.parity import OutputError, ParityReport
-from model.quantize import Int8Comparison
+
 from seqserve.metadata import FP32, INT8, MetadataError, ModelMetadata
+from seqserve.model import export
+from seqserve.model.checkpoint import load_checkpoint
+from seqserve.model.errors import SeqserveModelError
+from seqserve.model.parity import OutputError, ParityReport
+from seqserve.model.quantize import Int8Comparison
 from seqserve.repository import CHECKPOINT_FILE, METADATA_FILE, MODEL_FILE, ModelVersion, write_metadata
 
 COMMITTED = sorted((ROOT / "model_repository").glob("*/1/metadata.json"))

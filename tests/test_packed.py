@@ -6,13 +6,13 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from servers import REPOSITORY, threaded_server
 
-from model.data import load_split
 from seqserve.client import EncodeResult, SeqserveClient, encode_request, results_of
+from seqserve.model.data import load_split
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from servers import REPOSITORY, threaded_server
 
 ALL = {"jv_bilstm_attn": ["outputs", "hidden", "attention", "logits"],
        "jv_bigru_attn": ["outputs", "hidden", "attention", "logits"],

@@ -57,6 +57,7 @@ def test_inference_proto_matches_the_published_protocol():
     """Every message and method declared in protos/inference/ is exactly the published one (as compiled
     into tritonclient); methods left out are the extensions seqserve does not serve."""
     from tritonclient.grpc import service_pb2 as published
+
     from seqserve.oip import grpc_service_pb2 as ours
 
     mine, theirs = file_proto(ours.DESCRIPTOR), file_proto(published.DESCRIPTOR)

@@ -9,13 +9,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import CELLS, ROOT, F, H, make_model, ort_run, random_batch, random_state
+from test_export import GRID, grid_config, grid_id
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-import model.reference as reference
-from conftest import CELLS, ROOT, F, H, make_model, ort_run, random_batch, random_state
-from model.reference import RecurrentStack, ReferenceEncoder, fuse
-from test_export import GRID, grid_config, grid_id
+import seqserve.model.reference as reference
+from seqserve.model.reference import RecurrentStack, ReferenceEncoder, fuse
 
 FLOAT32_TERMS = 1e-5  # max |reference - float32 run|: float32 rounding over these short sequences
 FLOAT64_TERMS = 1e-12  # max |reference - float64 run|: the same equations, both in float64

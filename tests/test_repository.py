@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import export
 from conftest import LABELS, ROOT, ort_run, random_batch, random_state, run_cli, torch_outputs, write_checkpoint
-from model.checkpoint import load_checkpoint
-from model.onnx_export import export_onnx, graph_problems
-from model.parity import make_session
+
 from seqserve.contract import input_specs, output_specs
+from seqserve.model import export
+from seqserve.model.checkpoint import load_checkpoint
+from seqserve.model.onnx_export import export_onnx, graph_problems
+from seqserve.model.parity import make_session
 from seqserve.repository import (
     RepositoryError,
     iter_version_dirs,

@@ -33,24 +33,33 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import scale_load
 import yaml
 from grpc_health.v1 import health_pb2
+from servers import ROOT, ThreadedServer, threaded_server
+from test_docker import (
+    BUILD_TIMEOUT_S,
+    COMPOSE_FILE,
+    COMPOSE_NAMES,
+    COMPOSES,
+    TEST_IMAGE,
+    ComposeProject,
+    docker_engine,
+    free_port,
+    image_id,
+    run,
+    wait_healthy,
+)
 
-import batch_infer
-import scale_load
+from seqserve.batch import cli as batch_infer
 from seqserve.batch.backends import RemoteBackend, checked_call
 from seqserve.batch.errors import BackendError, RecordRejected
 from seqserve.batch.records import Record, Records
 from seqserve.channel import MAX_RETRIES, SERVICE, Retries, open_channel, service_config
 from seqserve.client import SeqserveClient, encode_request
+from seqserve.server.admission import REPLICA_KEY
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
-from server.admission import REPLICA_KEY
-from servers import ROOT, ThreadedServer, threaded_server
-from test_docker import (
-    BUILD_TIMEOUT_S, COMPOSE_FILE, COMPOSE_NAMES, COMPOSES, TEST_IMAGE, ComposeProject, docker_engine, free_port,
-    image_id, run, wait_healthy,
-)
 
 SCALE_OVERRIDE = ROOT / "docker-compose.scale.yml"
 SCALE_ENV = ROOT / "deploy" / "compose" / "scale.env"
@@ -243,7 +252,7 @@ def h2_answer(port: int, request: bytes, until: bytes, timeout: float = 3.0) -> 
         while until not in answer and time.monotonic() < deadline:
             try:
                 chunk = conn.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from servers import REPOSITORY, ROOT, threaded_server
 
 from seqserve.channel import Security
 from seqserve.client import SeqserveClient
-from servers import REPOSITORY, ROOT, threaded_server
 
 TOKEN = "s3cret-token"
 
@@ -109,7 +109,7 @@ def test_reflection_can_be_turned_off():
 
 
 def test_health_probe_speaks_tls(pki):
-    from server import healthcheck
+    from seqserve.server import healthcheck
 
     with threaded_server(REPOSITORY, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
                          auth_token_file=str(pki / "token")) as s:

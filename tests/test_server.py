@@ -19,19 +19,19 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from servers import REPOSITORY, ROOT, ServerProcess, assert_reading_held, threaded_server, wait_until
 
-from model.checkpoint import load_checkpoint
-from model.data import load_split
 from seqserve.client import EncodeResult, SeqserveClient, encode_request
 from seqserve.contract import input_names, output_names
 from seqserve.inference import length_groups
+from seqserve.model.checkpoint import load_checkpoint
+from seqserve.model.data import load_split
 from seqserve.repository import latest_version
+from seqserve.server import config as server_config
+from seqserve.server.config import ServerConfig
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from server import config as server_config
-from server.config import ServerConfig
-from servers import REPOSITORY, ROOT, ServerProcess, assert_reading_held, threaded_server, wait_until
 
 BI_MODELS = ["jv_bilstm_attn", "jv_bigru_attn"]
 STREAM_MODEL = "jv_lstm_stream"
@@ -471,9 +471,10 @@ def test_broken_models_are_skipped_and_the_rest_serve(tmp_path):
 
 def test_health_and_requests_while_models_load(monkeypatch):
     """Until every model is loaded and warmed up: health NOT_SERVING, requests UNAVAILABLE."""
-    from server.app import SeqserveServer
-    from server.registry import ModelRegistry
     from servers import ThreadedServer
+
+    from seqserve.server.app import SeqserveServer
+    from seqserve.server.registry import ModelRegistry
 
     loading = threading.Event()
     release = threading.Event()
@@ -592,7 +593,7 @@ def test_health_turns_not_serving_on_shutdown():
 def start_failure(*args: str) -> tuple[int, list[str]]:
     """Run `python -m server` expecting it to refuse to start; returns its exit status and output lines."""
     proc = subprocess.run(
-        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1", *args],
+        [sys.executable, "-m", "seqserve.server", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     return proc.returncode, (proc.stdout + proc.stderr).splitlines()

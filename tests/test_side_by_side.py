@@ -16,14 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
+from servers import REPOSITORY, threaded_server
 
 from seqserve.cpu import physical_cores
 from seqserve.inference import Batch, OnnxModel, Packed, PackedOutputs, open_session, pad, per_sequence
 from seqserve.repository import latest_version
-from server.batching import Batcher, BatchPolicy, balanced_parts
-from server.metrics import Metrics
-from server.runtime import ModelRuntime
-from servers import REPOSITORY, threaded_server
+from seqserve.server.batching import Batcher, BatchPolicy, balanced_parts
+from seqserve.server.metrics import Metrics
+from seqserve.server.runtime import ModelRuntime
 
 MODELS = ["jv_bilstm_attn", "jv_bigru_attn", "jv_lstm_stream"]
 STREAM_MODEL = "jv_lstm_stream"

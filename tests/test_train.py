@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_model, random_batch, run_cli
-from model.checkpoint import load_checkpoint
-from model.config import TrainConfig
-from model.data import load_split, pad_batch, random_stretch, stratified_split
-from model import train as training
-from model.train import EpochMetrics, augment_features, build_parser, mixup_loss, sequence_loss
+
+from seqserve.model import train as training
+from seqserve.model.checkpoint import load_checkpoint
+from seqserve.model.config import TrainConfig
+from seqserve.model.data import load_split, pad_batch, random_stretch, stratified_split
+from seqserve.model.train import EpochMetrics, augment_features, build_parser, mixup_loss, sequence_loss
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_sweep_rejects_bad_train_options(tmp_path):
 
 
 def test_train_help_names_the_real_presets_and_command():
-    from model.zoo import PRESETS
+    from seqserve.model.zoo import PRESETS
 
     out = subprocess.run([sys.executable, "-m", "model.train", "--help"], capture_output=True, text=True,
                          timeout=120, cwd=Path(__file__).resolve().parent.parent)

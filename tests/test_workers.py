@@ -10,11 +10,11 @@ import urllib.request
 
 import numpy as np
 import pytest
+from servers import REPOSITORY, ServerProcess, free_port
 
 from bench.loadgen import open_channels
 from seqserve.client import SeqserveClient, encode_request
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from servers import REPOSITORY, ServerProcess, free_port
 
 
 def children_of(pid: int) -> list[int]:

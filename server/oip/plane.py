@@ -21,16 +21,24 @@ import numpy as np
 from seqserve.contract import TIME
 from seqserve.inference import PER_STATE, Packed, PackedOutputs
 from seqserve.oip import grpc_service_pb2 as pb
-from server.codec import check_sequence_count
-from server.config import ServerConfig
-from server.errors import InvalidInput, LimitExceeded, ModelNotFound, NotReady, excerpt
-from server.metrics import Metrics
-from server.oip.sequences import SequenceControl, SequenceStore, sequence_control
-from server.oip.statistics import Outcomes, model_statistics
-from server.oip.tensors import (
-    PLATFORM, TensorMeta, answer, answer_bytes, decode_inputs, label_bytes, model_inputs, model_outputs,
+
+from ..codec import check_sequence_count
+from ..config import ServerConfig
+from ..errors import InvalidInput, LimitExceeded, ModelNotFound, NotReady, excerpt
+from ..metrics import Metrics
+from ..registry import ModelRegistry, ServedModel
+from .sequences import SequenceControl, SequenceStore, sequence_control
+from .statistics import Outcomes, model_statistics
+from .tensors import (
+    PLATFORM,
+    TensorMeta,
+    answer,
+    answer_bytes,
+    decode_inputs,
+    label_bytes,
+    model_inputs,
+    model_outputs,
 )
-from server.registry import ModelRegistry, ServedModel
 
 SERVER_NAME = "seqserve"
 EXTENSIONS = ["sequence", "statistics", "parameters"]  # Triton's names for the extensions served

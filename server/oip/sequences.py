@@ -21,7 +21,8 @@ import numpy as np
 
 from seqserve.inference import SequenceOutputs
 from seqserve.oip import grpc_service_pb2 as pb
-from server.errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
+
+from ..errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
 
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
 MAX_ID_CHARS = 128  # longest string sequence_id

@@ -16,9 +16,10 @@ import grpc
 
 from seqserve.oip import grpc_service_pb2 as pb
 from seqserve.oip import grpc_service_pb2_grpc as pb_grpc
-from server.calls import Calls
-from server.config import ServerConfig
-from server.oip.plane import InferencePlane
+
+from ..calls import Calls
+from ..config import ServerConfig
+from .plane import InferencePlane
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 Context = grpc.aio.ServicerContext

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from prometheus_client.metrics import MetricWrapperBase
 
 from seqserve.oip import grpc_service_pb2 as pb
-from server.metrics import Metrics
+
+from ..metrics import Metrics
 
 
 @dataclass

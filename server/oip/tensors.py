@@ -23,8 +23,9 @@ import numpy as np
 from seqserve.contract import BATCH, TIME, Architecture, Dim, input_specs, output_specs
 from seqserve.oip import grpc_service_pb2 as pb
 from seqserve.tensors import TensorDecodeError, check_shape
-from server.codec import ENVELOPE_BYTES, FIELD_BYTES
-from server.errors import InvalidInput, excerpt
+
+from ..codec import ENVELOPE_BYTES, FIELD_BYTES
+from ..errors import InvalidInput, excerpt
 
 PLATFORM = "onnxruntime_onnx"  # Triton's name for what serves these models
 DATATYPES = {"float32": "FP32", "int64": "INT64"}  # the contract's numpy dtype -> v2 datatype
@@ -51,12 +52,12 @@ class TensorMeta:
         return pb.ModelMetadataResponse.TensorMetadata(name=self.name, datatype=self.datatype, shape=self.wire_shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_inputs(arch: Architecture) -> dict[str, TensorMeta]:
     return {s.name: TensorMeta(s.name, DATATYPES[s.dtype], s.shape) for s in input_specs(arch)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_outputs(arch: Architecture) -> dict[str, TensorMeta]:
     """The exported outputs, then `probabilities` and `label` (the default answer, in this order)."""
     outputs = {s.name: TensorMeta(s.name, DATATYPES[s.dtype], s.shape) for s in output_specs(arch)}

@@ -5,7 +5,7 @@ The code is `seqserve.model.export` (model/export.py); an installed seqserve has
 
 import sys
 
-from seqserve.model.export import main
+from seqserve.commands import export
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(export())

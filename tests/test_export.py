@@ -549,10 +549,11 @@ def test_cli_on_a_serving_only_install(missing, argv):
 
 
 def test_export_module_import_still_raises_without_torch():
-    """Imported as a module (not run as a script) the missing dependency propagates as usual."""
-    probe = WITHOUT_MODULES.replace('runpy.run_path("export.py", run_name="__main__")', "import export")
+    """Imported as a module (not run as a script) the missing dependency propagates, naming the extra."""
+    probe = WITHOUT_MODULES.replace('runpy.run_path("export.py", run_name="__main__")', "import seqserve.model.export")
     proc = subprocess.run([sys.executable, "-c", probe, "torch"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "ModuleNotFoundError: No module named 'torch'" in proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert "ModuleNotFoundError: seqserve.model needs the train extra (torch is not installed)" in proc.stderr
 
 
 def test_corrupt_checkpoint_is_a_checkpoint_error(tmp_path, capsys):

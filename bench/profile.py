@@ -10,9 +10,8 @@ py-spy (`pip install py-spy`; `--native` so C frames show), and reads the server
 Prometheus metrics (mean batch size, onnxruntime time per batch, queue wait). Writes PROFILE.md
 (tables with percentages) and profile.raw.txt (py-spy's collapsed stacks, for flamegraph.pl).
 
-`--what-if-no-spin` measures a proposed fix without editing the server: the server process
-starts with a `sitecustomize` that adds `session.intra_op.allow_spinning=0` to every
-onnxruntime session it creates. Its numbers are a what-if, not the server as shipped.
+The server runs as shipped: onnxruntime's intra-op spinning is off by default (`--ort-spinning` turns it
+on, passed after `--` like any other server flag).
 """
 
 from __future__ import annotations
@@ -51,22 +50,6 @@ BUCKETS = [
     ("gRPC aio (cygrpc) receive/send", "cygrpc"),
     ("asyncio loop machinery", "asyncio/"),
 ]
-
-
-NO_SPIN_SHIM = """
-import onnxruntime as _ort
-
-_init = _ort.InferenceSession.__init__
-
-
-def _no_spin_init(self, path_or_bytes, sess_options=None, *args, **kwargs):
-    if sess_options is not None:
-        sess_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    _init(self, path_or_bytes, sess_options, *args, **kwargs)
-
-
-_ort.InferenceSession.__init__ = _no_spin_init
-"""
 
 
 def free_port() -> int:
@@ -115,7 +98,8 @@ def parse_raw(path: Path) -> list[tuple[str, list[str], int]]:
 
 def bucket(frames: list[str]) -> str:
     leaf = frames[-1] if frames else ""
-    if re.search(r"epoll_wait|select_epoll|EpollSelector.select", leaf) or any("EpollSelector.select" in f for f in frames[-4:]):
+    idle_leaf = re.search(r"epoll_wait|select_epoll|EpollSelector.select", leaf)
+    if idle_leaf or any("EpollSelector.select" in f for f in frames[-4:]):
         return "idle (waiting in epoll)"
     for label, needle in BUCKETS:
         if any(needle in f for f in frames):
@@ -132,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="how long to sample")
     parser.add_argument("--model", default="jv_bilstm_attn", help="model to call")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench", help="where PROFILE.md goes")
-    parser.add_argument("--what-if-no-spin", action="store_true",
-                        help="start the server with onnxruntime's intra-op spinning off (a proposed fix)")
     parser.add_argument("--no-stacks", action="store_true",
                         help="skip py-spy (it stops the server ~200 times/s): thread CPU and metrics only")
     parser.add_argument("server_flags", nargs="*", help="extra `python -m server` flags (after --)")
@@ -149,10 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         # py-spy's stops keep libuv's io_uring submission thread (uvloop) spinning: 0.29 cores of a sampled
         # server at 64 clients, none unsampled. Off, the thread table shows the server's own CPU.
         env = {"UV_USE_IO_URING": "0"}
-        if args.what_if_no_spin:
-            (work / "shim").mkdir()
-            (work / "shim" / "sitecustomize.py").write_text(NO_SPIN_SHIM)
-            env["PYTHONPATH"] = f"{work / 'shim'}{os.pathsep}{ROOT}"
         metrics_port = free_port()
         server = real_server(REPOSITORY, work, "server", *args.server_flags, "--metrics-port", str(metrics_port),
                              env=env).wait_ready()
@@ -184,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(raw, args.out_dir / "profile.raw.txt")
         finally:
             server.stop()
-    (args.out_dir / "PROFILE.md").write_text(render(args, names, before, after, elapsed, parse_raw(args.out_dir / "profile.raw.txt"), load,
-                                                      {k: m1[k] - m0[k] for k in m1}))
+    rows = parse_raw(args.out_dir / "profile.raw.txt")
+    report = render(args, names, before, after, elapsed, rows, load, {k: m1[k] - m0[k] for k in m1})
+    (args.out_dir / "PROFILE.md").write_text(report)
     print(f"profile: {args.out_dir / 'PROFILE.md'}")
     return 0
 
@@ -197,10 +176,11 @@ def render(args, names, before, after, elapsed, rows, load, metrics) -> str:
         "# Server profile under load",
         "",
         f"`python -m bench.profile --mode {args.mode} --concurrency {args.concurrency} --per-call {args.per_call}"
-        f"{' --packed' if args.packed else ''}`{' --what-if-no-spin' if args.what_if_no_spin else ''}"
+        f"{' --packed' if args.packed else ''}`"
         f"{' -- ' + ' '.join(args.server_flags) if args.server_flags else ''}: model `{args.model}`, "
         f"{load['calls_per_s']:.0f} calls/s ({load['seqs_per_s']:.0f} seq/s) while sampled"
-        f"{'' if args.no_stacks else ' (py-spy stops the server ~200 times/s: it slows it)'}, p50 {load['p50_ms']:.1f} ms; load average {os.getloadavg()[0]:.1f}.",
+        f"{'' if args.no_stacks else ' (py-spy stops the server ~200 times/s: it slows it)'}, "
+        f"p50 {load['p50_ms']:.1f} ms; load average {os.getloadavg()[0]:.1f}.",
         "",
         f"Server CPU {total / elapsed:.2f} cores over {elapsed:.1f} s = "
         f"{1e3 * total / max(1, load['calls_per_s'] * elapsed):.2f} ms CPU per call.",
@@ -209,7 +189,8 @@ def render(args, names, before, after, elapsed, rows, load, metrics) -> str:
         f"{metrics['seqserve_batch_size_count']:.0f} onnxruntime runs, mean batch "
         f"{metrics['seqserve_batch_size_sum'] / max(1, metrics['seqserve_batch_size_count']):.1f} sequences, "
         f"mean onnxruntime time per run "
-        f"{1e3 * metrics['seqserve_inference_seconds_sum'] / max(1, metrics['seqserve_inference_seconds_count']):.2f} ms "
+        f"{1e3 * metrics['seqserve_inference_seconds_sum'] / max(1, metrics['seqserve_inference_seconds_count']):.2f}"
+        " ms "
         f"(busy {100 * metrics['seqserve_inference_seconds_sum'] / elapsed:.0f}% of the window), mean queue wait "
         f"{1e3 * metrics['seqserve_queue_seconds_sum'] / max(1, metrics['seqserve_queue_seconds_count']):.2f} ms.",
         "",

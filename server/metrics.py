@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -11,25 +11,45 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+@dataclass
+class VersionTally:
+    """What one model version's batcher has done (the Prometheus series add a model's versions up).
+
+    Only the event loop's thread writes it (the batcher observes there), so plain integers do."""
+
+    waits: int = 0  # requests that waited for a batch
+    wait_ns: int = 0
+    runs: int = 0  # onnxruntime runs
+    run_ns: int = 0
+    sequences: int = 0
+
+
 @dataclass(frozen=True)
 class ModelMetrics:
-    """One model's metric children, resolved once (label lookups cost more than the observations)."""
+    """One model version's metric children, resolved once (label lookups cost more than the observations),
+    and its own tally."""
 
     queue_seconds: Histogram
     inference_seconds: Histogram
     batch_size: Histogram
     sequences: Counter
     side_by_side: Counter
+    tally: VersionTally = field(default_factory=VersionTally)
 
     def observe_waits(self, started: float, enqueued_at: Iterable[float]) -> None:
         """Each request's wait for its batch: from its arrival to its round's start."""
         for arrived in enqueued_at:
             self.queue_seconds.observe(started - arrived)
+            self.tally.waits += 1
+            self.tally.wait_ns += int((started - arrived) * 1e9)
 
     def observe_batch(self, sequences: int, seconds: float) -> None:
         self.batch_size.observe(sequences)
         self.inference_seconds.observe(seconds)
         self.sequences.inc(sequences)
+        self.tally.runs += 1
+        self.tally.run_ns += int(seconds * 1e9)
+        self.tally.sequences += sequences
 
 
 class Metrics:
@@ -67,15 +87,22 @@ class Metrics:
                                    multiprocess_mode="livemax")
         self._http = None  # the /metrics HTTP server, once started
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._tallies: dict[tuple[str, int], VersionTally] = {}
 
-    def for_model(self, model: str) -> ModelMetrics:
+    def for_model(self, model: str, version: int = 0) -> ModelMetrics:
+        """The metrics of one model version: Prometheus series labelled by model, a tally of its own."""
         return ModelMetrics(
             queue_seconds=self.queue_seconds.labels(model),
             inference_seconds=self.inference_seconds.labels(model),
             batch_size=self.batch_size.labels(model),
             sequences=self.sequences.labels(model),
             side_by_side=self.side_by_side.labels(model),
+            tally=self._tallies.setdefault((model, version), VersionTally()),
         )
+
+    def tally(self, model: str, version: int) -> VersionTally:
+        """What one model version's batcher has done (all zero for a version that never ran)."""
+        return self._tallies.get((model, version), VersionTally())
 
     def rpc(self, method: str, code: str) -> tuple[Counter, Histogram]:
         """The (request counter, latency histogram) children of one method and code, looked up once."""

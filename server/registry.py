@@ -52,8 +52,8 @@ class ModelRegistry:
             except RepositoryError as exc:
                 self.problems.append(str(exc))
                 continue
-            batcher = Batcher(runtime, self.executor, self.metrics.for_model(version.name), self.config.batch_policy,
-                              self.lanes)
+            batcher = Batcher(runtime, self.executor, self.metrics.for_model(version.name, version.version),
+                              self.config.batch_policy, self.lanes)
             self._models.setdefault(version.name, {})[version.version] = ServedModel(runtime, batcher)
             log.info("model loaded", extra={"model": version.name, "version": version.version})
         for problem in self.problems:

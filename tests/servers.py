@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,17 @@ def assert_reading_held(server: ThreadedServer, method: str, in_flight: int, ans
     held = answered()
     assert held <= in_flight + 2, f"read {held} of {sent} requests while the client read no answer"
     assert len(list(answers)) == sent  # reading resumes as the client reads
+
+
+def versioned_repository(folder: Path, model: str, versions: tuple[int, ...]) -> Path:
+    """A repository in `folder` holding `model` (the committed one's files) under each of `versions`:
+    the same model, only the number differs."""
+    for version in versions:
+        target = folder / model / str(version)
+        target.mkdir(parents=True)
+        for name in ("model.onnx", "metadata.json"):
+            shutil.copy(REPOSITORY / model / "1" / name, target / name)
+    return folder
 
 
 def free_port() -> int:

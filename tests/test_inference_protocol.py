@@ -19,7 +19,7 @@ import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from servers import REPOSITORY, ROOT, assert_reading_held, threaded_server, wait_until
+from servers import REPOSITORY, ROOT, assert_reading_held, threaded_server, versioned_repository, wait_until
 from tritonclient.utils import InferenceServerException
 
 from seqserve.client import SeqserveClient
@@ -567,6 +567,26 @@ def test_generated_stubs_stream_statistics_and_index(server, stub, sequences):
     assert {s.name for s in everything.model_stats} == set(MODELS)
     index = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=10)
     assert {(m.name, m.version, m.state) for m in index.models} == {(m, "1", "READY") for m in MODELS}
+
+
+def test_statistics_are_kept_per_model_version(tmp_path, sequences):
+    """Two versions of one model: calls to version 1 (this protocol) and version 2 (seqserve.v1) count
+    only on the version that ran them."""
+    repository = versioned_repository(tmp_path, "jv_bigru_attn", (1, 2))
+    with threaded_server(repository) as s, grpc.insecure_channel(s.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for sequence in sequences[:3]:
+            stub.ModelInfer(raw_request("jv_bigru_attn", sequence[None], model_version="1"), timeout=30)
+        with SeqserveClient(s.target) as v1_client:
+            v1_client.encode("jv_bigru_attn", sequences[:2], version=2)
+        stats = {int(m.version): m for m in
+                 stub.ModelStatistics(pb.ModelStatisticsRequest(name="jv_bigru_attn"), timeout=10).model_stats}
+    assert sorted(stats) == [1, 2]
+    assert [stats[v].inference_stats.success.count for v in (1, 2)] == [3, 0]  # this protocol's requests
+    assert [stats[v].inference_count for v in (1, 2)] == [3, 2]  # sequences run, both protocols
+    assert [stats[v].inference_stats.queue.count for v in (1, 2)] == [3, 1]  # one wait per request
+    assert stats[1].last_inference > 0 and stats[2].last_inference == 0
+    assert all(stats[v].execution_count >= 1 and stats[v].inference_stats.compute_infer.ns > 0 for v in (1, 2))
 
 
 def test_undecodable_bytes_are_invalid_argument(server):

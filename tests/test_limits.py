@@ -6,13 +6,12 @@ module; the state-version test starts its own, with two versions of the streamin
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterable
 
 import grpc
 import numpy as np
 import pytest
-from servers import REPOSITORY, threaded_server
+from servers import REPOSITORY, threaded_server, versioned_repository
 
 from seqserve.client import encode_request
 from seqserve.server.codec import ENVELOPE_BYTES, MAX_STEPS_SEEN, AnswerSize
@@ -176,12 +175,7 @@ def test_steps_seen_must_be_in_range(stub):
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory):
     """A server with versions 1 and 2 of the streaming model (the same files: only the number differs)."""
-    repo = tmp_path_factory.mktemp("repo")
-    for version in ("1", "2"):
-        folder = repo / STREAM_MODEL / version
-        folder.mkdir(parents=True)
-        for name in ("model.onnx", "metadata.json"):
-            shutil.copy(REPOSITORY / STREAM_MODEL / "1" / name, folder / name)
+    repo = versioned_repository(tmp_path_factory.mktemp("repo"), STREAM_MODEL, (1, 2))
     with threaded_server(repo) as s, grpc.insecure_channel(s.target) as channel:
         yield pb_grpc.SeqserveServiceStub(channel)
 

@@ -1,20 +1,18 @@
 """ModelStatistics (Triton's statistics extension): what a model version has done since the server started.
 
+Every figure is per model version:
 - success / fail: this protocol's inference requests (ModelInfer and each ModelStreamInfer request)
   that reached the model version, with the nanoseconds they took from arrival to answer;
 - queue (per request: its wait for its batch to start) and compute_infer (per batch run),
-  inference_count (sequences) and execution_count (batches): every request and sequence the model's
-  batcher ran, seqserve.v1's included, from the Prometheus metrics the batcher keeps per model name
-  (shared by its versions).
+  inference_count (sequences) and execution_count (batches): every request and sequence the version's
+  batcher ran, seqserve.v1's included, from its tally (server/metrics.py; the Prometheus series are
+  labelled by model only and add its versions up).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
-
-from prometheus_client.metrics import MetricWrapperBase
 
 from seqserve.oip import grpc_service_pb2 as pb
 
@@ -40,33 +38,17 @@ class Outcomes:
         self.last_inference_ms = time.time_ns() // 1_000_000
 
 
-def _samples(metric: MetricWrapperBase, model: str) -> dict[str, float]:
-    """One model's samples of a labelled metric, by sample name (`..._count`, `..._sum`, `..._total`)."""
-    return {s.name: s.value for family in metric.collect() for s in family.samples
-            if s.labels.get("model") == model and "le" not in s.labels}
-
-
-def _duration(samples: dict[str, float], prefix: str) -> pb.StatisticDuration:
-    return pb.StatisticDuration(count=int(samples.get(f"{prefix}_count", 0)),
-                                ns=int(samples.get(f"{prefix}_sum", 0.0) * 1e9))
-
-
 def model_statistics(name: str, version: int, outcomes: Outcomes, metrics: Metrics) -> pb.ModelStatistics:
-    queue = _samples(metrics.queue_seconds, name)
-    compute = _samples(metrics.inference_seconds, name)
-    sequences = _samples(metrics.sequences, name)
+    """The statistics of one model version: its requests on this protocol and its batcher's tally."""
+    tally = metrics.tally(name, version)
     return pb.ModelStatistics(
         name=name, version=str(version), last_inference=outcomes.last_inference_ms,
-        inference_count=int(sequences.get("seqserve_sequences_total", 0)),
-        execution_count=int(compute.get("seqserve_inference_seconds_count", 0)),
+        inference_count=tally.sequences,
+        execution_count=tally.runs,
         inference_stats=pb.InferStatistics(
             success=pb.StatisticDuration(count=outcomes.success, ns=outcomes.success_ns),
             fail=pb.StatisticDuration(count=outcomes.fail, ns=outcomes.fail_ns),
-            queue=_duration(queue, "seqserve_queue_seconds"),
-            compute_infer=_duration(compute, "seqserve_inference_seconds"),
+            queue=pb.StatisticDuration(count=tally.waits, ns=tally.wait_ns),
+            compute_infer=pb.StatisticDuration(count=tally.runs, ns=tally.run_ns),
         ),
     )
-
-
-def statistics_response(entries: Iterable[pb.ModelStatistics]) -> pb.ModelStatisticsResponse:
-    return pb.ModelStatisticsResponse(model_stats=list(entries))

@@ -1,13 +1,13 @@
-"""Command-line client for a seqserve server.
+"""Command-line client for a seqserve server (`seqserve`, or `python -m seqserve.cli`).
 
-    python -m seqserve.cli list
-    python -m seqserve.cli info jv_bilstm_attn
-    python -m seqserve.cli encode jv_bilstm_attn samples/japanese_vowels_sample.jsonl --limit 5
-    python -m seqserve.cli encode jv_bilstm_attn samples/japanese_vowels_sample.jsonl --limit 1 --plot seq.png
-    python -m seqserve.cli stream jv_lstm_stream samples/japanese_vowels_sample.jsonl --index 3 --chunk 4
+    seqserve list
+    seqserve info jv_bilstm_attn
+    seqserve encode jv_bilstm_attn samples/japanese_vowels_sample.jsonl --limit 5
+    seqserve encode jv_bilstm_attn samples/japanese_vowels_sample.jsonl --limit 1 --plot plots/encode.png
+    seqserve stream jv_lstm_stream samples/japanese_vowels_sample.jsonl --index 3 --chunk 4
 
 Input files: JSON Lines, Parquet (the `batch` extra), .npz or UEA .ts (see samples/README.md).
---plot needs matplotlib (the `plot` extra).
+--plot needs matplotlib (the `plot` extra); it says where it wrote the picture.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ def parity_column(m: pb.ModelInfo) -> str:
     return f"{m.parity.max_abs_error:.1e}" if m.HasField("parity") else m.precision or "-"
 
 
+def say_plotted(path: Path) -> None:
+    print(f"plot written to {path.resolve()}", file=sys.stderr)
+
+
 def cmd_list(client: SeqserveClient, args: argparse.Namespace) -> None:
     models = client.list_models()  # before the header: an unreachable server prints only its error
     print(f"{'model':<23} {'ver':>3} {'cell':<5} {'dirs':>4} {'layers':>6} {'hidden':>6} {'attention':<9} "
@@ -50,8 +54,56 @@ def cmd_list(client: SeqserveClient, args: argparse.Namespace) -> None:
               f"{parity_column(m):>10}")
 
 
+def architecture_line(m: pb.ModelInfo) -> str:
+    """"2-layer bidirectional LSTM, hidden 64, additive attention"."""
+    directions = "bidirectional " if m.bidirectional else ""
+    attention = f", {m.attention} attention" if m.attention and m.attention != "none" else ""
+    return f"{m.layers}-layer {directions}{m.cell.upper()}, hidden {m.hidden_size}{attention}"
+
+
+def tensor_line(t: pb.TensorInfo) -> str:
+    """"x float32 [batch, time, 12]  raw features, right-padded"."""
+    note = f"  {t.description}" if t.description else ""
+    return f"{t.name} {t.dtype} [{', '.join(t.shape)}]{note}"
+
+
+def parity_line(m: pb.ModelInfo) -> str:
+    if not m.HasField("parity"):
+        return "none (judged on test accuracy)"
+    p = m.parity
+    verdict = "passed" if p.passed else "FAILED"
+    return f"{verdict}: max abs error {p.max_abs_error:.1e} over {p.cases} cases (atol {p.atol:g}, rtol {p.rtol:g})"
+
+
+DESCRIBED = {"name", "version", "versions", "description", "cell", "bidirectional", "layers", "hidden_size",
+             "attention", "input_features", "streaming", "class_labels", "inputs", "outputs", "parity",
+             "test_accuracy", "precision"}
+
+
+def describe_model(m: pb.ModelInfo) -> str:
+    """A model's description as aligned `label  value` lines, for people (not protobuf text)."""
+    rows: list[tuple[str, str]] = [
+        ("model", f"{m.name} version {m.version} (served: {', '.join(map(str, m.versions))})"),
+        ("description", m.description),
+        ("architecture", architecture_line(m)),
+        ("streaming", "yes: chunks are answered as they arrive" if m.streaming else "no"),
+        ("features", str(m.input_features)),
+        ("classes", " ".join(m.class_labels)),
+        ("precision", m.precision),
+        ("test accuracy", f"{m.test_accuracy:.4f}"),
+        ("parity", parity_line(m)),
+    ]
+    rows += [("inputs" if i == 0 else "", tensor_line(t)) for i, t in enumerate(m.inputs)]
+    rows += [("outputs" if i == 0 else "", tensor_line(t)) for i, t in enumerate(m.outputs)]
+    # Fields added to ModelInfo after this layout was written still show, as protobuf names them.
+    rows += [(field.name.replace("_", " "), str(value)) for field, value in m.ListFields()
+             if field.name not in DESCRIBED]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows if value or not label)
+
+
 def cmd_info(client: SeqserveClient, args: argparse.Namespace) -> None:
-    print(client.get_model(args.model, args.version))
+    print(describe_model(client.get_model(args.model, args.version)))
 
 
 def cmd_encode(client: SeqserveClient, args: argparse.Namespace) -> None:
@@ -61,19 +113,21 @@ def cmd_encode(client: SeqserveClient, args: argparse.Namespace) -> None:
         outputs = [*outputs, "attention"]
     results = client.encode(args.model, [r.steps for r in records], ids=[r.id for r in records],
                             outputs=outputs, version=args.version)
+    for record, result in zip(records, results, strict=True):
+        truth = f"  (true {record.label})" if record.label is not None else ""
+        confidence = result.probabilities.max()
+        print(f"{result.id:>6}  T={len(record.steps):<4} -> {result.label:<4} p={confidence:.3f}{truth}")
+        for name in ("h_n", "c_n", "context", "attention", "outputs", "step_logits", "logits"):
+            value = getattr(result, name)
+            if value is not None and args.show_tensors:
+                print(f"        {name} {list(value.shape)}: {np.array2string(value.ravel()[:6], precision=3)} ...")
     if args.plot:
         record, result = records[0], results[0]
         labels = list(client.get_model(args.model, args.version).class_labels)
         truth = f", true {record.label}" if record.label is not None else ""
         plot_encoding(args.plot, record.steps, result.probabilities, labels, result.attention,
                       f"{args.model}: {record.id} ({len(record.steps)} steps) -> {result.label}{truth}")
-    for record, result in zip(records, results):
-        truth = f"  (true {record.label})" if record.label is not None else ""
-        print(f"{result.id:>6}  T={len(record.steps):<4} -> {result.label:<4} p={result.probabilities.max():.3f}{truth}")
-        for name in ("h_n", "c_n", "context", "attention", "outputs", "step_logits", "logits"):
-            value = getattr(result, name)
-            if value is not None and args.show_tensors:
-                print(f"        {name} {list(value.shape)}: {np.array2string(value.ravel()[:6], precision=3)} ...")
+        say_plotted(args.plot)
 
 
 def cmd_stream(client: SeqserveClient, args: argparse.Namespace) -> None:
@@ -93,6 +147,7 @@ def cmd_stream(client: SeqserveClient, args: argparse.Namespace) -> None:
         step_logits = np.concatenate([u.result.step_logits for u in updates])  # (T, C)
         plot_stream(args.plot, record.steps, softmax(step_logits), labels, [u.steps_seen for u in updates],
                     f"{args.model}: {record.id} streamed in chunks of {args.chunk}{truth}")
+        say_plotted(args.plot)
 
 
 def add_model_args(parser: argparse.ArgumentParser, with_file: bool = True) -> argparse.ArgumentParser:
@@ -104,7 +159,7 @@ def add_model_args(parser: argparse.ArgumentParser, with_file: bool = True) -> a
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m seqserve.cli", description=__doc__,
+    p = argparse.ArgumentParser(prog="seqserve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", default=os.environ.get("SEQSERVE_SERVER", "localhost:50051"),
                    help="the server: host:port or any gRPC target, e.g. dns:///seqserve:50051 to balance over every "

@@ -22,6 +22,11 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> None:
+    """Write the figure as a PNG at `path`, making its folder if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
 
 def _features_panel(ax, steps: np.ndarray, title: str) -> None:
     """steps (T, F) as a heatmap: one row per coefficient, time along x."""
@@ -54,7 +59,7 @@ def plot_encoding(path: Path, steps: np.ndarray, probabilities: np.ndarray, labe
     ax.set_ylim(0, 1)
     ax.set_ylabel("probability")
     ax.set_xlabel("class")
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -76,5 +81,5 @@ def plot_stream(path: Path, steps: np.ndarray, step_probabilities: np.ndarray, l
     running.set_xlabel("step (dotted: chunk boundaries)")
     running.legend(loc="upper right", fontsize="small")
     fig.colorbar(image, ax=running, pad=0.01, label="probability")
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)

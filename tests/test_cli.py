@@ -29,9 +29,16 @@ def test_list_shows_every_model(server):
         assert name in out.stdout
 
 
-def test_info_describes_a_model(server):
+def test_info_describes_a_model_in_readable_lines(server):
     out = cli(server, "info", "jv_bigru_attn")
-    assert out.returncode == 0 and 'cell: "gru"' in out.stdout
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines() if line[:1].strip())
+    assert lines["model"] == "jv_bigru_attn version 1 (served: 1)"
+    assert lines["architecture"] == "2-layer bidirectional GRU, hidden 64, additive attention"
+    assert lines["classes"] == "1 2 3 4 5 6 7 8 9"
+    assert lines["parity"].startswith("passed: max abs error ")
+    assert "x float32 [batch, time, 12]" in lines["inputs"]
+    assert 'cell: "gru"' not in out.stdout and "{" not in out.stdout  # not protobuf's text format
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "npz", "parquet"])
@@ -64,11 +71,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
     ["encode", "jv_bilstm_attn", str(SAMPLE), "--limit", "1"],
     ["stream", "jv_lstm_stream", str(SAMPLE), "--index", "9", "--chunk", "5"],
 ])
-def test_plot_draws_a_png(server, tmp_path, command):
-    picture = tmp_path / "prediction.png"
+def test_plot_draws_a_png_and_says_where(server, tmp_path, command):
+    picture = tmp_path / "plots" / "prediction.png"  # its folder does not exist yet
     out = cli(server, *command, "--plot", str(picture))
     assert out.returncode == 0, out.stderr
     assert picture.read_bytes()[:8] == PNG_SIGNATURE and picture.stat().st_size > 10_000
+    assert f"plot written to {picture}" in out.stderr
 
 
 def test_an_unreachable_server_prints_only_the_error():

@@ -3,7 +3,12 @@
 The exporter, the server, the batch job and the tests all derive the contract from here,
 given a model's architecture (the `architecture` block of its metadata.json).
 
-Symbolic dimensions are the strings "batch" and "time"; the rest are fixed by the architecture.
+Symbolic dimensions are the strings "batch", "time" and "frames"; the rest are fixed by the architecture.
+A model with a strided input stage runs its recurrent layers over frames, not steps: its per-step
+outputs have a "frames" axis, ceil(length / conv_stride) real frames per row (`frame_lengths`).
+
+Tasks: a classifier outputs `logits (batch, classes)`; a regressor outputs `prediction (batch, targets)`
+in the targets' own units instead.
 
 The annotations are the schema seqserve.metadata checks metadata.json against: `Literal` fields
 accept only the listed values, and a field's `metadata` may bound it ({"min": .., "max": ..}).
@@ -15,13 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-BATCH, TIME = "batch", "time"
+BATCH, TIME, FRAMES = "batch", "time", "frames"
 Dim = int | str
 DType = Literal["float32", "int64"]  # numpy dtype names
 Cell = Literal["rnn", "lstm", "gru"]
 Attention = Literal["additive", "none"]
+Task = Literal["classify", "regress"]
+InputStage = Literal["none", "conv"]
 INT32_MAX = 2**31 - 1
 SIZE = {"min": 1, "max": INT32_MAX}  # a width or count: positive, and within the int32 fields of ModelInfo
+COUNT32 = {"min": 0, "max": INT32_MAX}  # a count that is 0 where it does not apply (classes of a regressor)
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,12 @@ class Architecture:
     num_layers: int = field(metadata=SIZE)
     bidirectional: bool
     attention: Attention
-    num_classes: int = field(metadata=SIZE)
+    num_classes: int = field(metadata=COUNT32)  # 0 for a regressor
     step_logits: bool = False
+    task: Task = "classify"
+    num_targets: int = field(default=0, metadata=COUNT32)  # 0 for a classifier
+    input_stage: InputStage = "none"
+    conv_stride: int = field(default=1, metadata=SIZE)  # steps per frame of the input stage
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> Architecture:
@@ -58,8 +70,18 @@ class Architecture:
 
     @property
     def streaming(self) -> bool:
-        """Unidirectional models take an initial state, so a sequence can continue chunk by chunk."""
-        return not self.bidirectional
+        """Unidirectional models without an input stage take an initial state, so a sequence can continue
+        chunk by chunk (a strided input stage would need the steps of the next chunk)."""
+        return not self.bidirectional and self.input_stage == "none"
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regress"
+
+    @property
+    def step_axis(self) -> str:
+        """The symbolic name of the per-step outputs' second axis: input steps, or frames of the input stage."""
+        return TIME if self.input_stage == "none" else FRAMES
 
     @property
     def has_cell_state(self) -> bool:
@@ -83,12 +105,20 @@ def input_specs(a: Architecture) -> list[TensorSpec]:
     return specs
 
 
+def frame_lengths(a: Architecture, lengths: Any) -> Any:
+    """The real length of each row of the per-step outputs (ints or integer arrays): ceil(length / conv_stride)
+    frames with an input stage, else the lengths themselves."""
+    return -(-lengths // a.conv_stride) if a.input_stage != "none" else lengths
+
+
 def output_specs(a: Architecture) -> list[TensorSpec]:
     width = a.directions * a.hidden_size
     state_shape = (a.num_layers * a.directions, BATCH, a.hidden_size)
+    steps = a.step_axis
+    per_frame = "" if steps == TIME else f" (a frame per {a.conv_stride} steps of x: ceil(length / {a.conv_stride}))"
     specs = [
-        TensorSpec("outputs", "float32", (BATCH, TIME, width),
-                   "last layer's per-step outputs, 0 on padding; [..., :H] forward, [..., H:] backward"),
+        TensorSpec("outputs", "float32", (BATCH, steps, width),
+                   f"last layer's per-step outputs{per_frame}, 0 on padding; [..., :H] forward, [..., H:] backward"),
         TensorSpec("h_n", "float32", state_shape,
                    "final hidden state per layer and direction; h_n[-2], h_n[-1] the last layer's two"),
     ]
@@ -97,9 +127,12 @@ def output_specs(a: Architecture) -> list[TensorSpec]:
     if a.has_attention:
         specs += [
             TensorSpec("context", "float32", (BATCH, width), "attention-weighted sum of outputs"),
-            TensorSpec("attention", "float32", (BATCH, TIME), "attention weights, rows sum to 1, 0 on padding"),
+            TensorSpec("attention", "float32", (BATCH, steps), "attention weights, rows sum to 1, 0 on padding"),
         ]
-    specs.append(TensorSpec("logits", "float32", (BATCH, a.num_classes), "class scores"))
+    if a.regression:
+        specs.append(TensorSpec("prediction", "float32", (BATCH, a.num_targets), "predicted targets, in their units"))
+    else:
+        specs.append(TensorSpec("logits", "float32", (BATCH, a.num_classes), "class scores"))
     if a.step_logits:
         specs.append(TensorSpec("step_logits", "float32", (BATCH, TIME, a.num_classes),
                                 "running prediction after each step, 0 on padding"))

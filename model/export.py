@@ -57,7 +57,7 @@ from seqserve.repository import (
 )
 
 from .checkpoint import load_checkpoint
-from .data import DATASET
+from .data import DATASET, SequenceDataset
 from .encoder import RecurrentEncoder
 from .errors import AccuracyDropError, ParityError, SeqserveModelError
 from .onnx_export import OPSET, check_graph, export_onnx
@@ -123,6 +123,7 @@ def build_metadata(
 
 def build_int8_metadata(
     source: ModelVersion, name: str, ops: dict[str, int], comparison: Int8Comparison, max_drop: float, folder: Path,
+    test_split: str = f"{DATASET} test",
 ) -> ModelMetadata:
     """The float32 version's metadata, with a quantization report instead of its parity summary, for the
     int8 file in `folder`."""
@@ -139,7 +140,7 @@ def build_int8_metadata(
             scheme=SCHEME,
             source=QuantizationSource(name=source.name, version=source.version,
                                       onnx_sha256=source.metadata.onnx_sha256),
-            test_split=f"{DATASET} test",
+            test_split=test_split,
             test_sequences=comparison.sequences,
             fp32_test_accuracy=comparison.fp32_accuracy,
             int8_test_accuracy=comparison.int8_accuracy,
@@ -209,16 +210,18 @@ def publish(
 
 def publish_int8(
     source: ModelVersion, repository: Path, overwrite: bool = False, max_drop: float = DEFAULT_INT8_MAX_DROP,
+    test: SequenceDataset | None = None,
 ) -> Int8Comparison:
-    """Quantize a published version and publish it as `<name>_int8/<version>` if its test accuracy drops
-    by at most `max_drop`; raises AccuracyDropError (or another SeqserveModelError) without writing."""
+    """Quantize a published version and publish it as `<name>_int8/<version>` if its accuracy on `test`
+    (default: the JapaneseVowels test split) drops by at most `max_drop`; raises AccuracyDropError (or another
+    SeqserveModelError) without writing."""
     name = int8_name(source.name)
     target = repository / name / str(source.version)
     refuse_existing(target, overwrite)
     with staged_version(repository, target) as staging:
         ops = quantize_int8(source.model_file, staging / MODEL_FILE)
         comparison = compare_on_test_split(source.model_file, staging / MODEL_FILE, source.architecture,
-                                           source.class_labels)
+                                           source.class_labels, test)
         if comparison.accuracy_drop > max_drop:
             raise AccuracyDropError(
                 f"int8: test accuracy drops by {comparison.accuracy_drop:.4f} "
@@ -226,7 +229,8 @@ def publish_int8(
                 f"{max_drop:.4f} (--int8-max-drop); {name} not published"
             )
         with schema_checked(name):
-            write_metadata(staging, build_int8_metadata(source, name, ops, comparison, max_drop, staging))
+            write_metadata(staging, build_int8_metadata(source, name, ops, comparison, max_drop, staging,
+                                                        f"{test.name if test else DATASET} test"))
     return comparison
 
 

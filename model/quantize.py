@@ -7,7 +7,8 @@ turns LSTM nodes into `com.microsoft.DynamicQuantizeLSTM`; it has no int8 GRU or
 those models get only the MatMuls around the recurrence (attention, head) quantized.
 
 An int8 model is approximate by design, so no parity tolerance applies: `compare_on_test_split`
-measures the float32 and the int8 model on the JapaneseVowels test split through onnxruntime.
+measures the float32 and the int8 model on a test split (JapaneseVowels', or the user's) through
+onnxruntime.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import onnxruntime as ort
 from seqserve.contract import Architecture
 from seqserve.inference import Batch, OnnxModel, pad
 
-from .data import DATASET, load_split
+from .data import SequenceDataset, load_split
 from .errors import InputShapeError
 from .parity import make_session
 
@@ -117,12 +118,14 @@ def compare(
 
 def compare_on_test_split(
     fp32_file: Path, int8_file: Path, arch: Architecture, class_labels: Sequence[str],
+    data: SequenceDataset | None = None,
 ) -> Int8Comparison:
-    """Both models on the JapaneseVowels test split; raises InputShapeError for a model made for other data."""
-    data = load_split("test")
+    """Both models on a labelled test set (default: the JapaneseVowels test split); raises InputShapeError
+    for a model made for other data."""
+    data = data or load_split("test")
     if arch.input_size != data.num_features or list(class_labels) != list(data.class_labels):
         raise InputShapeError(
-            f"int8: accuracy is measured on the {DATASET} test split ({data.num_features} features, "
+            f"int8: accuracy is measured on the {data.name} test split ({data.num_features} features, "
             f"classes {list(data.class_labels)}); this model takes {arch.input_size} features, "
             f"classes {list(class_labels)}"
         )

@@ -5,16 +5,22 @@ not fit a block; .ts yields one `Record` (or `BadRecord`) at a time. `each_recor
 Input layouts (F = the model's features per step):
 
     jsonl    one JSON object per line: {"id": "a1", "steps": [[f1, ..., fF], ...], "label": "3"};
-             "id" and "label" optional; blank lines are skipped. Read ~1 MB of lines at a time, by
-             simdjson where installed (the `batch` extra) and by orjson or the json module for any
-             line simdjson could read differently; both give the same records
+             "id", "label" and "target" (a number or a list of numbers) optional; blank lines are
+             skipped. Read ~1 MB of lines at a time, by simdjson where installed (the `batch` extra)
+             and by orjson or the json module for any line simdjson could read differently; both give
+             the same records
     parquet  a file, or a folder of *.parquet files: column `steps` list<list<float>> (any float or int
-             type, list/large_list/fixed_size_list), optional `id` and `label` columns
+             type, list/large_list/fixed_size_list), optional `id`, `label` and `target` columns
     npz      either `steps` (sum of T, F) with every sequence concatenated along time + `lengths` (N,),
              or `x` (N, T, F) right-padded + optional `lengths` (N,); optional `ids` (N,) and `labels`
-             (N,) as str or int arrays (no pickled object arrays). Arrays are read from the zip
-             member a block of rows at a time, compressed (np.savez_compressed) or not.
-    ts       the UEA/UCR .ts format; ids are the case numbers "0", "1", ..., labels from the class column
+             (N,) as str or int arrays, `targets` (N,) or (N, K) numbers (no pickled object arrays).
+             Arrays are read from the zip member a block of rows at a time, compressed
+             (np.savez_compressed) or not.
+    ts       the UEA/UCR/TSER .ts format; ids are the case numbers "0", "1", ..., labels from the class
+             column (@classLabel true), targets from the target column (@targetLabel true)
+    csv      long form, one row per time step: columns `id`, `t` (optional; orders the steps), one column
+             per feature, optional `label` or `target` / `target_*` (constant within an id). Rows of an id
+             need not be adjacent: steps are ordered by t, ids by first appearance. Read whole.
 
 A record without an id gets its 0-based position in the input ("0", "1", ...), counting bad
 records too, so ids stay stable between runs of the same file (which `--resume` relies on).
@@ -44,11 +50,11 @@ except ImportError:
 
 from seqserve.batch.errors import InputError
 from seqserve.batch.records import BadRecord, Record, Records
-from seqserve.ts_format import TsFormatError, parse_case, parse_header
+from seqserve.ts_format import TsFormatError, is_skipped, parse_case, parse_header
 
-FORMATS = ("jsonl", "parquet", "npz", "ts")
+FORMATS = ("jsonl", "parquet", "npz", "ts", "csv")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
-            ".npz": "npz", ".ts": "ts"}
+            ".npz": "npz", ".ts": "ts", ".csv": "csv"}
 PARQUET_BATCH_ROWS = 1024  # rows decoded at a time from a Parquet file
 JSONL_BLOCK_BYTES = 1 << 20  # about the most bytes of lines read at a time from a JSON Lines file
 NPZ_BLOCK_ROWS = 1024  # ids / lengths / padded sequences read at a time from an .npz member
@@ -62,6 +68,8 @@ class Fields:
     id: str = "id"
     steps: str = "steps"
     label: str = "label"
+    target: str = "target"  # CSV: also target_<name> columns, one number each
+    time: str = "t"  # CSV only: the step's time, which orders the steps of an id
 
 
 Item = Record | BadRecord | Records  # Records: a block of many records (npz, Parquet)
@@ -99,6 +107,8 @@ def read_records(path: str | Path, fmt: str | None = None, fields: Fields = Fiel
         return read_jsonl(path, fields)
     if fmt == "parquet":
         return read_parquet(path, fields)
+    if fmt == "csv":
+        return read_csv(path, fields)
     return read_npz(path) if fmt == "npz" else read_ts(path)
 
 
@@ -141,7 +151,7 @@ def read_jsonl(path: Path, fields: Fields = Fields()) -> Iterator[Item]:
     """`Records` blocks of the lines simdjson reads straight into arrays (`_SimdLines`), and a Record or
     BadRecord, in input order, for every other line (orjson, then the json module)."""
     # simdjson looks a key up only up to a NUL in its name
-    simple_names = not any("\0" in name for name in (fields.id, fields.steps, fields.label))
+    simple_names = not any("\0" in name for name in (fields.id, fields.steps, fields.label, fields.target))
     simd = _SimdLines(fields) if simdjson is not None and simple_names else None
     with path.open("rb") as f:
         index, line = 0, 1
@@ -162,7 +172,8 @@ class _SimdLines:
     when nothing can differ from the exact path's reading: an object with no repeated key, `steps` an
     array of T arrays of equal length and no other `[` in the line (so no deeper nesting), numbers only,
     an id that is a non-empty string, an integer or absent, a label that is a string, number, boolean or
-    absent. Any other line, bad ones included, is read by `_jsonl_item` and gets its exact message."""
+    absent, a target that is a number or absent. Any other line, bad ones included, is read by `_jsonl_item`
+    and gets its exact message."""
 
     def __init__(self, fields: Fields) -> None:
         self.fields = fields
@@ -175,17 +186,18 @@ class _SimdLines:
         for k, (line, raw) in enumerate(chunk):
             index = first_index + k
             row = self.read(raw, index)
-            if row is None or not row[2].shape[0]:  # the exact path, also for the rare empty sequence
+            if row is None or not row[3].shape[0]:  # the exact path, also for the rare empty sequence
                 yield from block.flush()  # first: items keep input order (the duplicate check relies on it)
                 yield _jsonl_item(raw, index, line, self.fields)
                 continue
-            if not block.fits(row[2]):
+            if not block.fits(row[3]):
                 yield from block.flush()
             block.add(index, line, *row)
         yield from block.flush()
 
-    def read(self, raw: bytes, index: int) -> tuple[str, str | None, np.ndarray] | None:
-        """(id, label or None, steps (T, F) float64) of a simple line, record `index`; None otherwise."""
+    def read(self, raw: bytes, index: int) -> tuple[str, str | None, float | None, np.ndarray] | None:
+        """(id, label or None, target or None, steps (T, F) float64) of a simple line, record `index`;
+        None otherwise."""
         try:
             doc = self.parser.parse(raw)
             if doc.__class__ is not simdjson.Object:
@@ -203,6 +215,7 @@ class _SimdLines:
             values = np.frombuffer(steps.as_buffer(of_type="d"), dtype=np.float64)  # TypeError: not a number
             rid = doc[self.fields.id] if self.fields.id in keys else None
             label = doc[self.fields.label] if self.fields.label in keys else None
+            target = doc[self.fields.target] if self.fields.target in keys else None
         except (ValueError, TypeError, RuntimeError, KeyError):  # not JSON simdjson reads (NaN, big numbers, ...)
             return None
         finally:
@@ -213,8 +226,10 @@ class _SimdLines:
             return None
         if not (label is None or label.__class__ in (str, int, float, bool)):
             return None
+        if not (target is None or target.__class__ in (int, float)):
+            return None
         width = widths.pop() if widths else 0
-        return rid, (None if label is None else str(label)), values.reshape(length, width)
+        return rid, (None if label is None else str(label)), target, values.reshape(length, width)
 
 
 class _BlockBuilder:
@@ -227,16 +242,19 @@ class _BlockBuilder:
         self.index: list[int] = []
         self.ids: list[str] = []
         self.labels: list[str | None] = []
-        self.lines: list[int] = []
+        self.targets: list[float | None] = []
+        self.lines: list[int | None] = []
         self.steps: list[np.ndarray] = []  # (T, F) float64 each
 
     def fits(self, steps: np.ndarray) -> bool:
         return not self.steps or steps.shape[1] == self.steps[0].shape[1]
 
-    def add(self, index: int, line: int, rid: str, label: str | None, steps: np.ndarray) -> None:
+    def add(self, index: int, line: int, rid: str, label: str | None, target: float | None,
+            steps: np.ndarray) -> None:
         self.index.append(index)
         self.ids.append(rid)
         self.labels.append(label)
+        self.targets.append(target)
         self.lines.append(line)
         self.steps.append(steps)
 
@@ -246,7 +264,9 @@ class _BlockBuilder:
         lengths = np.fromiter(map(len, self.steps), np.int64, len(self.steps))
         with np.errstate(over="ignore"):  # beyond float32's range becomes Inf, as np.asarray makes it
             steps = np.concatenate(self.steps).astype(np.float32)  # (sum of T, F)
-        yield Records.packed(np.array(self.index, np.int64), self.ids, steps, lengths, self.labels, self.lines)
+        targets = None if all(t is None for t in self.targets) else self.targets
+        yield Records.packed(np.array(self.index, np.int64), self.ids, steps, lengths, self.labels, self.lines,
+                             targets)
         self._clear()
 
 
@@ -278,7 +298,7 @@ def _jsonl_item(raw: bytes, index: int, line: int, fields: Fields) -> Item:
     except _RecordError as exc:
         return BadRecord(index, rid, str(exc), line)
     label = obj.get(fields.label)
-    return Record(index, rid, steps, None if label is None else str(label), line)
+    return Record(index, rid, steps, None if label is None else str(label), line, obj.get(fields.target))
 
 
 def _import_parquet():
@@ -305,7 +325,7 @@ def read_parquet(path: Path, fields: Fields = Fields(), batch_rows: int = PARQUE
         names = reader.schema_arrow.names
         if fields.steps not in names:
             raise InputError(f"{file}: no column {fields.steps!r} (columns: {', '.join(names)})")
-        columns = [c for c in (fields.id, fields.steps, fields.label) if c in names]
+        columns = [c for c in (fields.id, fields.steps, fields.label, fields.target) if c in names]
         # One thread: onnxruntime's threads have the cores; pyarrow's pool beside them cost ~1 us CPU a record.
         for batch in reader.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
             yield from _parquet_batch(pa, batch, index, fields, file)
@@ -333,7 +353,7 @@ def _parquet_batch(pa, batch, first_index: int, fields: Fields, file: Path) -> I
     if hi > lo and (widths == widths[0]).all():
         steps = flat[inner[lo] : inner[hi]].reshape(hi - lo, int(widths[0]))  # (steps, F)
         block = Records(np.arange(first_index, first_index + n), columns.ids, steps, outer[:-1] - lo, counts,
-                        columns.labels)
+                        columns.labels, targets=columns.targets)
         yield from columns.bad
         yield block.take(columns.good) if columns.bad else block
     else:
@@ -351,6 +371,7 @@ class _ParquetColumns:
         self.ids, id_errors = _row_ids(raw_ids, first_index, n)
         labels = batch.column(fields.label).to_pylist() if fields.label in names else [None] * n
         self.labels = [None if label is None else str(label) for label in labels]
+        self.targets = batch.column(fields.target).to_pylist() if fields.target in names else None
         self.bad: list[BadRecord] = []
         self.good = list(range(n))
         if not id_errors and not nulls.any():
@@ -389,7 +410,7 @@ def _parquet_rows(columns: _ParquetColumns, outer: np.ndarray, inner: np.ndarray
                   widths: np.ndarray, lo: int) -> Iterator[Item]:
     """One item per row, for a record batch whose steps differ in width (ragged rows become BadRecords)."""
     yield from columns.bad
-    ids, labels = columns.ids, columns.labels
+    ids, labels, targets = columns.ids, columns.labels, columns.targets
     for r in columns.good:
         s0, s1 = int(outer[r]), int(outer[r + 1])
         w = widths[s0 - lo : s1 - lo]  # (T,) values per step
@@ -400,7 +421,7 @@ def _parquet_rows(columns: _ParquetColumns, outer: np.ndarray, inner: np.ndarray
             continue
         width = int(w[0]) if len(w) else 0
         steps = flat[inner[s0] : inner[s1]].reshape(s1 - s0, width)
-        yield Record(index, ids[r], steps, labels[r])
+        yield Record(index, ids[r], steps, labels[r], target=None if targets is None else targets[r])
 
 
 class _NpyRows:
@@ -475,7 +496,7 @@ def read_npz(path: Path) -> Iterator[Item]:
             )
         main = _NpyRows(archive, "steps" if layout == "concatenated" else "x", path)
         count = main.shape[0] if layout == "padded" else None
-        lengths = ids = labels = None
+        lengths = ids = labels = targets = None
         if "lengths" in members:
             lengths = _NpyRows(archive, "lengths", path)
             count = lengths.shape[0]
@@ -485,6 +506,11 @@ def read_npz(path: Path) -> Iterator[Item]:
             ids = _NpyRows(archive, "ids", path)
         if "labels" in members:
             labels = _NpyRows(archive, "labels", path)
+        if "targets" in members:
+            targets = _NpyRows(archive, "targets", path)
+            if targets.shape[:1] != (count,) or len(targets.shape) > 2 or targets.dtype.kind not in "iuf":
+                raise InputError(f"{path}: 'targets' must be numbers of shape ({count},) or ({count}, K), "
+                                 f"got {targets.dtype} {targets.shape}")
         for name, arr in (("lengths", lengths), ("ids", ids), ("labels", labels)):
             if arr is not None and arr.shape != (count,):
                 raise InputError(f"{path}: {name!r} has shape {arr.shape}, expected ({count},)")
@@ -494,14 +520,16 @@ def read_npz(path: Path) -> Iterator[Item]:
             raise InputError(f"{path}: 'steps' must be (sum of T, F), got shape {main.shape}")
         if layout == "padded" and len(main.shape) != 3:
             raise InputError(f"{path}: 'x' must be (N, T, F), got shape {main.shape}")
-        yield from _npz_items(path, layout, count, main, lengths, ids, labels)
+        yield from _npz_items(path, layout, count, main, lengths, ids, labels, targets)
 
 
 def _npz_items(path: Path, layout: str, count: int, main: _NpyRows, lengths: _NpyRows | None,
-               ids: _NpyRows | None, labels: _NpyRows | None) -> Iterator[Item]:
+               ids: _NpyRows | None, labels: _NpyRows | None, targets: _NpyRows | None) -> Iterator[Item]:
     """The records a block of rows at a time: a `Records` block each, and a BadRecord per bad row."""
     steps = _StepStream(main, path) if layout == "concatenated" else None
-    rows = NPZ_BLOCK_ROWS if layout == "concatenated" else max(1, min(NPZ_BLOCK_ROWS, NPZ_BLOCK_BYTES // main.row_bytes))
+    rows = NPZ_BLOCK_ROWS
+    if layout == "padded":
+        rows = max(1, min(NPZ_BLOCK_ROWS, NPZ_BLOCK_BYTES // main.row_bytes))
     for first in range(0, count, rows):
         n = min(rows, count - first)
         row_ids, id_errors = _row_ids(None if ids is None else ids.read(n).tolist(), first, n)
@@ -513,6 +541,8 @@ def _npz_items(path: Path, layout: str, count: int, main: _NpyRows, lengths: _Np
             block, out_of_range = _padded_block(first, main.read(n), None if lengths is None else lengths.read(n),
                                                 row_ids, row_labels)
             bad += [BadRecord(first + r, row_ids[r], reason) for r, reason in out_of_range if row_ids[r] is not None]
+        if targets is not None:
+            block.targets = targets.read(n).tolist()
         yield from bad
         if bad:
             failed = {b.index - first for b in bad}
@@ -587,12 +617,154 @@ def read_ts(path: Path) -> Iterator[Item]:
         index = 0
         for number, raw in lines:
             text = raw.strip()
-            if not text or text.startswith("#"):
+            if is_skipped(text):
                 continue
             try:
-                case = parse_case(text, index, header, f"line {number}")
+                case = parse_case(text, index, header, "steps")
             except TsFormatError as exc:
                 yield BadRecord(index, str(index), str(exc), number)
             else:
-                yield Record(index, str(index), case.steps, case.label, number)
+                yield Record(index, str(index), case.steps, case.label, number, case.target)
             index += 1
+
+
+@dataclass(frozen=True)
+class CsvColumns:
+    """What each column of a long-form CSV file holds."""
+
+    features: list[str]
+    targets: list[str]  # `target`, or the `target_*` columns in file order; empty: no target
+    has_label: bool
+    has_time: bool
+
+
+def csv_columns(names: list[str], fields: Fields = Fields()) -> CsvColumns:
+    """The roles of a long-form CSV file's columns: every column that is not the id, time, label or a
+    target is a feature."""
+    targets = [n for n in names if n == fields.target or n.startswith(fields.target + "_")]
+    roles = {fields.id, fields.time, fields.label, *targets}
+    return CsvColumns([n for n in names if n not in roles], targets, fields.label in names, fields.time in names)
+
+
+def read_csv(path: Path, fields: Fields = Fields()) -> Iterator[Item]:
+    """The sequences of a long-form CSV file (one row per step) as one `Records` block, ids in order of
+    first appearance, each id's steps in order of `t`; a BadRecord for an id whose label or target
+    changes between its rows or whose `t` repeats."""
+    table = _read_csv_table(path, fields)
+    names = table.column_names
+    if fields.id not in names:
+        raise InputError(f"{path}: no column {fields.id!r} (columns: {', '.join(names)})")
+    roles = csv_columns(names, fields)
+    if not roles.features:
+        raise InputError(f"{path}: no feature columns (columns: {', '.join(names)})")
+    rows = _CsvRows(table, path, fields, roles)
+    groups = rows.groups()
+    bad = {g: reason for g, reason in rows.problems(groups).items()}
+    ids, id_errors = _row_ids(rows.group_ids(groups), 0, len(groups.first))
+    bad.update(id_errors)
+    lines = (groups.first + 2).tolist()  # line 1 is the header
+    yield from (BadRecord(g, ids[g], bad[g], lines[g]) for g in sorted(bad))
+    block = Records.packed(np.arange(len(groups.first)), ids, rows.features[groups.order], groups.lengths,
+                           rows.first_labels(groups), lines, rows.first_targets(groups))
+    yield block.take([g for g in range(len(groups.first)) if g not in bad]) if bad else block
+
+
+@dataclass(frozen=True)
+class _CsvGroups:
+    """The rows of a CSV file grouped by id: `order` (rows,) lists the rows id by id, each id's by time;
+    group g is order[starts[g] : starts[g] + lengths[g]], first seen at row first[g]."""
+
+    order: np.ndarray  # (rows,) int64
+    code: np.ndarray  # (rows,) int64 each row's group
+    starts: np.ndarray  # (G,) int64
+    lengths: np.ndarray  # (G,) int64
+    first: np.ndarray  # (G,) int64
+
+
+class _CsvRows:
+    """The columns of a long-form CSV table as numpy arrays."""
+
+    def __init__(self, table, path: Path, fields: Fields, roles: CsvColumns) -> None:
+        self.table, self.fields, self.roles = table, fields, roles
+        self.features = np.column_stack([_csv_numbers(table, name, path) for name in roles.features])  # (rows, F)
+        self.time = _csv_numbers(table, fields.time, path) if roles.has_time else None  # (rows,)
+        self.answers = {name: _csv_objects(table, name) for name in ([fields.label] if roles.has_label else [])
+                        + roles.targets}  # (rows,) object each: the label and target columns
+
+    def groups(self) -> _CsvGroups:
+        encoded = self.table.column(self.fields.id).combine_chunks().dictionary_encode()
+        code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)  # (rows,) in first-seen order
+        order = np.lexsort((self.time, code)) if self.time is not None else np.argsort(code, kind="stable")
+        lengths = np.bincount(code, minlength=len(encoded.dictionary))
+        first = np.full(len(lengths), len(code), np.int64)
+        np.minimum.at(first, code, np.arange(len(code)))
+        return _CsvGroups(order, code, np.cumsum(lengths) - lengths, lengths, first)
+
+    def group_ids(self, groups: _CsvGroups) -> list:
+        return [self.table.column(self.fields.id)[int(row)].as_py() for row in groups.first]
+
+    def first_labels(self, groups: _CsvGroups) -> list[str | None]:
+        if not self.roles.has_label:
+            return [None] * len(groups.first)
+        return self.answers[self.fields.label][groups.first].tolist()
+
+    def first_targets(self, groups: _CsvGroups) -> list | None:
+        """Each group's target: the `target` column's value, or the list of the `target_*` columns' values."""
+        columns = [self.answers[name][groups.first].tolist() for name in self.roles.targets]
+        if not columns:
+            return None
+        if self.roles.targets == [self.fields.target]:
+            return columns[0]
+        return [list(t) for t in zip(*columns, strict=True)]
+
+    def problems(self, groups: _CsvGroups) -> dict[int, str]:
+        """Why a group is bad, by group: a label or target that changes between its rows, a repeated time."""
+        found: dict[int, str] = {}
+        for name, column in self.answers.items():
+            firsts = groups.first[groups.code]  # (rows,) the first row of each row's group
+            for row in np.flatnonzero(column != column[firsts]).tolist():
+                first = int(firsts[row])
+                found.setdefault(int(groups.code[row]), f"{name}: changes within the id ({column[first]!r} at line "
+                                                        f"{first + 2}, {column[row]!r} at line {row + 2})")
+        if self.time is not None:
+            ordered = groups.order
+            same = (np.diff(groups.code[ordered]) == 0) & (np.diff(self.time[ordered]) == 0)  # (rows - 1,)
+            for at in np.flatnonzero(same).tolist():
+                g = int(groups.code[ordered[at]])
+                found.setdefault(g, f"{self.fields.time}: {self.time[ordered[at]]:g} appears twice "
+                                    f"(lines {ordered[at] + 2} and {ordered[at + 1] + 2})")
+        return found
+
+
+def _read_csv_table(path: Path, fields: Fields):
+    """The whole CSV file as a pyarrow Table: ids and labels as text, every other column as inferred."""
+    try:
+        from pyarrow import csv
+    except ImportError:
+        raise InputError("CSV needs pyarrow: pip install 'seqserve[batch]'") from None
+    import pyarrow as pa
+
+    text = {name: pa.string() for name in (fields.id, fields.label)}
+    try:
+        return csv.read_csv(path, convert_options=csv.ConvertOptions(column_types=text))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"{path}: not a CSV file pyarrow reads ({exc})") from None
+
+
+def _csv_objects(table, name: str) -> np.ndarray:
+    """A column as a (rows,) object array of Python values (None where empty)."""
+    values = np.empty(table.num_rows, dtype=object)
+    values[:] = table.column(name).to_pylist()
+    return values
+
+
+def _csv_numbers(table, name: str, path: Path) -> np.ndarray:
+    """A numeric column as float32 (NaN where empty); InputError naming the column otherwise."""
+    import pyarrow as pa
+
+    column = table.column(name)
+    try:
+        return column.cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        example = next((v for v in column.to_pylist() if v is not None), None)
+        raise InputError(f"{path}: column {name!r} is {column.type}, expected numbers (e.g. {example!r})") from None

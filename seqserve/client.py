@@ -16,13 +16,13 @@ import grpc
 import numpy as np
 
 from seqserve.channel import Security, open_channel
+from seqserve.outputs import Layout, layout_of
 from seqserve.tensors import from_tensor, to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
-# PackedResults' tensors, and whether each is per step (cut by lengths) or per sequence (one row each).
-PACKED_TENSORS = {"probabilities": False, "logits": False, "outputs": True, "h_n": False, "c_n": False,
-                  "attention": True, "context": False, "step_logits": True}
+# PackedResults' tensors; per-step ones are cut by lengths, the rest have one row a sequence (seqserve.outputs).
+PACKED_TENSORS = ("probabilities", "logits", "outputs", "h_n", "c_n", "attention", "context", "step_logits")
 OUTPUTS = {
     "outputs": pb.OUTPUT_OUTPUTS,
     "hidden": pb.OUTPUT_HIDDEN,
@@ -65,13 +65,13 @@ class EncodeResult:
         """Every sequence's results from one PackedResults: views into its tensors, cut per sequence."""
         cuts = np.cumsum(msg.lengths)[:-1]  # where each sequence's steps end in the per-step tensors
 
-        def rows(name: str, per_step: bool) -> list[np.ndarray | None]:
+        def rows(name: str) -> list[np.ndarray | None]:
             if not msg.HasField(name):
                 return [None] * len(msg.ids)
             value = from_tensor(getattr(msg, name), name)  # (sum T_i, ...) or (B, ...)
-            return np.split(value, cuts) if per_step else list(value)
+            return np.split(value, cuts) if layout_of(name) is Layout.PER_STEP else list(value)
 
-        columns = {name: rows(name, per_step) for name, per_step in PACKED_TENSORS.items()}
+        columns = {name: rows(name) for name in PACKED_TENSORS}
         return [
             cls(id=msg.ids[i], label=msg.labels[i], label_index=msg.label_indices[i],
                 **{name: column[i] for name, column in columns.items()})
@@ -124,7 +124,7 @@ def encode_request(
         return encode_packed_request(model, np.concatenate(sequences), [len(s) for s in sequences], ids, outputs,
                                      version)
     request = pb.EncodeRequest(model=model, version=version, outputs=output_values(outputs), packed_results=packed)
-    for seq_id, steps in zip(ids, sequences):
+    for seq_id, steps in zip(ids, sequences, strict=True):
         to_tensor(steps, request.sequences.add(id=seq_id).steps)
     return request
 
@@ -144,9 +144,9 @@ def encode_packed_request(
 
 class SeqserveClient:
     def __init__(self, target: str, timeout: float | None = 30.0, channel: grpc.Channel | None = None,
-                 security: Security = Security()) -> None:
+                 security: Security | None = None) -> None:
         self.timeout = timeout
-        self.channel = channel or open_channel(target, security)
+        self.channel = channel or open_channel(target, security or Security())
         self.stub = pb_grpc.SeqserveServiceStub(self.channel)
 
     def __enter__(self) -> SeqserveClient:

@@ -2,8 +2,9 @@
 
 Session options, padding, initial states, length grouping, the run, softmax and slicing live here
 and nowhere else (softmax and the padding gather in seqserve.numerics, numpy only, so code that
-never runs a model can use them without onnxruntime). The server's batcher, the batch job (local backend and Ray actors), export's
-parity and int8 checks and the bench all call these, on whole batches with numpy: nothing loops
+never runs a model can use them without onnxruntime; the output-layout table in seqserve.outputs).
+The server's batcher, the batch job (local backend and Ray actors), export's parity and int8 checks
+and the bench all call these, on whole batches with numpy: nothing loops
 over sequences in Python where a vector operation does the work.
 
 Needs onnxruntime (the `serve` extra); never torch.
@@ -20,9 +21,9 @@ import onnxruntime as ort
 
 from seqserve.contract import Architecture, input_names, output_names
 from seqserve.numerics import pad_rows, softmax, step_rows
-
-PER_STEP = frozenset({"outputs", "attention", "step_logits"})  # (B, T, ...): cut to each sequence's length
-PER_STATE = frozenset({"h_n", "c_n"})  # (L*D, B, H): the batch is axis 1
+from seqserve.outputs import PER_STATE as PER_STATE  # the output-layout table's sets, for the core's callers
+from seqserve.outputs import PER_STEP as PER_STEP
+from seqserve.outputs import Layout, layout_of
 
 # Per-sequence answers: output name -> that sequence's slice (and "probabilities", the logits' softmax).
 SequenceOutputs = dict[str, np.ndarray]
@@ -102,7 +103,7 @@ class OnnxModel:
     def run(self, batch: Batch, fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """The outputs named in `fetch` (default: all of the contract's), batch-shaped."""
         names = list(fetch or self.output_names)
-        return dict(zip(names, self.session_for(len(batch.lengths)).run(names, self.feeds(batch))))
+        return dict(zip(names, self.session_for(len(batch.lengths)).run(names, self.feeds(batch)), strict=True))
 
     def session_for(self, batch_size: int) -> ort.InferenceSession:
         if self.small is not None and batch_size < self.small[0]:
@@ -151,9 +152,10 @@ def per_sequence(outputs: dict[str, np.ndarray], lengths: np.ndarray) -> list[Se
 
 
 def _rows(name: str, value: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-    if name in PER_STEP:
+    layout = layout_of(name)
+    if layout is Layout.PER_STEP:
         return [value[i, :length] for i, length in enumerate(lengths.tolist())]  # (T_i, ...)
-    if name in PER_STATE:
+    if layout is Layout.PER_STATE:
         return list(value.transpose(1, 0, 2))  # (L*D, H) each
     return list(value)  # (...) each
 
@@ -213,11 +215,11 @@ class PackedOutputs:
 
     def sequence(self, i: int) -> SequenceOutputs:
         """Sequence i's own answers (views)."""
-        if len(self.lengths) == 1:  # a request of one sequence: its per-step arrays are whole
-            return {name: value if name in PER_STEP else value[0] for name, value in self.arrays.items()}
-        start = int(self.lengths[:i].sum())
-        end = start + int(self.lengths[i])
-        return {name: value[start:end] if name in PER_STEP else value[i] for name, value in self.arrays.items()}
+        whole = len(self.lengths) == 1  # a request of one sequence: its per-step arrays are whole
+        start = 0 if whole else int(self.lengths[:i].sum())
+        steps = slice(None) if whole else slice(start, start + int(self.lengths[i]))
+        return {name: value[steps] if layout_of(name) is Layout.PER_STEP else value[i]
+                for name, value in self.arrays.items()}
 
     def padded(self, name: str, width: int | None = None) -> np.ndarray:
         """A per-step output as a right-padded batch (B, width, ...) (default width: the longest

@@ -1,15 +1,13 @@
-"""Requests in, results out: decode and validate protobuf messages into numpy, and encode results.
+"""seqserve.v1 requests in, results out: decode protobuf messages into numpy, and encode results.
 
-Validation happens here, on arrival, before anything is queued: a bad sequence never reaches a
-batch, so it cannot fail the requests batched with it. Every message names the field
-(`sequences[2].steps`) and the limit or expectation it broke, and shows a client's values only as
-`excerpt`s. The size of an answer is estimated here too (`AnswerSize`), so a request whose answer
-could not be sent is refused before anything is computed.
+Decoding checks what only this protocol has (its shapes, its output enum, its states' origin); the
+checks every protocol shares (counts, lengths, finiteness, the answer's size) are server/validation.py's.
+Errors name the field (`sequences[2].steps`) and show a client's values only as `excerpt`s. `AnswerSize`
+estimates a v1 answer's bytes, so a request whose answer could not be sent is refused before anything runs.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -17,22 +15,29 @@ import numpy as np
 
 from seqserve.contract import Architecture
 from seqserve.inference import SequenceOutputs
+from seqserve.outputs import label_of
 from seqserve.tensors import TensorDecodeError, from_tensor, to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 
 from .config import ServerConfig
-from .errors import InvalidInput, LimitExceeded, excerpt
+from .errors import InvalidInput, excerpt
+from .validation import (
+    ENVELOPE_BYTES,
+    FIELD_BYTES,
+    VARINT_FIELD_BYTES,
+    check_answer_size,
+    check_finite,
+    check_finite_steps,
+    check_length,
+    label_bytes,
+    tensor_bytes,
+)
 
 DEFAULT_OUTPUTS = frozenset({pb.OUTPUT_HIDDEN, pb.OUTPUT_ATTENTION, pb.OUTPUT_LOGITS})
 PER_STEP_OUTPUTS = {pb.OUTPUT_OUTPUTS: "OUTPUT_OUTPUTS", pb.OUTPUT_STEP_LOGITS: "OUTPUT_STEP_LOGITS"}
 # The most steps a stream may count (steps_seen): far beyond any real stream, and with room to add
 # chunks without passing int64 (2**63 - 1), the type of every steps_seen field on the wire.
 MAX_STEPS_SEEN = 2**62
-# Protobuf framing, upper bounds: a field's tag and length prefix (1 + up to 5 bytes), a varint field
-# (tag + up to 10 bytes), and headroom for an answer's envelope (EncodeStream's request_id and tags).
-FIELD_BYTES = 6
-VARINT_FIELD_BYTES = 11
-ENVELOPE_BYTES = 1024
 
 
 def decode(tensor: pb.Tensor, field: str) -> np.ndarray:
@@ -42,24 +47,13 @@ def decode(tensor: pb.Tensor, field: str) -> np.ndarray:
         raise InvalidInput(exc.field, exc.detail) from None
 
 
-def check_sequence_count(count: int, field: str, config: ServerConfig, none: str) -> None:
-    """A request's number of sequences: at least one (else `none`, the caller's words), at most
-    max_sequences_per_request. The one count check of every request form (sequences, packed, v2 rows)."""
-    if count == 0:
-        raise InvalidInput(field, none)
-    if count > config.max_sequences_per_request:
-        raise LimitExceeded(field, count, config.max_sequences_per_request, "max_sequences_per_request")
-
-
 def decode_steps(
     tensor: pb.Tensor, field: str, arch: Architecture, config: ServerConfig, allow_empty: bool = False
 ) -> np.ndarray:
     """A sequence or chunk: float32 (T, F) with F the model's features, finite, within limits."""
     check_steps_shape(tensor, field, arch, config, allow_empty)
-    steps = decode(tensor, field)
-    if not np.isfinite(steps).all():
-        bad_step = int(np.argwhere(~np.isfinite(steps))[0][0])
-        raise InvalidInput(field, f"contains NaN or Inf (first at step {bad_step})")
+    steps = decode(tensor, field)  # (T, F)
+    check_finite_steps(steps, field)
     return steps
 
 
@@ -73,10 +67,7 @@ def check_steps_shape(
     time_steps, features = tensor.shape
     if features != arch.input_size:
         raise InvalidInput(field, f"has {features} features per step, the model expects {arch.input_size}")
-    if time_steps == 0 and not allow_empty:
-        raise InvalidInput(field, "empty sequence: at least 1 step is needed")
-    if time_steps > config.max_sequence_length:
-        raise LimitExceeded(field + " length", time_steps, config.max_sequence_length, "max_sequence_length")
+    check_length(time_steps, field, config, allow_empty)
     return time_steps
 
 
@@ -143,9 +134,9 @@ def decode_state(state: pb.State, arch: Architecture, field: str) -> tuple[np.nd
         c = decode(state.c, f"{field}.c")
         if list(c.shape) != shape:
             raise InvalidInput(f"{field}.c", f"shape must be {shape}, got {list(c.shape)}")
-    for name, value in (("h", h), ("c", c)):
-        if value is not None and not np.isfinite(value).all():
-            raise InvalidInput(f"{field}.{name}", "contains NaN or Inf")
+    check_finite(h, f"{field}.h")
+    if c is not None:
+        check_finite(c, f"{field}.c")
     return h, c
 
 
@@ -159,7 +150,7 @@ def encode_result(
     logits = result["logits"]  # (C,)
     index = int(logits.argmax())
     msg.label_index = index
-    msg.label = labels[index] if index < len(labels) else str(index)
+    msg.label = label_of(index, labels)
     to_tensor(result["probabilities"], msg.probabilities)
     if pb.OUTPUT_LOGITS in outputs:
         to_tensor(logits, msg.logits)
@@ -177,11 +168,6 @@ def encode_result(
     return msg
 
 
-def tensor_bytes(*shape: int) -> int:
-    """The most bytes a Tensor field of `shape` takes: its float32 data, packed shape and framing."""
-    return 4 * math.prod(shape) + 10 * len(shape) + 3 * FIELD_BYTES
-
-
 @dataclass(frozen=True)
 class AnswerSize:
     """Upper bounds of an answer's bytes, known before anything is computed: from the outputs asked
@@ -196,8 +182,7 @@ class AnswerSize:
 
     @classmethod
     def of(cls, arch: Architecture, outputs: frozenset[int], labels: list[str], name: str) -> AnswerSize:
-        longest = max((len(label.encode()) for label in labels), default=0)
-        return cls(arch, outputs, max(longest, len(str(arch.num_classes))), len(name.encode()))
+        return cls(arch, outputs, label_bytes(labels, arch.num_classes), len(name.encode()))
 
     def result(self, steps: int, id_bytes: int = 0) -> int:
         """One SequenceResult of a `steps`-long sequence whose id takes `id_bytes`."""
@@ -218,7 +203,7 @@ class AnswerSize:
 
     def encode_response(self, lengths: Iterable[int], id_bytes: Iterable[int]) -> int:
         """An EncodeResponse (or EncodeStreamResponse) for sequences of these lengths and ids."""
-        results = sum(self.result(steps, ids) for steps, ids in zip(lengths, id_bytes))
+        results = sum(self.result(steps, ids) for steps, ids in zip(lengths, id_bytes, strict=True))
         return ENVELOPE_BYTES + self.name_bytes + VARINT_FIELD_BYTES + results
 
     def stream_response(self, steps: int) -> int:
@@ -232,8 +217,5 @@ class AnswerSize:
 
     def check(self, size: int, limit: int, instead: str) -> None:
         """Refuse an answer of `size` bytes over `limit`, saying what to ask for `instead`."""
-        if size <= limit:
-            return
         per_step = [name for value, name in PER_STEP_OUTPUTS.items() if value in self.outputs]
-        hint = f"{instead}, or leave out {' and '.join(per_step)}" if per_step else instead
-        raise LimitExceeded("answer bytes (estimated)", size, limit, "max_message_bytes", hint)
+        check_answer_size(size, limit, instead, per_step, sep=" and ")

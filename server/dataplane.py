@@ -22,7 +22,6 @@ from .batching import Job
 from .codec import (
     MAX_STEPS_SEEN,
     AnswerSize,
-    check_sequence_count,
     check_state_origin,
     check_steps_seen,
     check_steps_shape,
@@ -37,6 +36,7 @@ from .config import ServerConfig
 from .errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
 from .packed import encode_packed, packed_ids, packed_lengths, unpack
 from .registry import ModelRegistry, ServedModel
+from .validation import check_sequence_count
 
 
 def parity_summary(parity: ParitySummary) -> pb.ParitySummary:

@@ -14,12 +14,14 @@ import numpy as np
 
 from seqserve.contract import Architecture
 from seqserve.inference import Packed, PackedOutputs
+from seqserve.outputs import predicted_labels
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 
-from .codec import OUTPUT_TENSORS, check_sequence_count, decode
+from .codec import OUTPUT_TENSORS, decode
 from .config import ServerConfig
-from .errors import InvalidInput, LimitExceeded, excerpt
+from .errors import InvalidInput, excerpt
+from .validation import check_finite_steps, check_lengths, check_sequence_count
 
 FIELD = "packed"
 
@@ -29,13 +31,7 @@ def packed_lengths(packed: pb.PackedSequences, arch: Architecture, config: Serve
     count = len(packed.lengths)
     check_sequence_count(count, f"{FIELD}.lengths", config, "no sequences: give the steps of each")
     lengths = np.fromiter(packed.lengths, dtype=np.int64, count=count)  # (B,)
-    if (lengths < 1).any():
-        first = int(np.flatnonzero(lengths < 1)[0])
-        raise InvalidInput(f"{FIELD}.lengths[{first}]", f"{lengths[first]}: every sequence needs at least 1 step")
-    if (lengths > config.max_sequence_length).any():
-        first = int(np.flatnonzero(lengths > config.max_sequence_length)[0])
-        raise LimitExceeded(f"{FIELD}.lengths[{first}]", int(lengths[first]), config.max_sequence_length,
-                            "max_sequence_length")
+    check_lengths(lengths, lambda i: f"{FIELD}.lengths[{i}]", config)
     shape = list(packed.steps.shape)
     if len(shape) != 2 or shape[1] != arch.input_size:
         raise InvalidInput(f"{FIELD}.steps", f"shape must be [sum of lengths, {arch.input_size}], got {excerpt(shape)}")
@@ -49,12 +45,7 @@ def packed_lengths(packed: pb.PackedSequences, arch: Architecture, config: Serve
 def unpack(packed: pb.PackedSequences, lengths: np.ndarray) -> Packed:
     """The sequences, decoded once (no per-sequence copies) and checked finite."""
     steps = decode(packed.steps, f"{FIELD}.steps")  # (sum T_i, F)
-    finite = np.isfinite(steps).all(axis=1)  # (sum T_i,)
-    if not finite.all():
-        step = int(np.flatnonzero(~finite)[0])
-        sequence = int(np.searchsorted(np.cumsum(lengths), step, side="right"))
-        raise InvalidInput(f"{FIELD}.steps", f"sequence {sequence} contains NaN or Inf "
-                                             f"(first at step {step - int(lengths[:sequence].sum())})")
+    check_finite_steps(steps, f"{FIELD}.steps", lengths)
     return Packed(steps, lengths)
 
 
@@ -66,10 +57,10 @@ def encode_packed(answers: PackedOutputs, outputs: frozenset[int], labels: Seque
                   out: pb.PackedResults) -> None:
     """Fill `out` with every sequence's prediction and the requested tensors, one tensor each."""
     arrays = answers.arrays
-    indices = arrays["logits"].argmax(axis=1)  # (B,)
+    indices, names = predicted_labels(arrays["logits"], labels)  # (B,)
     out.ids.extend(ids)
     out.lengths.extend(answers.lengths.tolist())
-    out.labels.extend(labels[i] if i < len(labels) else str(i) for i in indices.tolist())
+    out.labels.extend(names)
     out.label_indices.extend(indices.tolist())
     to_tensor(arrays["probabilities"], out.probabilities)  # (B, C)
     for value in outputs:

@@ -29,6 +29,7 @@ from seqserve.contract import Architecture, output_names
 from seqserve.cpu import physical_cores
 from seqserve.inference import Batch, OnnxModel, open_session, per_sequence
 from seqserve.numerics import softmax
+from seqserve.outputs import predicted_labels
 from seqserve.repository import ModelVersion, RepositoryError, latest_version, read_version
 
 T = TypeVar("T")
@@ -186,14 +187,12 @@ class OrtModel:
         except ORT_ERRORS as exc:
             raise RecordRejected(f"onnxruntime: {exc}") from None
         logits = out["logits"]  # (B, C)
-        indices = logits.argmax(axis=1)  # (B,)
-        names = self.info.class_labels
+        indices, names = predicted_labels(logits, self.info.class_labels)
         tensors = {}
         if self.tensors:
             rows = per_sequence({name: out[name] for name in self.tensors}, lengths)
             tensors = {name: [row[name] for row in rows] for name in self.tensors}
-        return Predictions(records.ids, [names[k] if k < len(names) else str(k) for k in indices.tolist()], indices,
-                           softmax(logits), records.labels, tensors)
+        return Predictions(records.ids, names, indices, softmax(logits), records.labels, tensors)
 
 
 class LocalBackend:

@@ -18,27 +18,26 @@ from importlib import metadata
 
 import numpy as np
 
-from seqserve.contract import TIME
 from seqserve.inference import PER_STATE, Packed, PackedOutputs
 from seqserve.oip import grpc_service_pb2 as pb
+from seqserve.outputs import Layout, layout_of, predicted_labels
 
-from ..codec import check_sequence_count
 from ..config import ServerConfig
-from ..errors import InvalidInput, LimitExceeded, ModelNotFound, NotReady, excerpt
+from ..errors import InvalidInput, ModelNotFound, NotReady, excerpt
 from ..metrics import Metrics
 from ..registry import ModelRegistry, ServedModel
+from ..validation import (
+    check_answer_size,
+    check_finite,
+    check_finite_steps,
+    check_lengths,
+    check_sequence_count,
+    first_row,
+    label_bytes,
+)
 from .sequences import SequenceControl, SequenceStore, sequence_control
 from .statistics import Outcomes, model_statistics
-from .tensors import (
-    PLATFORM,
-    TensorMeta,
-    answer,
-    answer_bytes,
-    decode_inputs,
-    label_bytes,
-    model_inputs,
-    model_outputs,
-)
+from .tensors import PLATFORM, TensorMeta, answer, answer_bytes, decode_inputs, model_inputs, model_outputs
 
 SERVER_NAME = "seqserve"
 EXTENSIONS = ["sequence", "statistics", "parameters"]  # Triton's names for the extensions served
@@ -94,14 +93,14 @@ class InferCall:
         """One output for the whole batch, shaped as the model gives it for x: per-step tensors (B, T, ...)
         with zeros on padding, states (L*D, B, H), the rest (B, ...)."""
         if meta.name == "label":
-            labels = self.model.runtime.version.class_labels
-            index = answers.arrays["logits"].argmax(axis=1).tolist()  # as Encode picks its label
-            return np.array([labels[i] if i < len(labels) else str(i) for i in index], dtype=object)  # (B,)
+            _, names = predicted_labels(answers.arrays["logits"], self.model.runtime.version.class_labels)
+            return np.array(names, dtype=object)  # (B,)
         value = answers.arrays[meta.name]
-        if TIME in meta.shape:
+        layout = layout_of(meta.name)
+        if layout is Layout.PER_STEP:
             B, T = self.x.shape[:2]
             return value.reshape(B, T, *value.shape[1:]) if self.full_length else answers.padded(meta.name, T)
-        if meta.name in PER_STATE:
+        if layout is Layout.PER_STATE:
             return value.transpose(1, 0, 2)  # (B, L*D, H) -> (L*D, B, H)
         return value  # (B, ...)
 
@@ -201,7 +200,7 @@ class InferencePlane:
         h0, c0 = (self._state(inputs, name, batch) for name in ("h0", "c0"))
         stateful = control is not None or h0 is not None or c0 is not None
         lengths = self._lengths(inputs.get("lengths"), batch, steps, allow_empty=stateful)
-        check_finite(x, lengths)
+        check_finite_rows(x, lengths)
         if control is not None:
             self._check_sequence(model, batch, h0, c0)
         outputs = self._outputs(request, model)
@@ -221,12 +220,7 @@ class InferencePlane:
         if shortest < 0 or longest > steps:
             row = first_row((lengths < 0) | (lengths > steps))
             raise InvalidInput(field, f"row {row}: length {lengths[row]} is not within 0..{steps} (x's time dimension)")
-        if shortest == 0 and not allow_empty:
-            raise InvalidInput(field, f"row {first_row(lengths == 0)} is an empty sequence: at least 1 step is needed")
-        if longest > self.config.max_sequence_length:
-            row = first_row(lengths > self.config.max_sequence_length)
-            raise LimitExceeded(f"input 'x' row {row} length", int(lengths[row]), self.config.max_sequence_length,
-                                "max_sequence_length")
+        check_lengths(lengths, lambda row: f"{field} row {row}", self.config, allow_empty)
         return lengths
 
     def _state(self, inputs: dict[str, np.ndarray], name: str, batch: int) -> np.ndarray | None:
@@ -237,8 +231,7 @@ class InferencePlane:
         if state.shape[1] != batch:
             raise InvalidInput(f"input {name!r}", f"shape {list(state.shape)}: its batch dimension (1) must be "
                                                   f"x's, {batch}")
-        if not np.isfinite(state).all():
-            raise InvalidInput(f"input {name!r}", "contains NaN or Inf")
+        check_finite(state, f"input {name!r}")
         return state
 
     def _check_sequence(self, model: ServedModel, batch: int, h0: np.ndarray | None, c0: np.ndarray | None) -> None:
@@ -274,11 +267,8 @@ class InferencePlane:
     def _check_answer_size(self, model: ServedModel, outputs: list[TensorMeta], batch: int, steps: int) -> None:
         longest_label = label_bytes(model.runtime.version.class_labels, model.runtime.arch.num_classes)
         size = answer_bytes(tuple(outputs), batch, steps, longest_label)
-        if size > self.config.max_message_bytes:
-            per_step = [m.name for m in outputs if TIME in m.shape]
-            hint = "send fewer rows per request" + (f", or leave out {', '.join(per_step)}" if per_step else "")
-            raise LimitExceeded("answer bytes (estimated)", size, self.config.max_message_bytes, "max_message_bytes",
-                                hint)
+        per_step = [m.name for m in outputs if layout_of(m.name) is Layout.PER_STEP]
+        check_answer_size(size, self.config.max_message_bytes, "send fewer rows per request", per_step)
 
     async def _run(self, call: InferCall) -> pb.ModelInferResponse:
         job = call.model.batcher.enqueue(call.sequences(), call.fetch)
@@ -303,17 +293,7 @@ class InferencePlane:
         return call.response(answers)
 
 
-def first_row(mask: np.ndarray) -> int:
-    """The first True row of a (B,) mask that has one."""
-    return int(np.flatnonzero(mask)[0])
-
-
-def check_finite(x: np.ndarray, lengths: np.ndarray) -> None:
+def check_finite_rows(x: np.ndarray, lengths: np.ndarray) -> None:
     """x (B, T, F) holds no NaN or Inf on its real steps (padding is never read)."""
-    if np.isfinite(x).all():
-        return
-    real = np.arange(x.shape[1]) < lengths[:, None]  # (B, T)
-    bad = ~np.isfinite(x).all(axis=2) & real  # (B, T)
-    if bad.any():
-        row, step = (int(i) for i in np.argwhere(bad)[0])
-        raise InvalidInput("input 'x'", f"contains NaN or Inf (first at row {row}, step {step})")
+    if not np.isfinite(x).all():
+        check_finite_steps(Packed.from_padded(x, lengths).steps, "input 'x'", lengths, row="row")

@@ -24,8 +24,8 @@ from seqserve.contract import BATCH, TIME, Architecture, Dim, input_specs, outpu
 from seqserve.oip import grpc_service_pb2 as pb
 from seqserve.tensors import TensorDecodeError, check_shape
 
-from ..codec import ENVELOPE_BYTES, FIELD_BYTES
 from ..errors import InvalidInput, excerpt
+from ..validation import ENVELOPE_BYTES, FIELD_BYTES
 
 PLATFORM = "onnxruntime_onnx"  # Triton's name for what serves these models
 DATATYPES = {"float32": "FP32", "int64": "INT64"}  # the contract's numpy dtype -> v2 datatype
@@ -136,17 +136,6 @@ def serialize_bytes(elements: Iterable[str]) -> bytes:
     """BYTES data: each element as its UTF-8 length (4 bytes, little-endian), then its UTF-8 bytes."""
     encoded = [e.encode() for e in elements]
     return b"".join(LENGTH_PREFIX.pack(len(e)) + e for e in encoded)
-
-
-def label_bytes(labels: list[str], classes: int) -> int:
-    """The most UTF-8 bytes a `label` element takes: the longest class label, or a class index as text
-    (the label of a class the model's labels leave out)."""
-    return _label_bytes(tuple(labels), classes)
-
-
-@functools.lru_cache(maxsize=256)
-def _label_bytes(labels: tuple[str, ...], classes: int) -> int:
-    return max([len(label.encode()) for label in labels] + [len(str(classes))])
 
 
 def answer_bytes(outputs: tuple[TensorMeta, ...], batch: int, time: int, longest_label: int) -> int:

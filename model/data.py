@@ -1,14 +1,16 @@
-"""JapaneseVowels (UEA archive) as padded PyTorch batches.
+"""Labelled sequences as padded PyTorch batches: JapaneseVowels (the presets' data) or a user's data set.
 
-The `.ts` files come from the `aeon` wheel (a training-only dependency), found on disk
-without importing aeon, so no network and no heavy import is needed.
+The JapaneseVowels `.ts` files come from the `aeon` wheel (a training-only dependency), found on disk
+without importing aeon, so no network and no heavy import is needed. Other data comes in through
+`seqserve.labelled` (the reader layer shared with the batch job) and `SequenceDataset.from_labelled`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,16 +19,20 @@ from torch import Tensor
 from seqserve.datasets import JAPANESE_VOWELS, japanese_vowels_dir
 from seqserve.ts_format import load_ts
 
+if TYPE_CHECKING:
+    from seqserve.labelled import LabelledSet
+
 DATASET = JAPANESE_VOWELS
 
 
 @dataclass(frozen=True)
 class SequenceDataset:
-    """Variable-length sequences with integer class targets."""
+    """Variable-length sequences with their targets: class indices (classification) or numbers (regression)."""
 
     sequences: list[np.ndarray]  # each (T_i, F) float32
-    targets: np.ndarray  # (N,) int64
-    class_labels: tuple[str, ...]
+    targets: np.ndarray  # (N,) int64 class indices, or (N, K) float32 regression targets
+    class_labels: tuple[str, ...] = ()  # classification: the label of each class index
+    name: str = DATASET  # the data set's name, recorded in the metadata
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -35,13 +41,37 @@ class SequenceDataset:
     def num_features(self) -> int:
         return self.sequences[0].shape[1]
 
+    @property
+    def is_regression(self) -> bool:
+        return self.targets.ndim == 2
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) int64: the number of steps of every sequence."""
+        return np.array([len(s) for s in self.sequences], dtype=np.int64)
+
     def subset(self, indices: Sequence[int]) -> SequenceDataset:
-        return SequenceDataset([self.sequences[i] for i in indices], self.targets[list(indices)], self.class_labels)
+        return replace(self, sequences=[self.sequences[i] for i in indices], targets=self.targets[list(indices)])
 
     def feature_stats(self) -> tuple[list[float], list[float]]:
         """Per-feature mean and standard deviation over every real step."""
         steps = np.concatenate(self.sequences, axis=0)  # (sum T_i, F)
         return steps.mean(axis=0).tolist(), (steps.std(axis=0) + 1e-6).tolist()
+
+    def target_stats(self) -> tuple[list[float], list[float]]:
+        """Regression: per-target mean and standard deviation (1 for a constant target)."""
+        std = self.targets.std(axis=0)  # (K,)
+        return self.targets.mean(axis=0).tolist(), np.where(std > 0, std, 1.0).tolist()
+
+    @classmethod
+    def from_labelled(cls, data: LabelledSet, name: str, classes: Sequence[str] = ()) -> SequenceDataset:
+        """A reader's labelled set, called `name`; class labels become indices into `classes` (default: the
+        set's own)."""
+        if data.task == "regress":
+            targets = np.asarray(data.targets, dtype=np.float32).reshape(len(data.sequences), -1)  # (N, K)
+            return cls(list(data.sequences), targets, (), name)
+        classes = tuple(classes or data.classes)
+        return cls(list(data.sequences), data.label_indices(classes), classes, name)
 
 
 dataset_dir = japanese_vowels_dir  # where the TRAIN / TEST .ts files are
@@ -60,8 +90,13 @@ def load_split(split: str, directory: Path | None = None) -> SequenceDataset:
 
 
 def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split indices into (train, validation), taking `fraction` of every class for validation."""
+    """Split indices into (train, validation), taking `fraction` of every class for validation
+    (regression targets (N, K): `fraction` of all the sequences, at random)."""
     rng = np.random.default_rng(seed)
+    if targets.ndim == 2:
+        order = rng.permutation(len(targets))
+        n_val = max(1, round(fraction * len(targets)))
+        return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
     train, val = [], []
     for cls in np.unique(targets):
         members = rng.permutation(np.flatnonzero(targets == cls))

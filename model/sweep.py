@@ -137,7 +137,8 @@ def parity_table(rows: list[dict], variants: list[Variant], seeds: list[int]) ->
     """Per seed: test accuracy, export parity error and the model's own sensitivity to input rounding."""
     by_key = {(r["variant"], r["seed"]): r for r in rows}
     lines = [
-        "| variant | seed | test accuracy | max \\|onnxruntime − float64\\| | one float32 rounding of x moves the answer by |",
+        "| variant | seed | test accuracy | max \\|onnxruntime − float64\\| "
+        "| one float32 rounding of x moves the answer by |",
         "|---|---|---|---|---|",
     ]
     for v in variants:

@@ -34,6 +34,7 @@ from bench.common import REPOSITORY, runtime_for, test_sequences
 from bench.loadgen import cpu_seconds
 from bench.procs import real_server
 from seqserve.client import SeqserveClient, encode_request
+from seqserve.inference import Batch
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
@@ -130,10 +131,9 @@ def malformed_under_load(target: str, count: int) -> dict:
 
 
 def logits_alone(runtime, steps: np.ndarray) -> np.ndarray:
-    from seqserve.server.batching import WorkItem, run_items
-
-    [result] = run_items(runtime, [WorkItem(steps)])
-    return result["logits"]
+    """One (T, F) sequence's logits (C,), run alone as a batch of one (the server's runtime, no batcher)."""
+    batch = Batch(steps[None], np.array([len(steps)], dtype=np.int64))  # (1, T, F)
+    return runtime.run(batch, ["logits"])["logits"][0]
 
 
 # --- 2. a client that never reads its answers -------------------------------------------------------

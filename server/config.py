@@ -9,7 +9,7 @@ from pathlib import Path
 
 from seqserve.cpu import physical_cores
 
-from .batching import BatchPolicy
+from .batching import BatchPolicy, runs_at_once
 
 
 @dataclass(frozen=True)
@@ -22,20 +22,15 @@ class ServerConfig:
     intra_op_threads: int = 0  # onnxruntime threads per session; 0 = physical cores
     ort_spinning: bool = False  # let onnxruntime's idle pool threads spin (costs a core between runs)
     single_thread_below: int = 16  # runs of several threads: smaller batches run on a one-thread session (0: never)
-    batching: bool = True  # dynamic batching of concurrent requests
-    max_batch_size: int = 64  # sequences per onnxruntime run
-    # onnxruntime runs at once, each in its own inference thread, sharing the intra-op threads (see BatchPolicy);
+    # Batching: the defaults (and what was measured to choose them) are BatchPolicy's.
+    batching: bool = BatchPolicy.enabled  # dynamic batching of concurrent requests
+    max_batch_size: int = BatchPolicy.max_batch_size  # sequences per onnxruntime run
+    # onnxruntime runs at once, each in its own inference thread, sharing the intra-op threads;
     # 0 = one per thread, so every run has one thread (bench: less CPU per sequence under load, README Performance)
-    concurrent_batches: int = 0
-    # Under load, a round waits this long for more requests (up to max_batch_size) before it runs: bigger
-    # batches cost onnxruntime less CPU a sequence. Measured (README, Performance: paired A/B, 2 cores):
-    # 64 clients +16-26 % seq/s over 0 ms, 8 clients -4..+8 %, 1 client unchanged (a lone caller never waits).
-    max_queue_delay_ms: float = 2.0
-    # A lone caller's sequence expected to run within this runs at once in its call (0 = never). At 0.5 ms a
-    # slow phase of the 2-core bench machine (batch-1 runs ~1 ms) sent lone calls through the queue: 2 ms gave
-    # 1 client -19..-22 % p50 and CPU a call, 8 clients +5 %, 64 unchanged (paired A/B, README Performance).
-    inline_max_ms: float = 2.0
-    inline_min_idle_ms: float = 0.2  # see BatchPolicy
+    concurrent_batches: int = BatchPolicy.concurrent_batches
+    max_queue_delay_ms: float = BatchPolicy.max_queue_delay_ms  # under load, a round's wait for more requests
+    inline_max_ms: float = BatchPolicy.inline_max_ms  # a lone caller's quick sequence runs at once (0 = never)
+    inline_min_idle_ms: float = BatchPolicy.inline_min_idle_ms
     # The inference thread needs the GIL back after every onnxruntime run; with Python's default 5 ms
     # a busy event loop makes it wait that long each time (measured: batches 8x slower, bench/PROFILE.md).
     switch_interval_ms: float = 0.2
@@ -44,9 +39,9 @@ class ServerConfig:
     uvloop: bool = True
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); threads are split between them
     reuse_port: bool = False  # let other processes bind the same port (set for each of --workers' processes)
-    padding_waste: float = 0.25  # split a batch when padding would exceed this fraction of real steps
-    padding_min_split: int = 16  # ... unless that cuts off fewer sequences than this
-    parallel_call_min: int = 32  # a call this big runs as parts side by side (see BatchPolicy; 0 = never)
+    padding_waste: float = BatchPolicy.padding_waste  # split a batch when padding would exceed this part of real steps
+    padding_min_split: int = BatchPolicy.padding_min_split  # ... unless that cuts off fewer sequences than this
+    parallel_call_min: int = BatchPolicy.parallel_call_min  # a call this big runs as parts side by side (0 = never)
     max_sequence_length: int = 4096  # steps in one sequence
     max_sequences_per_request: int = 256
     max_message_bytes: int = 64 * 1024 * 1024
@@ -55,7 +50,7 @@ class ServerConfig:
     # service's name again and find replicas added by a scale-up (gRPC re-resolves only on a new connection).
     max_connection_age_s: float = 300.0
     max_concurrent_rpcs: int = 1024  # calls of any kind being served at once; more get RESOURCE_EXHAUSTED
-    max_queued_sequences: int = 8192  # per model version: sequences waiting for a batch; more are shed
+    max_queued_sequences: int = BatchPolicy.max_queued  # per model version: sequences waiting for a batch
     max_stream_in_flight: int = 64  # EncodeStream: requests queued or unsent per stream before reading pauses
     max_stream_buffer_steps: int = 16384  # steps buffered for a bidirectional StreamSequence
     max_stream_chunks: int = 65536  # messages in one StreamSequence, empty chunks included
@@ -74,9 +69,11 @@ class ServerConfig:
 
     @property
     def batch_policy(self) -> BatchPolicy:
-        return BatchPolicy(self.batching, self.max_batch_size, self.max_queue_delay_ms, self.padding_waste,
-                           self.padding_min_split, self.max_queued_sequences, self.batch_runs,
-                           self.inline_max_ms, self.inline_min_idle_ms, self.parallel_call_min)
+        return BatchPolicy(enabled=self.batching, max_batch_size=self.max_batch_size,
+                           max_queue_delay_ms=self.max_queue_delay_ms, padding_waste=self.padding_waste,
+                           padding_min_split=self.padding_min_split, max_queued=self.max_queued_sequences,
+                           concurrent_batches=self.batch_runs, inline_max_ms=self.inline_max_ms,
+                           inline_min_idle_ms=self.inline_min_idle_ms, parallel_call_min=self.parallel_call_min)
 
     @property
     def threads(self) -> int:
@@ -85,7 +82,7 @@ class ServerConfig:
     @property
     def batch_runs(self) -> int:
         """onnxruntime runs at once: --concurrent-batches, or one per intra-op thread."""
-        return max(1, self.concurrent_batches or self.threads)
+        return runs_at_once(self.concurrent_batches, self.threads)
 
     @property
     def run_threads(self) -> int:

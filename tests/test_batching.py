@@ -1,8 +1,10 @@
-"""The batcher on its own: grouping by length, cancellation, a failing run, a dying loop, the queue bound.
+"""The batcher on its own: grouping by length, cancellation, a failing run, a dying loop, the queue bound,
+the queue delay and the inline path.
 
 A fake runtime stands in for onnxruntime: per-step outputs are the running sum of the steps, the state
 and the logits each sequence's sum over its real steps, and a sequence holding POISON makes the whole
-run raise, as a runtime error in one input would.
+run raise, as a runtime error in one input would. A fake clock stands in for time where a test is about
+time (idle spells, the queue delay, waits): it moves only when the test advances it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from seqserve.inference import Packed
-from seqserve.server.batching import Batcher, BatchPolicy
+from seqserve.server.batching import Batcher, BatchPolicy, Clock
 from seqserve.server.errors import LimitExceeded, NotReady
 from seqserve.server.metrics import Metrics
 
@@ -26,7 +28,7 @@ FEATURES = 3
 
 
 class FakeRuntime:
-    name, number = "fake", 1
+    name, number, threads = "fake", 1, 1
     arch = SimpleNamespace(input_size=FEATURES, streaming=False, has_cell_state=False)
     output_names = ["outputs", "h_n", "logits"]
 
@@ -52,8 +54,43 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def started(runtime: FakeRuntime, **policy) -> Batcher:
-    batcher = Batcher(runtime, ThreadPoolExecutor(1), Metrics().for_model("fake"), BatchPolicy(**policy))
+class FakeClock:
+    """Time that moves only when the test advances it; a sleep ends once the clock has passed its end."""
+
+    def __init__(self) -> None:
+        self.time = 1000.0
+        self._sleeps: list[tuple[float, asyncio.Future[None]]] = []
+        self._someone_asleep = asyncio.Event()
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        wake = asyncio.get_running_loop().create_future()
+        self._sleeps.append((self.time + seconds, wake))
+        self._someone_asleep.set()
+        await wake
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+        for end, wake in self._sleeps:
+            if end <= self.time and not wake.done():
+                wake.set_result(None)
+        self._sleeps = [(end, wake) for end, wake in self._sleeps if not wake.done()]
+
+    async def asleep(self) -> None:
+        """Return once someone waits on this clock (the batcher, for more requests)."""
+        await asyncio.wait_for(self._someone_asleep.wait(), 5.0)
+        self._someone_asleep.clear()
+
+    @property
+    def sleeping(self) -> int:
+        return sum(not wake.done() for _, wake in self._sleeps)
+
+
+async def started(runtime: FakeRuntime, clock: Clock | None = None, **policy) -> Batcher:
+    batcher = Batcher(runtime, ThreadPoolExecutor(1), Metrics().for_model("fake"), BatchPolicy(**policy),
+                      clock=clock)
     batcher.start()
     return batcher
 
@@ -94,7 +131,7 @@ def test_one_batch_answers_every_request_with_its_own_slice():
 
     runtime, results = run(scenario())
     assert runtime.batch_sizes == [3]
-    for n, answers in zip((4, 5, 6), results):
+    for n, answers in zip((4, 5, 6), results, strict=True):
         result = answers.sequence(0)
         np.testing.assert_array_equal(result["logits"], np.full(FEATURES, n * n, np.float32))
         np.testing.assert_allclose(result["probabilities"].sum(), 1.0, rtol=1e-6)
@@ -102,18 +139,18 @@ def test_one_batch_answers_every_request_with_its_own_slice():
 
 def test_metrics_count_each_request_wait_once_and_each_run():
     """Three requests (9 sequences) held, then run as one round in two length groups: three waits (one a
-    request, however many sequences it has, each at least the time held), two runs, nine sequences."""
+    request, however many sequences it has, each the time held), two runs, nine sequences."""
     held_s = 0.05
 
     async def scenario():
-        metrics = Metrics()
+        metrics, clock = Metrics(), FakeClock()
         batcher = Batcher(FakeRuntime(), ThreadPoolExecutor(1), metrics.for_model("fake"),
-                          BatchPolicy(padding_waste=0.5, padding_min_split=1))
+                          BatchPolicy(padding_waste=0.5, padding_min_split=1), clock=clock)
         batcher.start()
         batcher.hold()
         jobs = [batcher.enqueue(Packed.of([steps(n) for n in lengths], FEATURES))
                 for lengths in ((2, 3, 2), (30,), (2, 2, 3, 31, 29))]
-        await asyncio.sleep(held_s)
+        clock.advance(held_s)
         batcher.release()
         await asyncio.gather(*(job.future for job in jobs))
         await batcher.stop()
@@ -121,7 +158,8 @@ def test_metrics_count_each_request_wait_once_and_each_run():
 
     metrics = run(scenario())
     value = lambda name: metrics.registry.get_sample_value(name, {"model": "fake"})  # noqa: E731
-    assert value("seqserve_queue_seconds_count") == 3 and value("seqserve_queue_seconds_sum") >= 3 * held_s
+    assert value("seqserve_queue_seconds_count") == 3
+    assert value("seqserve_queue_seconds_sum") == pytest.approx(3 * held_s)
     assert value("seqserve_inference_seconds_count") == 2 and value("seqserve_batch_size_sum") == 9
     assert value("seqserve_sequences_total") == 9
 
@@ -223,7 +261,7 @@ def test_only_full_batches_run_beside_a_running_one(per_request, overlapped):
     async def scenario():
         runtime = SlowRuntime()
         batcher = Batcher(runtime, ThreadPoolExecutor(2), Metrics().for_model("fake"),
-                          BatchPolicy(max_batch_size=64, concurrent_batches=2))
+                          BatchPolicy(max_batch_size=64, concurrent_batches=2, max_queue_delay_ms=0))
         batcher.start()
 
         async def caller(value: float):
@@ -259,10 +297,10 @@ def test_a_batch_fetches_what_its_requests_ask_for_and_no_more():
 
 def test_a_lone_caller_after_an_idle_spell_is_answered_at_once_and_load_is_queued():
     async def scenario():
-        runtime = FakeRuntime()
-        batcher = await started(runtime, inline_max_ms=50.0, inline_min_idle_ms=1.0)
+        runtime, clock = FakeRuntime(), FakeClock()
+        batcher = await started(runtime, clock, inline_max_ms=50.0, inline_min_idle_ms=1.0, max_queue_delay_ms=0)
         await batcher.submit(Packed.one(steps(3)))  # through the queue: measures the time per step
-        await asyncio.sleep(0.01)  # idle
+        clock.advance(0.01)  # idle
         lone = batcher.enqueue(Packed.one(steps(3, value=2.0)))
         await asyncio.sleep(0)  # one turn of the loop: the requests read with it would be queued by now
         at_once = lone.future.done()
@@ -270,7 +308,7 @@ def test_a_lone_caller_after_an_idle_spell_is_answered_at_once_and_load_is_queue
         await asyncio.sleep(0)
         queued = [not job.future.done() for job in burst]
         answers = [await job.future for job in (lone, *burst)]
-        await asyncio.sleep(0.01)  # idle again
+        clock.advance(0.01)  # idle again
         pair = [batcher.enqueue(Packed.one(steps(3))) for _ in range(2)]  # read together: one batch
         await asyncio.gather(*(job.future for job in pair))
         await batcher.stop()
@@ -282,33 +320,82 @@ def test_a_lone_caller_after_an_idle_spell_is_answered_at_once_and_load_is_queue
     assert all(len(a) == 1 for a in burst)
 
 
-def test_under_load_a_round_waits_for_more_and_after_an_idle_spell_it_does_not():
-    """max_queue_delay: a round taken under load waits for a late request (up to the delay, or until the
-    batch is full); a request after an idle spell runs at once, so one arriving just after it runs alone."""
-    late_s, delay_ms = 0.05, 2000.0
+def test_a_request_sooner_than_the_idle_spell_is_load_and_is_queued():
+    """inline_min_idle: a request 0.5 ms after the last answer is load (queued), 1.5 ms after it a lone caller."""
 
     async def scenario():
-        runtime = FakeRuntime()
-        batcher = await started(runtime, max_batch_size=3, max_queue_delay_ms=delay_ms, inline_min_idle_ms=1.0)
+        runtime, clock = FakeRuntime(), FakeClock()
+        batcher = await started(runtime, clock, inline_max_ms=50.0, inline_min_idle_ms=1.0, max_queue_delay_ms=0)
+        await batcher.submit(Packed.one(steps(3)))  # measures the time per step
+        outcomes = []
+        for gap_s in (0.0005, 0.0015):
+            clock.advance(gap_s)
+            job = batcher.enqueue(Packed.one(steps(3)))
+            await asyncio.sleep(0)
+            outcomes.append(job.future.done())
+            await job.future
+        await batcher.stop()
+        return outcomes
+
+    assert run(scenario()) == [False, True]
+
+
+def test_under_load_a_round_waits_for_more_up_to_the_queue_delay():
+    """max_queue_delay: a round taken under load waits for late requests until its batch is full, or until
+    the delay has passed on the clock, not a moment before."""
+    delay_s = 2.0
+
+    async def scenario():
+        runtime, clock = FakeRuntime(), FakeClock()
+        batcher = await started(runtime, clock, max_batch_size=3, max_queue_delay_ms=delay_s * 1000,
+                                inline_min_idle_ms=1.0)
         batcher.hold()
-        # The first arrives after an idle spell; the other three while it is open: load.
+        # The first arrives after an idle spell (it runs at once, with what is queued); the rest under load.
         held = [batcher.enqueue(Packed.one(steps(2))) for _ in range(4)]
         batcher.release()
-        await asyncio.sleep(late_s)
-        late = [batcher.enqueue(Packed.one(steps(2))) for _ in range(2)]  # fill the second batch: it runs at once
+        await clock.asleep()  # the second round (the fourth request) waits for more
+        seen = [list(runtime.batch_sizes)]
+        clock.advance(delay_s / 2)
+        late = [batcher.enqueue(Packed.one(steps(2))) for _ in range(2)]  # fill its batch: it runs at once
         await asyncio.gather(*(job.future for job in (*held, *late)))
-        under_load = list(runtime.batch_sizes)
-        await asyncio.sleep(0.01)  # idle
-        lone = batcher.enqueue(Packed.one(steps(2)))
-        await asyncio.sleep(late_s)
-        after = batcher.enqueue(Packed.one(steps(2)))
-        await asyncio.gather(lone.future, after.future)
+        seen.append(list(runtime.batch_sizes))
+        one = batcher.enqueue(Packed.one(steps(2)))  # right after: load; nothing else comes
+        await clock.asleep()
+        clock.advance(delay_s * 0.999)
+        await asyncio.sleep(0.01)
+        waited = not one.future.done()
+        clock.advance(delay_s * 0.001)
+        await one.future
+        seen.append(list(runtime.batch_sizes))
         await batcher.stop()
-        return under_load, runtime.batch_sizes[len(under_load):]
+        return seen, waited, clock.sleeping
 
-    under_load, after_idle = run(scenario())
-    assert under_load == [3, 3]  # a full batch at once, then the fourth held request waited for the late two
-    assert after_idle == [1, 1]  # the lone request did not wait for the next one
+    seen, waited, still_sleeping = run(scenario())
+    assert seen == [[3], [3, 3], [3, 3, 1]]  # full at once; the fourth waited for the late two; the last alone
+    assert waited and still_sleeping == 0
+
+
+def test_after_an_idle_spell_a_round_does_not_wait():
+    """A request after an idle spell runs at once, however long the queue delay: one arriving just after
+    it runs in a round of its own."""
+
+    async def scenario():
+        runtime, clock = FakeRuntime(), FakeClock()
+        batcher = await started(runtime, clock, max_batch_size=3, max_queue_delay_ms=2000.0, inline_min_idle_ms=1.0,
+                                inline_max_ms=0)
+        await batcher.submit(Packed.one(steps(2)))  # first ever: the batcher has always been idle
+        clock.advance(0.01)  # idle
+        lone = batcher.enqueue(Packed.one(steps(2)))
+        await lone.future
+        after = batcher.enqueue(Packed.one(steps(2)))  # load: it waits, on its own, for the delay
+        await clock.asleep()
+        clock.advance(2.0)
+        await after.future
+        await batcher.stop()
+        return runtime.batch_sizes, clock.sleeping
+
+    batch_sizes, still_sleeping = run(scenario())
+    assert batch_sizes == [1, 1, 1] and still_sleeping == 0
 
 
 def test_requests_batched_together_each_get_their_own_sequences_back():
@@ -326,7 +413,7 @@ def test_requests_batched_together_each_get_their_own_sequences_back():
 
     runtime, answers = run(scenario())
     assert len(runtime.batch_sizes) > 1  # split by length across the requests
-    for request, got in zip(requests, answers):
+    for request, got in zip(requests, answers, strict=True):
         assert got.lengths.tolist() == [n for n, _ in request]
         for i, (n, v) in enumerate(request):
             np.testing.assert_array_equal(got.sequence(i)["outputs"], np.cumsum(steps(n, v), axis=0))

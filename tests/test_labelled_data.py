@@ -422,3 +422,22 @@ def test_an_unknown_archive_name_lists_the_known_ones():
     assert {"BasicMotions", "Covid3Month", "JapaneseVowels", "PickupGestureWiimoteZ"} <= set(archive_names())
     with pytest.raises(FileNotFoundError, match="no archive data set 'NoSuchSet'.*BasicMotions"):
         archive_path("NoSuchSet", "TRAIN")
+
+
+# ---------------------------------------------------------------- the batch job reads the same forms
+
+
+def test_the_batch_job_predicts_a_long_form_csv_as_it_does_the_same_json_lines(tmp_path):
+    from seqserve.batch import cli as batch_infer
+
+    vowels = read_labelled(archive_path("JapaneseVowels", "TEST")).subset(range(0, 370, 37))  # 10 sequences
+    outputs = {}
+    for form in ("jsonl", "csv"):
+        out = tmp_path / f"{form}-predictions.jsonl"
+        args = ["--model", "jv_bilstm_attn", "--model-repository", str(Path(__file__).parents[1] / "model_repository"),
+                "--input", str(WRITERS[form](vowels, tmp_path / f"in.{form}")), "--output", str(out), "--no-progress"]
+        assert batch_infer.main(args) == 0
+        outputs[form] = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert sorted(outputs["csv"]) == sorted(vowels.ids)  # the job writes in its own order, by length
+    assert [outputs["csv"][rid]["true_label"] for rid in vowels.ids] == vowels.labels
+    assert outputs["csv"] == outputs["jsonl"]

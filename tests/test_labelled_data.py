@@ -154,6 +154,26 @@ def test_csv_rows_in_any_order_give_each_id_its_steps_in_time_order(tmp_path):
     assert data.labels == ["walk", "run"] and data.lines == [2, 3]
 
 
+def test_csv_times_may_be_timestamps(tmp_path):
+    path = tmp_path / "stamps.csv"
+    path.write_text("id,t,x,target\nm1,2026-01-02T00:00:00,2.5,7\nm1,2026-01-01T00:00:00,1.5,7\n")
+    data = read_labelled(path)
+    np.testing.assert_array_equal(data.sequences[0], [[1.5], [2.5]])
+    assert data.targets.tolist() == [[7.0]]
+
+
+def test_csv_times_keep_float64_precision(tmp_path):
+    path = tmp_path / "epoch.csv"  # one step apart at 1.7e9 s: the same float32, different float64
+    path.write_text("id,t,x,label\na,1700000000.5,2,p\na,1700000000.25,1,p\n")
+    np.testing.assert_array_equal(read_labelled(path).sequences[0], [[1], [2]])
+
+
+def test_a_csv_cell_that_is_not_a_number(tmp_path):
+    path = tmp_path / "text.csv"
+    path.write_text("id,t,x,label\na,0,1.5,p\na,1,high,p\n")
+    assert _message(path) == f"{path}: line 3: field 'x': 'high' is not a number"
+
+
 def test_csv_target_columns_make_a_vector_target(tmp_path):
     path = tmp_path / "two.csv"
     path.write_text("id,t,x,target_low,target_high\n1,0,0.5,1.0,2.0\n1,1,0.7,1.0,2.0\n2,0,0.1,-1,3\n")

@@ -687,7 +687,7 @@ class _CsvRows:
     def __init__(self, table, path: Path, fields: Fields, roles: CsvColumns) -> None:
         self.table, self.fields, self.roles = table, fields, roles
         self.features = np.column_stack([_csv_numbers(table, name, path) for name in roles.features])  # (rows, F)
-        self.time = _csv_numbers(table, fields.time, path) if roles.has_time else None  # (rows,)
+        self.time = _csv_times(table, fields.time, path) if roles.has_time else None  # (rows,) float64
         self.answers = {name: _csv_objects(table, name) for name in ([fields.label] if roles.has_label else [])
                         + roles.targets}  # (rows,) object each: the label and target columns
 
@@ -701,7 +701,7 @@ class _CsvRows:
         return _CsvGroups(order, code, np.cumsum(lengths) - lengths, lengths, first)
 
     def group_ids(self, groups: _CsvGroups) -> list:
-        return [self.table.column(self.fields.id)[int(row)].as_py() for row in groups.first]
+        return self.table.column(self.fields.id).take(groups.first).to_pylist()
 
     def first_labels(self, groups: _CsvGroups) -> list[str | None]:
         if not self.roles.has_label:
@@ -758,13 +758,31 @@ def _csv_objects(table, name: str) -> np.ndarray:
     return values
 
 
-def _csv_numbers(table, name: str, path: Path) -> np.ndarray:
-    """A numeric column as float32 (NaN where empty); InputError naming the column otherwise."""
+def _csv_times(table, name: str, path: Path) -> np.ndarray:
+    """The time column as float64 (a date or timestamp as its integer count of units)."""
+    import pyarrow as pa
+
+    column = table.column(name)
+    if pa.types.is_temporal(column.type):
+        column = column.cast(pa.int64())
+    return _csv_numbers(pa.table({name: column}), name, path, np.float64)
+
+
+def _csv_numbers(table, name: str, path: Path, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """A numeric column as `dtype` (NaN where empty); InputError naming the first value that is not a number."""
     import pyarrow as pa
 
     column = table.column(name)
     try:
-        return column.cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        return column.cast(pa.from_numpy_dtype(dtype)).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        example = next((v for v in column.to_pylist() if v is not None), None)
-        raise InputError(f"{path}: column {name!r} is {column.type}, expected numbers (e.g. {example!r})") from None
+        row, value = next((r, v) for r, v in enumerate(column.to_pylist()) if v is not None and not _is_number(v))
+        raise InputError(f"{path}: line {row + 2}: field {name!r}: {value!r} is not a number") from None
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True

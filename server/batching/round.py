@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from seqserve.inference import PER_STATE, PER_STEP, Batch, Packed, PackedOutputs, length_groups, with_probabilities
+from seqserve.inference import Batch, Packed, PackedOutputs, length_groups, with_probabilities
 from seqserve.numerics import pad_rows, step_rows
+from seqserve.outputs import Layout, batch_as_packed, layout_of
 
 from ..runtime import ModelRuntime
 from .clock import Clock
@@ -45,13 +46,6 @@ class Job:
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
-
-
-def as_packed(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """An unpadded batch's outputs in the packed layout, as views: per-step (B, T, ...) -> (B*T, ...),
-    states (L*D, B, H) -> (B, L*D, H), the rest as they are."""
-    return {name: value.reshape(-1, *value.shape[2:]) if name in PER_STEP
-            else value.transpose(1, 0, 2) if name in PER_STATE else value for name, value in outputs.items()}
 
 
 class Round:
@@ -119,7 +113,7 @@ class Round:
         if self._whole_and_unpadded(group):
             B, T = len(self.lengths), int(self.lengths[0])
             outputs = model.run(Batch(self.steps.reshape(B, T, -1), self.lengths, self.h0, self.c0), self.fetch)
-            self.answers = as_packed(with_probabilities(outputs))
+            self.answers = {name: batch_as_packed(name, value) for name, value in with_probabilities(outputs).items()}
             return
         x, lengths = pad_rows(self.steps, self.starts[group], self.lengths[group])  # (G, T, F), (G,)
         h0 = None if self.h0 is None else self.h0[:, group]  # (L, G, H)
@@ -149,10 +143,11 @@ class Round:
         """Scatter a group's batch outputs into the round's packed answers."""
         packed_at, padded_at = step_rows(self.starts[group], self.lengths[group], width)
         for name, value in outputs.items():
-            if name in PER_STEP:  # (G, T, ...) -> rows of (N, ...)
+            layout = layout_of(name)
+            if layout is Layout.PER_STEP:  # (G, T, ...) -> rows of (N, ...)
                 rows = value.reshape(-1, *value.shape[2:])[padded_at]
                 self._answer(name, len(self.steps), value.shape[2:], value.dtype)[packed_at] = rows
-            elif name in PER_STATE:  # (L*D, G, H) -> (B, L*D, H)
+            elif layout is Layout.PER_STATE:  # (L*D, G, H) -> (B, L*D, H)
                 self._answer(name, len(self.lengths), value.shape[::2], value.dtype)[group] = value.transpose(1, 0, 2)
             else:  # (G, ...) -> (B, ...)
                 self._answer(name, len(self.lengths), value.shape[1:], value.dtype)[group] = value
@@ -189,5 +184,5 @@ class Round:
         if len(self.jobs) == 1:
             return PackedOutputs(self.answers, self.lengths)
         first, end, step0, step_end = self.spans[j]
-        return PackedOutputs({name: value[step0:step_end] if name in PER_STEP else value[first:end]
+        return PackedOutputs({name: value[step0:step_end] if layout_of(name) is Layout.PER_STEP else value[first:end]
                               for name, value in self.answers.items()}, self.lengths[first:end])

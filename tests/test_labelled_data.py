@@ -461,3 +461,22 @@ def test_the_batch_job_predicts_a_long_form_csv_as_it_does_the_same_json_lines(t
     assert sorted(outputs["csv"]) == sorted(vowels.ids)  # the job writes in its own order, by length
     assert [outputs["csv"][rid]["true_label"] for rid in vowels.ids] == vowels.labels
     assert outputs["csv"] == outputs["jsonl"]
+
+
+def test_json_lines_targets_read_alike_by_simdjson_and_the_exact_parser(tmp_path, monkeypatch):
+    from seqserve.batch import readers
+
+    assert readers.simdjson is not None, "the fast path needs the 'batch' extra's simdjson"
+    targets = ["1", "1.5", "-0.0", "[1, 2]", '"3"', "null", "1e308", "true", "12345678901234567890"]
+    path = tmp_path / "targets.jsonl"
+    path.write_text("".join(f'{{"steps": [[{i}]], "target": {t}}}\n' for i, t in enumerate(targets))
+                    + '{"steps": [[9]]}\n')
+
+    def read() -> list[tuple]:
+        return [(r.index, r.line, repr(r.target), r.steps.tolist()) for r in each_record(readers.read_jsonl(path))]
+
+    fast = read()
+    monkeypatch.setattr(readers, "simdjson", None)
+    assert fast == read()
+    assert [t for _, _, t, _ in fast] == ["1", "1.5", "-0.0", "[1, 2]", "'3'", "None", "1e+308", "True",
+                                          "12345678901234567890", "None"]

@@ -21,7 +21,7 @@ import grpc
 from .wire import responses_of
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-SEQSERVE_PREFIX = "/seqserve.v1."  # registered through server/wire.py, already guarded
+SEQSERVE_PREFIX = "/seqserve.v1."  # registered through server/v1/service.py, already guarded
 AUTHORIZATION = "authorization"
 REPLICA_KEY = "seqserve-replica"
 

@@ -25,7 +25,6 @@ from seqserve.v1 import seqserve_pb2 as pb
 from .admission import Admission
 from .calls import Calls
 from .config import ServerConfig
-from .dataplane import DataPlane
 from .errors import StartupError
 from .metrics import Metrics
 from .oip.plane import InferencePlane
@@ -33,8 +32,9 @@ from .oip.service import SERVICE_NAME as OIP_SERVICE_NAME
 from .oip.service import InferenceService, add_inference_service
 from .reflection import enable_reflection
 from .registry import ModelRegistry, ServedModel
-from .service import SeqserveService
-from .wire import RateLimitedLog, add_service, guard
+from .v1.dataplane import DataPlane
+from .v1.service import SeqserveService, add_service
+from .wire import RateLimitedLog, guard
 from .wire import log as wire_log
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
-"""The service on the wire: its method handlers, built so that bytes which do not decode are answered.
+"""Method handlers built so that request bytes which do not decode are answered, for every service served.
 
-The generated `add_SeqserveServiceServicer_to_server` deserializes requests with `X.FromString`.
+A generated `add_..._to_server` deserializes requests with `X.FromString`.
 Bytes that are not a valid message (truncated, a bad varint, bad UTF-8 in a string field, noise)
 make it raise inside grpc, which logs a traceback at error level and answers UNKNOWN: any client
 could flood the log. Here each request deserializer returns an `Undecodable` instead, and each
@@ -28,13 +28,10 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from seqserve.v1 import seqserve_pb2 as pb
-
 from .errors import EXCERPT_CHARS, InvalidInput, ServingError, bounded, status_of
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
-SERVICE = pb.DESCRIPTOR.services_by_name["SeqserveService"]
 DECODE_LOG_BURST = 5  # log lines about undecodable requests...
 DECODE_LOG_PERIOD_S = 10.0  # ...per this many seconds; the rest are counted
 
@@ -142,25 +139,6 @@ class MethodWire:
             yield request
 
 
-def method_handlers(servicer: object, metrics: Metrics,
-                    decode_log: RateLimitedLog) -> dict[str, grpc.RpcMethodHandler]:
-    """Every method of seqserve.v1.SeqserveService, by name, served by `servicer`."""
-    handlers = {}
-    for method in SERVICE.methods:
-        request_class = getattr(pb, method.input_type.name)
-        response_class = getattr(pb, method.output_type.name)
-        wire = MethodWire(method.name, getattr(servicer, method.name), metrics, decode_log)
-        codecs: dict[str, Any] = {"request_deserializer": deserializer(request_class),
-                                  "response_serializer": response_class.SerializeToString}
-        if not method.client_streaming and not method.server_streaming:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(wire.unary, **codecs)
-        elif method.client_streaming and method.server_streaming:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(wire.stream, **codecs)
-        else:
-            raise TypeError(f"{method.full_name}: only unary and bidirectional methods are wired")
-    return handlers
-
-
 def guard(handler: grpc.RpcMethodHandler, method: str, metrics: Metrics,
           decode_log: RateLimitedLog) -> grpc.RpcMethodHandler:
     """Another service's handler (health, reflection) behind a deserializer that never raises."""
@@ -176,11 +154,3 @@ def guard(handler: grpc.RpcMethodHandler, method: str, metrics: Metrics,
         wire = MethodWire(method, handler.stream_stream, metrics, decode_log)
         return grpc.stream_stream_rpc_method_handler(wire.stream, **codecs)
     return handler  # client-streaming, unary answer: no such method is served here
-
-
-def add_service(servicer: object, server: grpc.aio.Server, metrics: Metrics, decode_log: RateLimitedLog) -> None:
-    """Register `servicer` as seqserve.v1.SeqserveService on `server` (in place of the generated
-    add_SeqserveServiceServicer_to_server), with deserializers that never raise."""
-    handlers = method_handlers(servicer, metrics, decode_log)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
-    server.add_registered_method_handlers(SERVICE.full_name, handlers)

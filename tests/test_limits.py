@@ -14,8 +14,8 @@ import pytest
 from servers import REPOSITORY, threaded_server, versioned_repository
 
 from seqserve.client import encode_request
-from seqserve.server.codec import ENVELOPE_BYTES, MAX_STEPS_SEEN, AnswerSize
 from seqserve.server.errors import EXCERPT_CHARS, MAX_STATUS_CHARS
+from seqserve.server.v1.codec import ENVELOPE_BYTES, MAX_STEPS_SEEN, AnswerSize
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc

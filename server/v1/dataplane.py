@@ -18,7 +18,11 @@ from seqserve.metadata import ParitySummary
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 
-from .batching import Job
+from ..batching import Job
+from ..config import ServerConfig
+from ..errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
+from ..registry import ModelRegistry, ServedModel
+from ..validation import check_sequence_count
 from .codec import (
     MAX_STEPS_SEEN,
     AnswerSize,
@@ -32,11 +36,7 @@ from .codec import (
     encode_result,
     tensors_of,
 )
-from .config import ServerConfig
-from .errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
 from .packed import encode_packed, packed_ids, packed_lengths, unpack
-from .registry import ModelRegistry, ServedModel
-from .validation import check_sequence_count
 
 
 def parity_summary(parity: ParitySummary) -> pb.ParitySummary:

@@ -10,15 +10,20 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
-from .calls import Calls
-from .config import ServerConfig
+from ..calls import Calls
+from ..config import ServerConfig
+from ..metrics import Metrics
+from ..wire import MethodWire, RateLimitedLog, deserializer
 from .dataplane import DataPlane, PendingEncode, SequenceStream
+
+SERVICE = pb.DESCRIPTOR.services_by_name["SeqserveService"]
 
 
 class SeqserveService(pb_grpc.SeqserveServiceServicer):
@@ -118,3 +123,30 @@ class SeqserveService(pb_grpc.SeqserveServiceServicer):
                 yield await self.calls.answer("StreamSequence", context, stream.finish)
         finally:
             self.calls.close_stream()
+
+
+def method_handlers(servicer: object, metrics: Metrics,
+                    decode_log: RateLimitedLog) -> dict[str, grpc.RpcMethodHandler]:
+    """Every method of seqserve.v1.SeqserveService, by name, served by `servicer`."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        wire = MethodWire(method.name, getattr(servicer, method.name), metrics, decode_log)
+        codecs: dict[str, Any] = {"request_deserializer": deserializer(request_class),
+                                  "response_serializer": response_class.SerializeToString}
+        if not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(wire.unary, **codecs)
+        elif method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(wire.stream, **codecs)
+        else:
+            raise TypeError(f"{method.full_name}: only unary and bidirectional methods are wired")
+    return handlers
+
+
+def add_service(servicer: object, server: grpc.aio.Server, metrics: Metrics, decode_log: RateLimitedLog) -> None:
+    """Register `servicer` as seqserve.v1.SeqserveService on `server` (in place of the generated
+    add_SeqserveServiceServicer_to_server), with deserializers that never raise."""
+    handlers = method_handlers(servicer, metrics, decode_log)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)

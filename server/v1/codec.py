@@ -19,9 +19,9 @@ from seqserve.outputs import label_of
 from seqserve.tensors import TensorDecodeError, from_tensor, to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 
-from .config import ServerConfig
-from .errors import InvalidInput, excerpt
-from .validation import (
+from ..config import ServerConfig
+from ..errors import InvalidInput, excerpt
+from ..validation import (
     ENVELOPE_BYTES,
     FIELD_BYTES,
     VARINT_FIELD_BYTES,

@@ -18,10 +18,10 @@ from seqserve.outputs import predicted_labels
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 
+from ..config import ServerConfig
+from ..errors import InvalidInput, excerpt
+from ..validation import check_finite_steps, check_lengths, check_sequence_count
 from .codec import OUTPUT_TENSORS, decode
-from .config import ServerConfig
-from .errors import InvalidInput, excerpt
-from .validation import check_finite_steps, check_lengths, check_sequence_count
 
 FIELD = "packed"
 

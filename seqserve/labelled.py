@@ -330,17 +330,24 @@ def check_split(train: LabelledSet, test: LabelledSet | None) -> None:
 def split(data: LabelledSet, fraction: float, seed: int) -> tuple[LabelledSet, LabelledSet]:
     """(kept, held out): `fraction` of the sequences held out at random, of every class alike for classify
     (a class of one stays whole in `kept`); both keep the input's order."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction: {fraction} is not between 0 and 1")
     if len(data) < 2:
         raise DataError(data.source, f"{len(data)} sequence(s): too few to hold any out")
+    kept, held = hold_out_rows(data.label_indices() if data.task == "classify" else len(data), fraction, seed)
+    return data.subset(kept), data.subset(held)
+
+
+def hold_out_rows(strata: np.ndarray | int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept rows, held-out rows), each in ascending order: `fraction` of each stratum's rows at random, at
+    least one and never all (a stratum of one is kept whole). `strata`: (N,) int class indices, or N for
+    one stratum of N rows (regression)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction: {fraction} is not between 0 and 1")
+    classes = np.zeros(strata, dtype=np.int64) if isinstance(strata, int) else np.asarray(strata)  # (N,)
     rng = np.random.default_rng(seed)
-    groups = [data.label_indices() == c for c in range(len(data.classes))] if data.task == "classify" else \
-        [np.ones(len(data), dtype=bool)]
     held: list[int] = []
-    for members in groups:
-        rows = rng.permutation(np.flatnonzero(members))
+    for stratum in np.unique(classes):
+        rows = rng.permutation(np.flatnonzero(classes == stratum))
         count = min(max(round(fraction * len(rows)), 1), len(rows) - 1)
         held += rows[:count].tolist()
     held_set = set(held)
-    return data.subset(i for i in range(len(data)) if i not in held_set), data.subset(sorted(held))
+    return [i for i in range(len(classes)) if i not in held_set], sorted(held)

@@ -19,7 +19,16 @@ import pytest
 
 from seqserve.batch.readers import each_record, read_records
 from seqserve.datasets import archive_names, archive_path
-from seqserve.labelled import FILLS, DataError, LabelledSet, check_split, fill_missing, read_labelled, split
+from seqserve.labelled import (
+    FILLS,
+    DataError,
+    LabelledSet,
+    check_split,
+    fill_missing,
+    hold_out_rows,
+    read_labelled,
+    split,
+)
 
 FORMS = ("ts", "jsonl", "parquet", "npz", "csv")
 SETS = ("BasicMotions", "Covid3Month", "PickupGestureWiimoteZ")
@@ -480,3 +489,11 @@ def test_json_lines_targets_read_alike_by_simdjson_and_the_exact_parser(tmp_path
     assert fast == read()
     assert [t for _, _, t, _ in fast] == ["1", "1.5", "-0.0", "[1, 2]", "'3'", "None", "1e+308", "True",
                                           "12345678901234567890", "None"]
+
+
+def test_hold_out_rows_takes_the_fraction_of_every_stratum():
+    strata = np.array([0] * 10 + [1] * 20 + [2])  # (31,): a class of one is never held out
+    kept, held = hold_out_rows(strata, 0.3, seed=1)
+    assert sorted(kept + held) == list(range(31)) and held == sorted(held)
+    assert np.bincount(strata[held], minlength=3).tolist() == [3, 6, 0]
+    assert len(hold_out_rows(140, 0.2, seed=1)[1]) == 28

@@ -87,16 +87,24 @@ def write_npz(data: LabelledSet, path: Path) -> Path:
     return path
 
 
+def _csv_answers(data: LabelledSet, row: int) -> tuple[list[str], list[str]]:
+    """(column names, cells) of a sequence's answer: `label`, `target`, or target_0.. for a vector target."""
+    if data.targets is None or data.targets.shape[1] == 1:
+        return [_answer_key(data)], [str(_answer(data, row))]
+    return [f"target_{k}" for k in range(data.targets.shape[1])], list(map(_number, data.targets[row]))
+
+
 def write_csv(data: LabelledSet, path: Path) -> Path:
     """Long form, one row per step: each id's first step in id order, then every other step shuffled (the
     reader orders an id's steps by t, the ids by first appearance)."""
     firsts, rest = [], []
     for row, steps in enumerate(data.sequences):
+        cells = _csv_answers(data, row)[1]
         for t, step in enumerate(steps):
-            (rest if t else firsts).append(",".join([data.ids[row], str(t), *map(_number, step),
-                                                     str(_answer(data, row))]))
+            (rest if t else firsts).append(",".join([data.ids[row], str(t), *map(_number, step), *cells]))
     rows = firsts + [rest[i] for i in np.random.default_rng(0).permutation(len(rest))]
-    path.write_text(",".join(["id", "t", *data.feature_names, _answer_key(data)]) + "\n" + "\n".join(rows) + "\n")
+    header = ["id", "t", *data.feature_names, *_csv_answers(data, 0)[0]]
+    path.write_text(",".join(header) + "\n" + "\n".join(rows) + "\n")
     return path
 
 
@@ -131,6 +139,17 @@ def assert_same(read: LabelledSet, expected: LabelledSet) -> None:
 def test_every_form_reads_the_archive_sequences_identically(archive, form, tmp_path):
     path = WRITERS[form](archive, tmp_path / f"data.{form}")
     assert_same(read_labelled(path), archive)
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet", "npz", "csv"])  # .ts holds one target per case
+def test_every_form_reads_vector_targets_and_unequal_lengths_identically(form, tmp_path):
+    rng = np.random.default_rng(7)
+    lengths = [1, 5, 3, 8]
+    data = LabelledSet(sequences=[rng.normal(size=(n, 3)).astype(np.float32) for n in lengths],
+                       ids=["p", "q", "r", "s"], task="regress", labels=None,
+                       targets=rng.normal(size=(4, 2)).astype(np.float32), feature_names=["f0", "f1", "f2"],
+                       source="generated")
+    assert_same(read_labelled(WRITERS[form](data, tmp_path / f"vector.{form}")), data)
 
 
 def test_the_archive_sets_read_as_their_task_with_their_shapes():

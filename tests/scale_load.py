@@ -6,7 +6,7 @@ on the Compose network (it needs only the seqserve client, which the serving ima
     python scale_load.py TARGET --seconds 8 --threads 8    # prints "ready", then one JSON line
     python scale_load.py TARGET --calls 30                  # 30 calls, one after the other
 
-The README's capacity figures are its `sequences_per_s` (calls answered x --sequences / seconds).
+The capacity figures in docs/scaling.md are its `sequences_per_s` (calls answered x --sequences / seconds).
 """
 
 from __future__ import annotations

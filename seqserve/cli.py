@@ -90,7 +90,7 @@ def describe_model(m: pb.ModelInfo) -> str:
         ("features", str(m.input_features)),
         ("classes", " ".join(m.class_labels)),
         ("precision", m.precision),
-        ("test accuracy", f"{m.test_accuracy:.4f}"),
+        ("test accuracy", f"{m.test_accuracy:.4f}" if m.class_labels else ""),
         ("parity", parity_line(m)),
     ]
     rows += [("inputs" if i == 0 else "", tensor_line(t)) for i, t in enumerate(m.inputs)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +107,24 @@ class Security:
     def from_files(cls, ca: str | None = None, cert: str | None = None, key: str | None = None,
                    token_file: str | None = None, server_name: str | None = None) -> Security:
         token = Path(token_file).read_text().strip() if token_file else None
-        return cls(*(Path(p) if p else None for p in (ca, cert, key)), token=token or None,
+        return cls(ca=_optional_path(ca), cert=_optional_path(cert), key=_optional_path(key), token=token or None,
                    server_name=server_name or None)
+
+
+def _optional_path(path: str | None) -> Path | None:
+    return Path(path) if path else None
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    """A call's details as an interceptor passes them on (grpc's own is a private namedtuple)."""
+
+    method: str
+    timeout: float | None
+    metadata: tuple[tuple[str, str | bytes], ...] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
 
 
 class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
@@ -115,10 +132,11 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
     """Adds `authorization: Bearer <token>` to every call (plaintext or TLS alike)."""
 
     def __init__(self, token: str) -> None:
-        self.header = ("authorization", f"Bearer {token}")
+        self.header: tuple[str, str | bytes] = ("authorization", f"Bearer {token}")
 
     def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return details._replace(metadata=[*(details.metadata or ()), self.header])
+        return _CallDetails(details.method, details.timeout, (*(details.metadata or ()), self.header),
+                            details.credentials, details.wait_for_ready, details.compression)
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._with_token(details), request)
@@ -180,12 +198,12 @@ CLIENT_FLAGS = {
 }
 
 
-def add_security_args(parser: argparse.ArgumentParser, env: dict[str, str] | None = None) -> None:
+def add_security_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
     """--tls-ca, --tls-server-name, --client-cert, --client-key, --token-file, each with an env default."""
-    env = os.environ if env is None else env
+    variables = os.environ if env is None else env
     group = parser.add_argument_group("connection security (for a server with --tls-* or --auth-token-file)")
     for name, (variable, help_text) in CLIENT_FLAGS.items():
-        group.add_argument("--" + name.replace("_", "-"), default=env.get(variable) or None,
+        group.add_argument("--" + name.replace("_", "-"), default=variables.get(variable) or None,
                            help=f"{help_text} [env {variable}]")
 
 

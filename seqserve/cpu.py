@@ -39,10 +39,10 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
     if v2 is not None:
         quota, _, period = v2.partition(" ")
         return None if quota == "max" else int(quota) / int(period)
-    quota, period = _read(root / "cpu" / "cpu.cfs_quota_us"), _read(root / "cpu" / "cpu.cfs_period_us")
-    if quota is None or period is None or int(quota) <= 0:
+    quota_us, period_us = _read(root / "cpu" / "cpu.cfs_quota_us"), _read(root / "cpu" / "cpu.cfs_period_us")
+    if quota_us is None or period_us is None or int(quota_us) <= 0:
         return None
-    return int(quota) / int(period)
+    return int(quota_us) / int(period_us)
 
 
 def physical_cores(cgroup_root: Path = CGROUP_ROOT) -> int:

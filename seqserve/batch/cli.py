@@ -21,7 +21,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from seqserve.batch.backends import BATCH_RETRIES, TENSORS, LocalBackend, RemoteBackend
+from seqserve.batch.backends import BATCH_RETRIES, TENSORS, Backend, LocalBackend, RemoteBackend
 from seqserve.batch.errors import BatchError
 from seqserve.batch.pipeline import BATCH_SIZE, CHUNK_SIZE, EXIT_FATAL, EXIT_INTERRUPTED, JobConfig, Summary, run_job
 from seqserve.batch.readers import FORMATS, Fields
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="predictions: a .jsonl file, or a .parquet folder of part files")
     io.add_argument("--output-format", choices=OUTPUT_FORMATS, help="output format (default: from the suffix)")
     io.add_argument("--errors", type=Path,
-                    help="JSON Lines file of failed records and why (default: <output>.errors.jsonl; written only if a record fails)")
+                    help="JSON Lines file of failed records and why (default: <output>.errors.jsonl; "
+                         "written only if a record fails)")
     io.add_argument("--include", nargs="+", choices=list(TENSORS), default=[], metavar="TENSOR",
                     help="extra tensors in each prediction: " + "; ".join(f"{k} {v}" for k, v in TENSORS.items()))
     io.add_argument("--id-field", default="id", help="id key / column of JSON Lines and Parquet input")
@@ -118,15 +119,16 @@ def run(args: argparse.Namespace) -> Summary:
 
         return run_ray_job(config, args.model_repository, args.model, args.version, threads=args.threads or 1,
                            actors=args.ray_actors, address=args.ray)
+    backend: Backend
     if args.server:
         backend = RemoteBackend(args.server, args.model, args.version, config.tensors, streams=args.streams,
                                 retries=replace(BATCH_RETRIES, retries=args.retries), timeout=args.timeout,
                                 security=security_from_args(args))
         name = f"remote {args.server} ({args.streams} streams)"
     else:
-        backend = LocalBackend(args.model_repository, args.model, args.version, config.tensors, args.threads,
-                               args.runs)
-        name = f"local ({backend.concurrency} x {backend.model.threads} threads)"
+        local = LocalBackend(args.model_repository, args.model, args.version, config.tensors, args.threads,
+                             args.runs)
+        backend, name = local, f"local ({local.concurrency} x {local.model.threads} threads)"
     try:
         return run_job(config, backend, name)
     finally:

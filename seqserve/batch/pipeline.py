@@ -154,7 +154,7 @@ class Screen:
 
     def __call__(self, item: Record | BadRecord) -> Record | BadRecord | None:
         # `__class__ is` and the set's length rather than isinstance and `in` + add: this runs per record.
-        if item.__class__ is BadRecord:
+        if item.__class__ is not Record:
             return item
         seen = self.seen
         before = len(seen)
@@ -166,7 +166,8 @@ class Screen:
         shape = item.steps.shape
         if shape[0] and shape[1] == self.features:
             return item
-        return BadRecord(item.index, item.id, check_shape(shape[0], shape[1], self.features), item.line)
+        reason = check_shape(shape[0], shape[1], self.features)
+        return BadRecord(item.index, item.id, reason, item.line) if reason else item
 
     def block(self, records: Records) -> tuple[Records, list[BadRecord], int]:
         """(the rows to predict, the bad rows, how many rows to skip): set operations on the whole
@@ -180,7 +181,7 @@ class Screen:
             return records, [], 0
         keep, bad, skipped = [], [], 0
         width = records.features
-        for row, (rid, length) in enumerate(zip(records.ids, records.lengths.tolist())):
+        for row, (rid, length) in enumerate(zip(records.ids, records.lengths.tolist(), strict=True)):
             if rid in self.seen:
                 bad.append(records.bad(row, DUPLICATE))
                 continue
@@ -270,7 +271,7 @@ class JobOutput:
         self.writer.write(predictions)
         s = self.summary
         s.written += len(predictions)
-        for label, truth in zip(predictions.labels, predictions.true_labels):
+        for label, truth in zip(predictions.labels, predictions.true_labels, strict=True):
             if truth is not None:
                 s.labelled += 1
                 s.correct += label == truth
@@ -336,16 +337,16 @@ def chunks(items: Iterable[Item], screen: Screen, sink: Sink, chunk_size: int, c
                 rows, size = rows + len(good), size + good.nbytes
             sink.reading(read)
             on_item()
-        else:
+        elif item.__class__ is Record or item.__class__ is BadRecord:
             read += 1
             screened = screen(item)
             if screened.__class__ is Record:
                 singles.append(screened)
                 rows, size = rows + 1, size + screened.steps.nbytes
-            elif screened is None:
-                sink.skip()
-            else:
+            elif screened.__class__ is BadRecord:
                 sink.fail(screened)
+            else:
+                sink.skip()
             if count % 32 == 0:
                 sink.reading(read)
                 on_item()
@@ -432,7 +433,7 @@ class _InFlight:
     def _finish_one(self) -> None:
         task, size, future = self.queue.popleft()
         self.records -= size
-        for batch, result in zip(task, future.result()):
+        for batch, result in zip(task, future.result(), strict=True):
             if isinstance(result, RecordRejected):
                 parts, failures = one_by_one(self.backend.infer, batch, result)
                 for bad in failures:

@@ -29,7 +29,7 @@ from seqserve.batch.backends import OrtModel, Predictions, resolve_version
 from seqserve.batch.errors import BackendError, BatchError, RecordRejected
 from seqserve.batch.pipeline import JobConfig, JobOutput, Screen, Summary, chunks, one_by_one, plan_batches
 from seqserve.batch.readers import detect_format, read_records
-from seqserve.batch.records import BadRecord, Records
+from seqserve.batch.records import BadRecord, Record, Records
 from seqserve.inference import PER_STATE, PER_STEP
 from seqserve.repository import ModelVersion
 
@@ -38,9 +38,8 @@ try:
     import ray
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
-except ImportError:  # the `ray` extra is not installed: run_ray_job says so
-    ray = None
-    Datasource = object
+except ImportError as missing:  # imported only for --ray: the run stops with this message
+    raise BatchError("--ray needs the 'ray' extra: pip install 'seqserve[ray,batch]'") from missing
 
 OK, BAD, SKIP = "ok", "bad", "skip"
 BLOCK_ROWS = 1024  # rows per block, and per actor call: enough blocks to keep every actor busy
@@ -51,12 +50,7 @@ def block_rows(config: JobConfig) -> int:
     return min(config.chunk_size, BLOCK_ROWS)
 
 
-def require_ray() -> None:
-    if ray is None:
-        raise BatchError("--ray needs the 'ray' extra: pip install 'seqserve[ray,batch]'")
-
-
-def _rows_table(rows: dict[str, list]) -> pa.Table:
+def _rows_table(rows: dict[str, list[Any]]) -> pa.Table:
     return pa.table({
         "index": pa.array(rows["index"], pa.int64()),
         "id": pa.array(rows["id"], pa.string()),
@@ -90,7 +84,7 @@ class RecordSource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=[str(self.path)])
+        metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(str(self.path),))
         return [ReadTask(self._read, metadata)]
 
     def _read(self) -> Iterator[pa.Table]:
@@ -121,14 +115,13 @@ class _ScreenedRows:
 
     def table(self, chunk: Records | None) -> pa.Table:
         """Rows for the actors: the chunk's records (OK), then the bad (BAD) and skipped (SKIP) ones."""
-        rows = {c: [] for c in (*ROW_COLUMNS, "length", "steps")}
+        rows: dict[str, list[Any]] = {c: [] for c in (*ROW_COLUMNS, "length", "steps")}
 
         def add(*values: Any) -> None:
-            for column, value in zip(rows, values):
+            for column, value in zip(rows, values, strict=True):
                 rows[column].append(value)
 
-        for row in range(len(chunk) if chunk is not None else 0):
-            record = chunk.record(row)
+        for record in _each_record(chunk):
             add(record.index, record.id, record.line, OK, None, record.label, record.length,
                 np.ascontiguousarray(record.steps, dtype="<f4").tobytes())
         for bad in self.bad:
@@ -137,6 +130,12 @@ class _ScreenedRows:
             add(None, None, None, SKIP, None, None, 0, b"")
         self.bad, self.skipped = [], 0
         return _rows_table(rows)
+
+
+def _each_record(chunk: Records | None) -> Iterator[Record]:
+    if chunk is not None:
+        for row in range(len(chunk)):
+            yield chunk.record(row)
 
 
 class OrtPredictor:
@@ -158,12 +157,13 @@ class OrtPredictor:
             np.array([columns["length"][i] for i in ok], dtype=np.int64), [columns["true_label"][i] for i in ok],
             [columns["line"][i] for i in ok])
         results: dict[int, tuple[Predictions, int] | BadRecord] = {}  # by record index
+        failures: list[BadRecord]
         for batch in plan_batches(records, self.batch_size, self.max_batch_steps):
             try:
                 parts, failures = [self.model.predict(batch)], []
             except RecordRejected as exc:
                 parts, failures = one_by_one(self.model.predict, batch, exc)
-            by_id = dict(zip(batch.ids, batch.index.tolist()))
+            by_id = dict(zip(batch.ids, batch.index.tolist(), strict=True))
             for predictions in parts:
                 for row, rid in enumerate(predictions.ids):
                     results[by_id[rid]] = (predictions, row)
@@ -173,8 +173,10 @@ class OrtPredictor:
 
     def _table(self, columns: dict[str, list], results: dict[int, tuple[Predictions, int] | BadRecord]) -> pa.Table:
         status, reason = list(columns["status"]), list(columns["reason"])
-        label, label_index, probabilities = [], [], []
-        tensors = {t: [] for t in self.model.tensors}
+        label: list[str | None] = []
+        label_index: list[int | None] = []
+        probabilities: list[bytes | None] = []
+        tensors: dict[str, list[bytes | None]] = {t: [] for t in self.model.tensors}
         for i, index in enumerate(columns["index"]):
             result = results.get(index) if status[i] == OK else None
             if isinstance(result, BadRecord):
@@ -223,7 +225,7 @@ def _tensor(raw: bytes, name: str, length: int, hidden: int) -> np.ndarray:
 def _account(output: JobOutput, table: pa.Table, tensors: Sequence[str], hidden: int) -> None:
     """Write one batch of results: predictions, failures and skipped records."""
     c = table.to_pydict()
-    ok = []
+    ok: list[int] = []
     for i, status in enumerate(c["status"]):
         output.read()
         if status == SKIP:
@@ -255,7 +257,6 @@ def run_ray_job(config: JobConfig, repository: str | Path, model: str, version: 
     initialised in this process (whose workers must be able to import seqserve: install it, or pass
     `runtime_env=code_env()` to ray.init). `actors`: onnxruntime actors (0: the cluster's CPUs / threads, less
     one for the reader)."""
-    require_ray()
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False, runtime_env=code_env(),

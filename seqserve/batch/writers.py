@@ -21,22 +21,25 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
 try:  # the `batch` extra's JSON library
     import orjson
+
+    HAS_ORJSON = True
 except ImportError:
-    orjson = None
+    HAS_ORJSON = False
 
 from seqserve.batch.backends import Predictions
 from seqserve.batch.errors import OutputError
 from seqserve.batch.readers import BadRecord
 
 OUTPUT_FORMATS = ("jsonl", "parquet")
-ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE if orjson is not None else 0
+ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE if HAS_ORJSON else 0
 MATRIX_TENSORS = frozenset({"h_n", "c_n", "outputs", "step_logits"})  # 2-D per sequence
 PART_NAME = "part-{:05d}.parquet"
 PART_PATTERN = re.compile(r"part-(\d+)\.parquet")
@@ -71,7 +74,7 @@ def prediction_rows(predictions: Predictions) -> Iterator[dict]:
     """Each prediction as the object its JSON Lines row holds (vectors and matrices as numpy arrays)."""
     tensors = predictions.tensors.items()
     columns = zip(predictions.ids, predictions.labels, predictions.label_index.tolist(), predictions.probabilities,
-                  predictions.true_labels)
+                  predictions.true_labels, strict=True)
     for i, (rid, label, index, probabilities, truth) in enumerate(columns):
         row = {"id": rid, "label": label, "label_index": index, "probabilities": probabilities}
         if truth is not None:
@@ -85,9 +88,9 @@ def prediction_lines(predictions: Predictions) -> bytes:
     """One JSON Lines row per prediction. orjson writes a float32 as the shortest text that reads back as
     the same float32 (8x faster than the json module); NaN or Inf, which orjson would write as null, go
     through the json module, which writes NaN and Infinity."""
-    if orjson is not None and predictions.finite():
-        return b"".join([orjson.dumps(row, default=np.ascontiguousarray, option=ORJSON_OPTIONS)  # (state rows are views)
-                         for row in prediction_rows(predictions)])
+    if HAS_ORJSON and predictions.finite():
+        return b"".join([orjson.dumps(row, default=np.ascontiguousarray,  # (state rows are views)
+                                      option=ORJSON_OPTIONS) for row in prediction_rows(predictions)])
     return "".join(json.dumps(row, default=np.ndarray.tolist) + "\n" for row in prediction_rows(predictions)).encode()
 
 
@@ -175,6 +178,15 @@ def _matrix_column(pa, arrays: Sequence[np.ndarray]):
     return pa.ListArray.from_arrays(_offsets(rows), inner)
 
 
+@dataclass
+class _OpenPart:
+    """The part file being written: hidden as `.part-NNNNN.parquet.inprogress` until it is complete."""
+
+    writer: Any  # pyarrow.parquet.ParquetWriter
+    path: Path
+    rows: int = 0
+
+
 class ParquetWriter:
     def __init__(self, folder: Path, tensors: Sequence[str], rows_per_file: int = ROWS_PER_FILE,
                  row_group_rows: int = ROW_GROUP_ROWS, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
@@ -190,9 +202,7 @@ class ParquetWriter:
                                   if (m := PART_PATTERN.fullmatch(p.name))), default=-1)
         self.buffer: list[Predictions] = []
         self.buffered_rows = self.buffered_bytes = 0
-        self.writer = None
-        self.part_path: Path | None = None
-        self.part_rows = 0
+        self.part: _OpenPart | None = None
 
     def _table(self, p: Predictions):
         pa = self.pa
@@ -216,7 +226,8 @@ class ParquetWriter:
         self.buffer.append(predictions)
         self.buffered_rows += len(predictions)
         self.buffered_bytes += predictions.nbytes
-        group_rows = min(self.row_group_rows, self.rows_per_file - self.part_rows)
+        part_rows = self.part.rows if self.part is not None else 0
+        group_rows = min(self.row_group_rows, self.rows_per_file - part_rows)
         if self.buffered_rows >= group_rows or self.buffered_bytes >= self.row_group_bytes:
             self._flush()
 
@@ -225,29 +236,32 @@ class ParquetWriter:
         self.buffer, self.buffered_rows, self.buffered_bytes = [], 0, 0
         start = 0
         while start < len(merged):
-            if self.writer is None:
-                final = self.folder / PART_NAME.format(self.next_part)
-                self.part_path = self.folder / INPROGRESS.format(final.name)
-                self.writer = self.pq.ParquetWriter(self.part_path, self.schema)
-                self.next_part += 1
-            rows = min(len(merged) - start, self.rows_per_file - self.part_rows)
-            self.writer.write_table(self._table(merged.slice(start, start + rows)), row_group_size=rows)
+            part = self.part if self.part is not None else self._open_part()
+            rows = min(len(merged) - start, self.rows_per_file - part.rows)
+            part.writer.write_table(self._table(merged.slice(start, start + rows)), row_group_size=rows)
             start += rows
-            self.part_rows += rows
-            if self.part_rows >= self.rows_per_file:
-                self._commit()
+            part.rows += rows
+            if part.rows >= self.rows_per_file:
+                self._commit(part)
 
-    def _commit(self) -> None:
-        self.writer.close()
-        os.replace(self.part_path, self.folder / self.part_path.name[1 : -len(".inprogress")])
-        self.writer, self.part_path, self.part_rows = None, None, 0
+    def _open_part(self) -> _OpenPart:
+        final = self.folder / PART_NAME.format(self.next_part)
+        path = self.folder / INPROGRESS.format(final.name)
+        self.part = _OpenPart(self.pq.ParquetWriter(path, self.schema), path)
+        self.next_part += 1
+        return self.part
+
+    def _commit(self, part: _OpenPart) -> None:
+        part.writer.close()
+        os.replace(part.path, self.folder / part.path.name[1 : -len(".inprogress")])
+        self.part = None
 
     def close(self) -> None:
         """Write what is buffered and finish the part (also after an error, so committed work stays)."""
         if self.buffer:
             self._flush()
-        if self.writer is not None:
-            self._commit()
+        if self.part is not None:
+            self._commit(self.part)
 
 
 def parquet_done_ids(folder: Path, tensors: Sequence[str]) -> set[str]:

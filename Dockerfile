@@ -29,7 +29,9 @@ COPY --from=requirements /src/serve.txt /tmp/serve.txt
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin seqserve \
  && pip install --no-cache-dir -r /tmp/serve.txt \
  && rm /tmp/serve.txt
-# Code and models stay owned by root: the service user can read them, not change them.
+# Code and models stay owned by root: the service user can read them, not change them. The code runs from
+# /app as in a checkout (PYTHONPATH, `python -m server`), not pip-installed: the serving image needs neither
+# model/ (the wheel's seqserve.model, for training) nor a build step.
 COPY seqserve/ seqserve/
 COPY server/ server/
 # A self-contained default; docker-compose.yml mounts ./model_repository over it read-only.

@@ -71,7 +71,7 @@ def write_inputs(sequences: list[np.ndarray], folder: Path, formats: list[str]) 
     if "jsonl" in formats:
         paths["jsonl"] = folder / "input.jsonl"
         with paths["jsonl"].open("w") as f:
-            for i, s in zip(ids, sequences):
+            for i, s in zip(ids, sequences, strict=True):
                 f.write(json.dumps({"id": i, "steps": s.tolist()}) + "\n")
     return paths
 
@@ -190,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
 
     one_run, side_by_side = rates.pop("ort"), rates.pop("ort_side_by_side", [])
-    ort = [max(pair, key=lambda r: r.wall) for pair in zip(one_run, side_by_side)] if side_by_side else one_run
+    ort = ([max(pair, key=lambda r: r.wall) for pair in zip(one_run, side_by_side, strict=True)] if side_by_side
+           else one_run)
     ort_wall, ort_cpu = max(r.wall for r in ort), max(r.cpu for r in ort)
     results = {
-        "model": args.model, "sequences": count, "batch_size": args.batch_size, "threads": threads, "runs": local.concurrency,
-        "repeats": repeats, "goal_ratio": GOAL,
+        "model": args.model, "sequences": count, "batch_size": args.batch_size, "threads": threads,
+        "runs": local.concurrency, "repeats": repeats, "goal_ratio": GOAL,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "ort_in_process": {"sequences_per_second": ort_wall, "sequences_per_cpu_second": ort_cpu,
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         results["local" if target == "jsonl" else "local_parquet_output"][source] = {
             "sequences_per_second": wall, "ratio_to_ort": wall / ort_wall,
             "ratio_to_ort_one_run": wall / max(r.wall for r in one_run),
-            "paired_ratio_median": statistics.median(a.wall / b.wall for a, b in zip(runs_, ort)),
+            "paired_ratio_median": statistics.median(a.wall / b.wall for a, b in zip(runs_, ort, strict=True)),
             "sequences_per_cpu_second": cpu, "cpu_ratio_to_ort": cpu / ort_cpu,
             "meets_goal": wall / ort_wall >= GOAL, "runs": [r._asdict() for r in runs_],
         }
@@ -220,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"{count} sequences, batch size {args.batch_size}, {threads} onnxruntime thread(s), local job {local.concurrency} "
-          f"run(s) at once, best of {repeats}; "
+    print(f"{count} sequences, batch size {args.batch_size}, {threads} onnxruntime thread(s), "
+          f"local job {local.concurrency} run(s) at once, best of {repeats}; "
           f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"{'run':<26}{'seq/s':>9}{'x ort':>7}{'paired':>8}{'cpu x ort':>11}")
     print(f"{'ort in-process (best)':<26}{ort_wall:>9.0f}{1.0:>7.2f}{'':>8}{1.0:>11.2f}")
-    one, sbs = results["ort_in_process"]["one_run_sequences_per_second"], results["ort_in_process"]["side_by_side_sequences_per_second"]
+    in_process = results["ort_in_process"]
+    one, sbs = in_process["one_run_sequences_per_second"], in_process["side_by_side_sequences_per_second"]
     print(f"{'  one run, all threads':<26}{one:>9.0f}{one / ort_wall:>7.2f}")
     if sbs is not None:
         print(f"{f'  {local.concurrency} one-thread runs':<26}{sbs:>9.0f}{sbs / ort_wall:>7.2f}")

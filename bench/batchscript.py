@@ -39,8 +39,9 @@ def run(mode: Mode, work_dir: Path) -> dict[str, dict]:
                                              error=done.stderr[-2000:])}
     result = json.loads(out.read_text())
     figures = {}
-    common = {"model": result.get("model"), "sequences": result.get("sequences"), "batch_size": result.get("batch_size"),
-              "threads": result.get("threads"), "repeats": result.get("repeats"),
+    common = {"model": result.get("model"), "sequences": result.get("sequences"),
+              "batch_size": result.get("batch_size"), "threads": result.get("threads"),
+              "repeats": result.get("repeats"),
               "ort_seqs_per_s": result["ort_in_process"]["sequences_per_second"], "remote": result.get("remote", {})}
     for fmt, r in result["local"].items():
         value = r["ratio_to_ort"]

@@ -112,7 +112,7 @@ def paired_times(fns: dict[str, Callable[[], object]], rounds: int, min_time: fl
 
 def median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
     """Median over rounds of num[i] / den[i] (pairs measured next to each other)."""
-    return statistics.median(a / b for a, b in zip(num, den))
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -65,7 +65,8 @@ def recurrent_only(model_path: Path) -> tuple[onnx.ModelProto, list[dict[str, An
 
 
 def recurrent_flops(layers: list[dict[str, Any]], batch: int, steps: int) -> float:
-    per_step = sum(2 * GATES[l["op"]] * l["hidden"] * (l["input"] + l["hidden"]) * l["directions"] for l in layers)
+    per_step = sum(2 * GATES[layer["op"]] * layer["hidden"] * (layer["input"] + layer["hidden"]) * layer["directions"]
+                   for layer in layers)
     return float(per_step * batch * steps)
 
 
@@ -96,7 +97,7 @@ def measure(model_path: Path, mode: Mode, gemm: dict[str, Any], gemm_flops: floa
         feeds[f"X{i}"] = rng.standard_normal((TIME, BATCH, layer["input"]), dtype=np.float32)
     flops = recurrent_flops(layers, BATCH, TIME)
     times = paired_times({"recurrent": lambda: session.run(None, feeds), **gemm}, mode.rounds, mode.min_time)
-    ceiling_times = [min(a, b) for a, b in zip(times["ort_gemm"], times["numpy_gemm"])]
+    ceiling_times = [min(a, b) for a, b in zip(times["ort_gemm"], times["numpy_gemm"], strict=True)]
     # ratio of FLOP rates = (flops / t_rec) / (gemm_flops / t_gemm)
     ratio = median_ratio([flops * t for t in ceiling_times], [gemm_flops * t for t in times["recurrent"]])
     return {

@@ -10,6 +10,7 @@ server's session options; speed is timed alternately, round by round.
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ def measure(name: str, mode: Mode, folder: Path, sequences, targets) -> dict[str
         group = [longest] if batch == 1 else sequences[:batch]
         x, lengths = pad(group, fp32.arch.input_size)
         f32, f8 = feeds_for(fp32, x, lengths), feeds_for(int8, x, lengths)
-        times = paired_times({"fp32": lambda: fp32.session.run(None, f32), "int8": lambda: int8.session.run(None, f8)},
-                             mode.rounds, mode.min_time)
+        runs = {"fp32": partial(fp32.session.run, None, f32), "int8": partial(int8.session.run, None, f8)}
+        times = paired_times(runs, mode.rounds, mode.min_time)
         speed[f"b{batch}"] = {"speedup": median_ratio(times["fp32"], times["int8"]),
                               "fp32_ms": 1e3 * float(np.median(times["fp32"])),
                               "int8_ms": 1e3 * float(np.median(times["int8"]))}

@@ -68,32 +68,37 @@ def measure_all(server, payloads: Path, work_dir: Path, model: str, rounds: int,
 
 
 def figures_from(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    rounds = sorted({r["round"] for r in results})
     figures = {}
     for c in CONCURRENCY:
-        rounds = sorted({r["round"] for r in results})
         pairs = [{api: next(x for x in results if (x["round"], x["concurrency"], x["api"]) == (n, c, api))
                   for api in ("v1", "v2")} for n in rounds]
-        ratios = [p["v2"]["seqs_per_s"] / p["v1"]["seqs_per_s"] for p in pairs]
-        value = statistics.median(ratios)
-
-        def median(api: str, key: str) -> float:
-            return statistics.median(p[api][key] for p in pairs)
-
-        def cpu_per_seq_us(api: str, key: str) -> float:
-            return statistics.median(1e6 * p[api][key] / max(1, p[api]["calls"]) for p in pairs)
-
-        figures[f"oip.c{c}"] = {
-            "value": value, "goal": f">= {GOAL:g}", "met": value >= GOAL, "ratios": ratios,
-            "v1_seqs_per_s": median("v1", "seqs_per_s"), "v2_seqs_per_s": median("v2", "seqs_per_s"),
-            "v1_p50_ms": median("v1", "p50_ms"), "v2_p50_ms": median("v2", "p50_ms"),
-            "v1_p99_ms": median("v1", "p99_ms"), "v2_p99_ms": median("v2", "p99_ms"),
-            "v1_server_cpu_us_per_seq": cpu_per_seq_us("v1", "server_cpu_s"),
-            "v2_server_cpu_us_per_seq": cpu_per_seq_us("v2", "server_cpu_s"),
-            "v1_client_cpu_us_per_seq": cpu_per_seq_us("v1", "client_cpu_s"),
-            "v2_client_cpu_us_per_seq": cpu_per_seq_us("v2", "client_cpu_s"),
-            "errors": sum(p[api]["errors"] for p in pairs for api in ("v1", "v2")),
-        }
+        figures[f"oip.c{c}"] = paired_figure(pairs)
     return figures
+
+
+def paired_figure(pairs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One concurrency level's figure from its rounds' v1/v2 results, measured next to each other."""
+    ratios = [p["v2"]["seqs_per_s"] / p["v1"]["seqs_per_s"] for p in pairs]
+    value = statistics.median(ratios)
+
+    def median(api: str, key: str) -> float:
+        return statistics.median(p[api][key] for p in pairs)
+
+    def cpu_per_seq_us(api: str, key: str) -> float:
+        return statistics.median(1e6 * p[api][key] / max(1, p[api]["calls"]) for p in pairs)
+
+    return {
+        "value": value, "goal": f">= {GOAL:g}", "met": value >= GOAL, "ratios": ratios,
+        "v1_seqs_per_s": median("v1", "seqs_per_s"), "v2_seqs_per_s": median("v2", "seqs_per_s"),
+        "v1_p50_ms": median("v1", "p50_ms"), "v2_p50_ms": median("v2", "p50_ms"),
+        "v1_p99_ms": median("v1", "p99_ms"), "v2_p99_ms": median("v2", "p99_ms"),
+        "v1_server_cpu_us_per_seq": cpu_per_seq_us("v1", "server_cpu_s"),
+        "v2_server_cpu_us_per_seq": cpu_per_seq_us("v2", "server_cpu_s"),
+        "v1_client_cpu_us_per_seq": cpu_per_seq_us("v1", "client_cpu_s"),
+        "v2_client_cpu_us_per_seq": cpu_per_seq_us("v2", "client_cpu_s"),
+        "errors": sum(p[api]["errors"] for p in pairs for api in ("v1", "v2")),
+    }
 
 
 def section(figures: dict[str, dict[str, Any]], model: str, rounds: int, duration_s: float, when: str) -> str:

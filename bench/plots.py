@@ -28,7 +28,7 @@ def _median(reps: list[dict[str, Any]], server: str, mode: str, c: int, key: str
 def latency_vs_concurrency(serving: dict[str, Any], path: Path) -> None:
     reps = serving["reps"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, mode in zip(axes, MODES):
+    for ax, mode in zip(axes, MODES, strict=True):
         for server, style in (("server", "-"), ("echo", "--")):
             for key, marker in (("p50_ms", "o"), ("p99_ms", "^")):
                 ys = [_median(reps, server, mode, c, key) for c in CONCURRENCY]
@@ -55,7 +55,7 @@ def throughput_vs_batch(serving: dict[str, Any], path: Path) -> None:
              ("server", "stream", 64, 1, "served, stream, 64 clients"),
              ("server", "unary", PER_CALL_CONCURRENCY, PER_CALL, f"served, {PER_CALL} seq/call"),
              ("echo", "unary", 64, 1, "echo (no model), unary, 64 clients")]
-    for (server, mode, c, k, label), color in zip(lines, ("C2", "C3", "C4", "C7")):
+    for (server, mode, c, k, label), color in zip(lines, ("C2", "C3", "C4", "C7"), strict=True):
         ax.axhline(_median(reps, server, mode, c, "seqs_per_s", k), color=color, linestyle=":", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("onnxruntime batch size (sequences)")

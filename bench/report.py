@@ -25,7 +25,9 @@ NOTES = {
         "A lone caller's sequence expected to run within 2 ms runs on the event loop with no thread hop (after an "
         "idle spell, so load still batches); what is left is decode, validation and the response's tensors."
     ),
-    "batch_script.": "Measured by bench/batch_bench.py (its owner's figure): `python bench/batch_bench.py` breaks it down.",
+    "batch_script.": (
+        "Measured by bench/batch_bench.py (its owner's figure): `python bench/batch_bench.py` breaks it down."
+    ),
     "runtime.": (
         "Batch 1 at T = 500 on LSTM: PyTorch on 1 thread is within 1.5x of onnxruntime on 2 (onnxruntime's LSTM kernel "
         "syncs its 2 threads every step; on a loaded 2-core machine each sync can wait for a descheduled thread)."
@@ -85,7 +87,8 @@ def efficiency_table(figures: dict[str, dict]) -> list[str]:
     for name, f in figures.items():
         if name.startswith("efficiency."):
             d = f["details"]
-            layers = ", ".join(f"{l['op']} {l['input']}->{l['hidden']}x{l['directions']}" for l in d["layers"])
+            layers = ", ".join(f"{layer['op']} {layer['input']}->{layer['hidden']}x{layer['directions']}"
+                               for layer in d["layers"])
             rows.append([name[len("efficiency."):], layers, d["recurrent_gflops"], d["ort_gemm_gflops"],
                          d["numpy_gemm_gflops"], f["value"]])
     return _table(["model", "recurrent layers (I->H x dirs)", "recurrent GFLOP/s", "ORT MatMul GFLOP/s",
@@ -128,8 +131,9 @@ def serving_table(serving: dict[str, Any], figures: dict[str, dict]) -> list[str
                      f"{figures['serving.packed_over_per_sequence']['value']:.3g}x the per-sequence form",
                      statistics.median(p["packed_p50_ms"] for p in f["details"]["per_rep"]), None, None])
         w = figures["serving.workers"]
+        workers_key = f"{w['details']['workers']}_workers_seqs_per_s"
         rows.append([f"unary, --workers {w['details']['workers']}", 64,
-                     statistics.median(p[f"{w['details']['workers']}_workers_seqs_per_s"] for p in w["details"]["per_rep"]),
+                     statistics.median(p[workers_key] for p in w["details"]["per_rep"]),
                      None, None, None, f"{w['value']:.3g}x one process", None, None, None])
     rows.append(["unary, batching off", 64, med("server_nobatch", "unary", 64, "seqs_per_s"), None, None, None,
                  f"on/off {figures['serving.dynamic_batching']['value']:.3g} "

@@ -66,7 +66,7 @@ def measure_model(name: str, mode: Mode) -> dict[str, Any]:
 
             calls = {"ort": ort_call, **{f"torch_{n}": torch_call(n) for n in sorted({1, THREADS})}}
             times = paired_times(calls, mode.rounds, mode.min_time)
-            torch_best = [min(ts) for ts in zip(*(times[k] for k in calls if k != "ort"))]
+            torch_best = [min(ts) for ts in zip(*(times[k] for k in calls if k != "ort"), strict=True)]
             cells.append({
                 "batch": batch, "time": steps,
                 "ort_ms": 1e3 * float(np.median(times["ort"])),

@@ -166,6 +166,15 @@ def test_the_archive_sets_read_as_their_task_with_their_shapes():
     assert gestures.classes == [str(c) for c in range(1, 11)]  # numbers sort by value: "2" before "10"
 
 
+def test_a_folder_of_parquet_files_reads_as_one_set(tmp_path):
+    motions = read_labelled(archive_path("BasicMotions", "TRAIN"))
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_parquet(motions.subset(range(25)), folder / "a.parquet")
+    write_parquet(motions.subset(range(25, 40)), folder / "b.parquet")
+    assert_same(read_labelled(folder), motions)
+
+
 def test_csv_rows_in_any_order_give_each_id_its_steps_in_time_order(tmp_path):
     path = tmp_path / "long.csv"
     path.write_text("id,t,accel,gyro,label\n"

@@ -10,17 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from seqserve.datasets import JAPANESE_VOWELS, japanese_vowels_dir
+from seqserve.labelled import LabelledSet, hold_out_rows
 from seqserve.ts_format import load_ts
-
-if TYPE_CHECKING:
-    from seqserve.labelled import LabelledSet
 
 DATASET = JAPANESE_VOWELS
 
@@ -84,26 +81,15 @@ def load_split(split: str, directory: Path | None = None) -> SequenceDataset:
     index = {label: i for i, label in enumerate(header.class_labels)}
     return SequenceDataset(
         sequences=[c.steps for c in cases],
-        targets=np.array([index[c.label] for c in cases], dtype=np.int64),
+        targets=np.array([index[str(c.label)] for c in cases], dtype=np.int64),
         class_labels=header.class_labels,
     )
 
 
 def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split indices into (train, validation), taking `fraction` of every class for validation
-    (regression targets (N, K): `fraction` of all the sequences, at random)."""
-    rng = np.random.default_rng(seed)
-    if targets.ndim == 2:
-        order = rng.permutation(len(targets))
-        n_val = max(1, round(fraction * len(targets)))
-        return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
-    train, val = [], []
-    for cls in np.unique(targets):
-        members = rng.permutation(np.flatnonzero(targets == cls))
-        n_val = max(1, round(fraction * len(members)))
-        val += members[:n_val].tolist()
-        train += members[n_val:].tolist()
-    return sorted(train), sorted(val)
+    (regression targets (N, K): `fraction` of all the sequences, at random); seqserve.labelled's rule."""
+    return hold_out_rows(targets if targets.ndim == 1 else len(targets), fraction, seed)
 
 
 def pad_batch(sequences: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
@@ -115,7 +101,7 @@ def pad_batch(sequences: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(x), torch.from_numpy(lengths)
 
 
-def random_crop(steps: np.ndarray, min_fraction: float, generator: torch.Generator) -> np.ndarray:
+def random_crop(steps: np.ndarray, min_fraction: float, generator: torch.Generator | None) -> np.ndarray:
     """A random contiguous window of at least `min_fraction` of the sequence: (T, F) -> (T', F)."""
     T = len(steps)
     shortest = max(1, int(np.ceil(min_fraction * T)))
@@ -124,7 +110,7 @@ def random_crop(steps: np.ndarray, min_fraction: float, generator: torch.Generat
     return steps[start : start + length]
 
 
-def random_stretch(steps: np.ndarray, max_change: float, generator: torch.Generator) -> np.ndarray:
+def random_stretch(steps: np.ndarray, max_change: float, generator: torch.Generator | None) -> np.ndarray:
     """Resample time by a random factor in [1 - max_change, 1 + max_change]: (T, F) -> (T', F).
 
     A speaker saying the vowel faster or slower: linear interpolation between neighbouring frames.

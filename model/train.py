@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,10 +62,18 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def head_output(out: EncoderOutput, name: str) -> Tensor:
+    """The head's `logits` (classify) or `prediction` (regress); a model of the other task has none."""
+    value = getattr(out, name)
+    if value is None:
+        raise SeqserveModelError(f"{name}: this model does not output it (a model of the other task)")
+    return value
+
+
 def step_loss(out: EncoderOutput, lengths: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy of every prefix's prediction over the real steps; 0 without step logits."""
     if out.step_logits is None:
-        return out.logits.new_zeros(())
+        return torch.zeros(())
     B, T, C = out.step_logits.shape
     mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
     per_step = nn.functional.cross_entropy(
@@ -77,7 +85,7 @@ def step_loss(out: EncoderOutput, lengths: Tensor, targets: Tensor, label_smooth
 
 def sequence_loss(out: EncoderOutput, lengths: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of the final prediction; with step logits, also of every prefix's prediction."""
-    final = nn.functional.cross_entropy(out.logits, targets, label_smoothing=label_smoothing)
+    final = nn.functional.cross_entropy(head_output(out, "logits"), targets, label_smoothing=label_smoothing)
     return final + step_loss(out, lengths, targets, label_smoothing)
 
 
@@ -131,7 +139,7 @@ class Classification:
         return sequence_loss(out, lengths, targets, tc.label_smoothing if training else 0.0)
 
     def predict(self, out: EncoderOutput) -> Tensor:
-        return out.logits.argmax(-1)  # (B,)
+        return head_output(out, "logits").argmax(-1)  # (B,)
 
     def score(self, predictions: np.ndarray, targets: np.ndarray) -> float:
         """Accuracy of class indices (N,) against targets (N,)."""
@@ -150,13 +158,13 @@ class Regression:
     def loss(self, model: RecurrentEncoder, out: EncoderOutput, lengths: Tensor, targets: Tensor,
              tc: TrainConfig, training: bool, generator: torch.Generator | None) -> Tensor:
         std = torch.tensor(model.config.target_std, dtype=targets.dtype)  # (K,)
-        error = (out.prediction - targets) / std  # (B, K), in units of each target's std
+        error = (head_output(out, "prediction") - targets) / std  # (B, K), in units of each target's std
         if self.loss_name == "huber":
             return nn.functional.huber_loss(error, torch.zeros_like(error))
         return (error**2).mean()
 
     def predict(self, out: EncoderOutput) -> Tensor:
-        return out.prediction  # (B, K), the target's units
+        return head_output(out, "prediction")  # (B, K), the target's units
 
     def score(self, predictions: np.ndarray, targets: np.ndarray) -> float:
         """RMSE of predictions (N, K) against targets (N, K), over every target value."""
@@ -271,7 +279,7 @@ def train(config: EncoderConfig, tc: TrainConfig, out_dir: Path, progress: bool 
     model = RecurrentEncoder(data_config(config, train_set))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True) if tc.ema else None
-    kept = averaged.module if averaged is not None else model  # the weights evaluated and saved
+    kept = cast(RecurrentEncoder, averaged.module) if averaged is not None else model  # evaluated and saved
     after_step = (lambda: averaged.update_parameters(model)) if averaged is not None else None
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
 
@@ -302,8 +310,8 @@ def train(config: EncoderConfig, tc: TrainConfig, out_dir: Path, progress: bool 
                 save_checkpoint(checkpoint, kept, {"epoch": epoch} | extra)
             else:
                 since_best += 1
-            bar.set_postfix(loss=f"{train_loss:.3f}", **{f"val_{objective.metric}": f"{val_score:.3f}"},
-                            best_val_loss=f"{-best[0]:.3f}")
+            bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{objective.metric}": f"{val_score:.3f}",
+                             "best_val_loss": f"{-best[0]:.3f}"})
             if tc.keep == "best" and since_best >= tc.patience:
                 break
             if time_limit is not None and time.monotonic() - started > time_limit:

@@ -113,10 +113,11 @@ def cmd_encode(client: SeqserveClient, args: argparse.Namespace) -> None:
         outputs = [*outputs, "attention"]
     results = client.encode(args.model, [r.steps for r in records], ids=[r.id for r in records],
                             outputs=outputs, version=args.version)
+    width = max([4, *(len(result.label) for result in results)])  # class names line up, "1" or "Badminton"
     for record, result in zip(records, results, strict=True):
         truth = f"  (true {record.label})" if record.label is not None else ""
         confidence = result.probabilities.max()
-        print(f"{result.id:>6}  T={len(record.steps):<4} -> {result.label:<4} p={confidence:.3f}{truth}")
+        print(f"{result.id:>6}  T={len(record.steps):<4} -> {result.label:<{width}} p={confidence:.3f}{truth}")
         for name in ("h_n", "c_n", "context", "attention", "outputs", "step_logits", "logits"):
             value = getattr(result, name)
             if value is not None and args.show_tensors:

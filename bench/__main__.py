@@ -90,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "figures": figures,
     }
-    written = plots.write_all(figures, raw, args.out_dir)
-    results["plots"] = [p.name for p in written]
+    plot_names = [p.name for p in plots.write_all(figures, raw, args.out_dir)]
+    results["plots"] = plot_names
     results["raw"] = raw
     write_json(args.out_dir / "results.json", results)
     write_results(args.out_dir / "RESULTS.md", report.render(results, raw, command_for(mode.name, args.out_dir),
-                                                             results["plots"]))
+                                                             plot_names))
     met = sum(1 for f in figures.values() if f["met"] is True)
     missed = [n for n, f in figures.items() if f["met"] is False]
     print(f"bench: {len(figures)} figures, {met} goals met, missed: {', '.join(missed) or 'none'}; "

@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,6 +75,11 @@ def write_inputs(sequences: list[np.ndarray], folder: Path, formats: list[str]) 
             for i, s in zip(ids, sequences, strict=True):
                 f.write(json.dumps({"id": i, "steps": s.tolist()}) + "\n")
     return paths
+
+
+RunName = tuple[str, str]  # (input format, output format) of a job run; ORT's two ways of running onnxruntime
+ORT = ("ort", "one run")
+ORT_SIDE_BY_SIDE = ("ort", "side by side")
 
 
 class Rate(NamedTuple):
@@ -120,9 +126,9 @@ def job_rate(backend, source: Path, output: Path, batch_size: int, expected: int
     return rate
 
 
-def best_of(repeats: int, runs: dict[str, Callable[[], Rate]]) -> dict[str, list[Rate]]:
+def best_of(repeats: int, runs: dict[RunName, Callable[[], Rate]]) -> dict[RunName, list[Rate]]:
     """Every run of `runs` once per repeat, back to back."""
-    rates: dict[str, list[Rate]] = {name: [] for name in runs}
+    rates: dict[RunName, list[Rate]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
             rates[name].append(run())
@@ -165,12 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         pairs = [(f, "jsonl") for f in args.formats] + [(f, "parquet") for f in args.parquet_out]
         inputs = write_inputs(sequences, folder, sorted({source for source, _ in pairs}))
-        runs: dict[str, Callable[[], Rate]] = {"ort": lambda: ort_in_process(reference, sequences, args.batch_size)}
+        runs: dict[RunName, Callable[[], Rate]] = {ORT: partial(ort_in_process, reference, sequences, args.batch_size)}
         if local.concurrency > 1:  # onnxruntime's other way to use the threads, as the job does
-            runs["ort_side_by_side"] = lambda: ort_in_process(local, sequences, args.batch_size)
+            runs[ORT_SIDE_BY_SIDE] = partial(ort_in_process, local, sequences, args.batch_size)
         for source, target in pairs:
-            runs[(source, target)] = (lambda p=inputs[source], o=folder / f"out.{target}":
-                                      job_rate(local, p, o, args.batch_size, count))
+            runs[(source, target)] = partial(job_rate, local, inputs[source], folder / f"out.{target}",
+                                             args.batch_size, count)
         best_of(1, runs)  # warm-up: allocations, page cache
         rates = best_of(repeats, runs)
         remote: dict[int, list[Rate]] = {}
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
 
-    one_run, side_by_side = rates.pop("ort"), rates.pop("ort_side_by_side", [])
+    one_run, side_by_side = rates.pop(ORT), rates.pop(ORT_SIDE_BY_SIDE, [])
     ort = ([max(pair, key=lambda r: r.wall) for pair in zip(one_run, side_by_side, strict=True)] if side_by_side
            else one_run)
     ort_wall, ort_cpu = max(r.wall for r in ort), max(r.cpu for r in ort)
@@ -204,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                            "side_by_side_sequences_per_second": max((r.wall for r in side_by_side), default=None)},
         "local": {}, "local_parquet_output": {}, "remote": {},
     }
-    for name, runs_ in rates.items():
-        source, target = name
+    for (source, target), runs_ in rates.items():
         wall, cpu = max(r.wall for r in runs_), max(r.cpu for r in runs_)
         results["local" if target == "jsonl" else "local_parquet_output"][source] = {
             "sequences_per_second": wall, "ratio_to_ort": wall / ort_wall,

@@ -9,7 +9,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +78,7 @@ def at_most(value: float, goal: float) -> tuple[str, bool]:
     return f"<= {goal:g}", bool(value <= goal)
 
 
-def paired_times(fns: dict[str, Callable[[], object]], rounds: int, min_time: float,
+def paired_times(fns: Mapping[str, Callable[[], object]], rounds: int, min_time: float,
                  settle: float = 0.02) -> dict[str, list[float]]:
     """Seconds per call of each function, measured alternately (order flipped every round).
 

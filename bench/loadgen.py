@@ -29,7 +29,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +70,16 @@ def build_requests(model: str, sequences: list[np.ndarray], per_call: int, packe
     ]
 
 
+def own_cpu_seconds() -> float:
+    """CPU time (user + system) of this process so far."""
+    times = os.times()
+    return times.user + times.system
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """CPU time (user + system) of a process so far, from /proc; None if unreadable."""
     if pid is None:
-        times = os.times()
-        return times.user + times.system
+        return own_cpu_seconds()
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / TICKS
@@ -167,15 +172,16 @@ async def run_scenario(scenario: dict[str, Any], sequences: list[np.ndarray]) ->
         await asyncio.gather(*(channel.close() for channel in channels))
 
 
-async def measure(scenario: dict[str, Any], callers: Callable[[Window], list[Awaitable[None]]]) -> dict[str, Any]:
+async def measure(scenario: dict[str, Any],
+                  callers: Callable[[Window], list[Coroutine[Any, Any, None]]]) -> dict[str, Any]:
     """Run the scenario's callers on a fresh window; its calls/s, sequences/s, latencies, errors and CPU."""
     per_call, pid = int(scenario.get("per_call", 1)), scenario.get("pid")
     window = Window(float(scenario["warmup_s"]), float(scenario["duration_s"]))
     tasks = [asyncio.create_task(caller) for caller in callers(window)]
     await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
-    cpu0 = (cpu_seconds(None), cpu_seconds(pid) if pid else None)
+    client0, server0 = own_cpu_seconds(), cpu_seconds(pid) if pid else None
     await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
-    cpu1 = (cpu_seconds(None), cpu_seconds(pid) if pid else None)
+    client1, server1 = own_cpu_seconds(), cpu_seconds(pid) if pid else None
     await asyncio.gather(*tasks)
     seconds = window.end - window.start
     lat_ms = np.asarray(window.latencies) * 1e3
@@ -186,8 +192,8 @@ async def measure(scenario: dict[str, Any], callers: Callable[[Window], list[Awa
         "calls_per_s": window.calls / seconds, "seqs_per_s": window.calls * per_call / seconds,
         "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "latency_samples": len(lat_ms),
         "errors": window.errors, "first_error": window.first_error,
-        "client_cpu_s": cpu1[0] - cpu0[0],
-        "server_cpu_s": (cpu1[1] - cpu0[1]) if cpu0[1] is not None and cpu1[1] is not None else None,
+        "client_cpu_s": client1 - client0,
+        "server_cpu_s": (server1 - server0) if server0 is not None and server1 is not None else None,
     }
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from bench.serving import CONCURRENCY, MODES, PER_CALL, PER_CALL_CONCURRENCY, pick
 
-from bench.serving import CONCURRENCY, MODES, PER_CALL, PER_CALL_CONCURRENCY, pick  # noqa: E402
+matplotlib.use("Agg")  # files only, whatever the environment's default backend
 
 
 def save(fig, path: Path) -> None:

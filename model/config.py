@@ -149,6 +149,11 @@ class EncoderConfig:
         return self.architecture.streaming
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """The class labels, or the class indices as text when none were given; () for a regressor."""
+        return self.class_labels or tuple(str(i) for i in range(self.num_classes))
+
+    @property
     def num_outputs(self) -> int:
         """Width of the head: classes (classify) or targets (regress)."""
         return self.num_classes if self.task == "classify" else self.num_targets

@@ -183,9 +183,6 @@ class RecurrentEncoder(nn.Module):
         if not torch.jit.is_tracing():
             self.check_inputs(x, lengths, h0, c0)
         cfg = self.config
-        B = x.shape[0]
-        if h0 is None:
-            h0, c0 = self.initial_state(B, x.dtype)
         z = (x - self.feature_mean) * self.feature_inv_std  # (B, T, F)
         if self.input_stage is not None:
             z = self.input_stage(z, step_mask(lengths, x.shape[1]))  # (B, T', C_conv)
@@ -196,18 +193,15 @@ class RecurrentEncoder(nn.Module):
         # then gets its initial state back and all-zero outputs.
         has_steps = lengths > 0  # (B,)
         packed = pack_padded_sequence(z, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        state = (h0, c0) if cfg.cell == "lstm" else h0
+        state = None if h0 is None else (h0, c0) if cfg.cell == "lstm" else h0  # None: the zero state
         packed_out, final = self.rnn(packed, state)
         outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=T)  # (B, T', D*H)
         mask = step_mask(lengths, T)  # (B, T')
         outputs = outputs * mask.unsqueeze(-1).to(outputs.dtype)
 
-        keep = has_steps.view(1, B, 1)
-        if cfg.cell == "lstm":
-            h_n, c_n = final  # (L*D, B, H) each
-            h_n, c_n = torch.where(keep, h_n, h0), torch.where(keep, c_n, c0)
-        else:
-            h_n, c_n = torch.where(keep, final, h0), None
+        h_n, c_n = final if cfg.cell == "lstm" else (final, None)  # (L*D, B, H) each
+        h_n = self._initial_unless_stepped(h_n, h0, has_steps)
+        c_n = None if c_n is None else self._initial_unless_stepped(c_n, c0, has_steps)
 
         result = EncoderOutput(outputs=outputs, h_n=h_n, c_n=c_n)
         if self.attention is not None:
@@ -222,6 +216,12 @@ class RecurrentEncoder(nn.Module):
             step_logits = self.head(self.dropout(outputs))  # (B, T, C)
             result.step_logits = step_logits * mask.unsqueeze(-1).to(step_logits.dtype)
         return result
+
+    @staticmethod
+    def _initial_unless_stepped(final: Tensor, initial: Tensor | None, has_steps: Tensor) -> Tensor:
+        """A final state (L*D, B, H), with the initial state (zeros when None) on rows with no steps."""
+        keep = has_steps.view(1, final.shape[1], 1)  # (1, B, 1)
+        return torch.where(keep, final, torch.zeros_like(final) if initial is None else initial)
 
     def summary(self, result: EncoderOutput) -> Tensor:
         """What the head reads: the attention context, else the last layer's final states: (B, D*H)."""

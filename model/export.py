@@ -9,8 +9,13 @@ Steps: rebuild the model from the checkpoint -> export (native RNN/LSTM/GRU node
 `<repository>/<name>/<version>/{model.onnx, metadata.json, parity.json, checkpoint.pt}`.
 On any failure nothing is written to the repository and the exit status is non-zero.
 
+`publish(...)` takes from its caller (`python -m model.fit`) the data set's name, the feature and target
+names, and a test split: the published ONNX file is scored on it (accuracy, or RMSE for a regressor)
+and the score is recorded in metadata.json. `next_version` picks the version number a new fit gets.
+
 With --int8, the published model is then dynamically quantized (int8 weights) and both are
-run on the JapaneseVowels test split; if the accuracy drops by at most --int8-max-drop, the
+run on the JapaneseVowels test split (from Python: any test split); if the accuracy drops by at most
+--int8-max-drop, the
 variant is written to `<repository>/<name>_int8/<version>/{model.onnx, metadata.json}`,
 otherwise nothing more is written and the exit status is non-zero.
 """
@@ -26,6 +31,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -43,6 +49,7 @@ from seqserve.metadata import (
     ParitySummary,
     Quantization,
     QuantizationSource,
+    Targets,
     Training,
     decode,
 )
@@ -53,15 +60,18 @@ from seqserve.repository import (
     ModelVersion,
     read_version,
     sha256_of,
+    version_number,
     write_metadata,
 )
 
 from .checkpoint import load_checkpoint
+from .config import CONV_FIELDS, EncoderConfig
 from .data import DATASET, SequenceDataset
 from .encoder import RecurrentEncoder
-from .errors import AccuracyDropError, ParityError, SeqserveModelError
+from .errors import AccuracyDropError, InputShapeError, ParityError, SeqserveModelError
+from .evaluate import Score, fit_problem, score
 from .onnx_export import OPSET, check_graph, export_onnx
-from .parity import ParityReport, check_parity
+from .parity import ParityReport, check_parity, make_session
 from .quantize import (
     SCHEME,
     Int8Comparison,
@@ -72,31 +82,72 @@ from .quantize import (
 )
 
 DEFAULT_INT8_MAX_DROP = 0.01  # test accuracy an int8 variant may lose against its float32 model
-NOT_ARCHITECTURE = ("class_labels", "feature_mean", "feature_std")  # config fields metadata.json keeps elsewhere
+# config fields metadata.json keeps elsewhere (labels, normalisation)
+NOT_ARCHITECTURE = ("class_labels", "feature_mean", "feature_std", "target_mean", "target_std")
+
+
+@dataclass(frozen=True)
+class DataDescription:
+    """What the caller knows of the data a model was fitted to, for its metadata.json."""
+
+    dataset: str | None = None  # the data set's name; None: the one the trainer recorded
+    feature_names: tuple[str, ...] = ()  # (F,) or ()
+    target_names: tuple[str, ...] = ()  # regress: (K,), or () for "target" / "target_0", "target_1", ...
+    target_units: tuple[str, ...] = ()  # regress: (K,) or (): left to the user
+
+
+def architecture_block(cfg: EncoderConfig) -> ArchitectureBlock:
+    """The config as metadata records it: less labels and normalisation, and less the input stage's
+    settings when there is none."""
+    left_out = NOT_ARCHITECTURE + (CONV_FIELDS if cfg.input_stage == "none" else ())
+    return decode(ArchitectureBlock, {k: v for k, v in cfg.to_dict().items() if k not in left_out}, "architecture")
+
+
+def targets_of(cfg: EncoderConfig, data: DataDescription) -> Targets | None:
+    """A regressor's target names (the caller's, else numbered) and units; None for a classifier."""
+    if cfg.task != "regress":
+        return None
+    K = cfg.num_targets
+    default = ("target",) if K == 1 else tuple(f"target_{k}" for k in range(K))
+    return Targets(names=data.target_names or default, units=data.target_units)
+
+
+def training_of(extra: dict, data: DataDescription, test_score: Score | None) -> Training:
+    """The trainer's metrics, with the caller's data set name and the published file's own test score."""
+    training = decode(Training, extra.get("metrics", {}), "training")
+    if data.dataset is not None:
+        training = dataclasses.replace(training, dataset=data.dataset)
+    if test_score is not None:
+        training = dataclasses.replace(training, **{test_score.field: test_score.value,
+                                                    "test_sequences": test_score.sequences})
+    return training
 
 
 def build_metadata(
     name: str, version: int, description: str, model: RecurrentEncoder, extra: dict,
-    report: ParityReport, folder: Path,
+    report: ParityReport, folder: Path, data: DataDescription | None = None, test_score: Score | None = None,
 ) -> ModelMetadata:
     """metadata.json of the fp32 version in `folder`; the checkpoint's free-form parts are decoded
     through the schema, so a bad one raises MetadataError naming its field."""
     cfg = model.config
     arch = cfg.architecture
+    data = data or DataDescription()
     return ModelMetadata(
         name=name,
         version=version,
         description=description,
-        architecture=decode(ArchitectureBlock, {k: v for k, v in cfg.to_dict().items() if k not in NOT_ARCHITECTURE},
-                            "architecture"),
+        architecture=architecture_block(cfg),
         streaming=arch.streaming,
         precision=FP32,
         inputs=tuple(input_specs(arch)),
         outputs=tuple(output_specs(arch)),
-        class_labels=tuple(cfg.class_labels) or tuple(str(i) for i in range(cfg.num_classes)),
-        normalisation=Normalisation(feature_mean=tuple(cfg.feature_mean), feature_std=tuple(cfg.feature_std)),
+        class_labels=cfg.labels,
+        targets=targets_of(cfg, data),
+        feature_names=data.feature_names,
+        normalisation=Normalisation(feature_mean=tuple(cfg.feature_mean), feature_std=tuple(cfg.feature_std),
+                                    target_mean=tuple(cfg.target_mean), target_std=tuple(cfg.target_std)),
         parameters=sum(p.numel() for p in model.parameters()),
-        training=decode(Training, extra.get("metrics", {}), "training"),
+        training=training_of(extra, data, test_score),
         train_config=extra.get("train_config", {}),
         parity=ParitySummary(
             passed=report.passed,
@@ -163,6 +214,13 @@ def schema_checked(name: str) -> Iterator[None]:
         raise SeqserveModelError(f"metadata.json of {name} would not validate: {exc}; not published") from None
 
 
+def next_version(repository: Path, name: str) -> int:
+    """The version a new publication of `name` gets: one past the highest published, 1 for a new name."""
+    folder = repository / name
+    found = [version_number(p.name) for p in folder.iterdir()] if folder.is_dir() else []
+    return max((v for v in found if v is not None), default=0) + 1
+
+
 def refuse_existing(target: Path, overwrite: bool) -> None:
     if target.exists() and not overwrite:
         raise SeqserveModelError(f"{target} exists; pass --overwrite to replace it")
@@ -184,11 +242,25 @@ def staged_version(repository: Path, target: Path) -> Iterator[Path]:
         staging.mkdir()  # TemporaryDirectory cleans up the (now empty) staging path
 
 
+def score_on_test(model: RecurrentEncoder, onnx_file: Path, test: SequenceDataset) -> Score:
+    """The exported file's accuracy or RMSE on the caller's test split; InputShapeError if it cannot score it."""
+    arch = model.config.architecture
+    problem = fit_problem(arch, model.config.labels, test)
+    if problem:
+        raise InputShapeError(f"test split: {problem}")
+    return score(make_session(onnx_file), arch, test)
+
+
 def publish(
     checkpoint: Path, repository: Path, name: str, version: int, description: str = "",
     overwrite: bool = False, long_length: int = 500, extra_metadata: dict | None = None,
+    data: DataDescription | None = None, test: SequenceDataset | None = None,
 ) -> ParityReport:
-    """Export, check and publish atomically; raises SeqserveModelError without touching the repository."""
+    """Export, check and publish atomically; raises SeqserveModelError without touching the repository.
+
+    `data` names the data set, features and targets in the metadata; with a `test` split the published
+    file is scored on it and that score (test_accuracy or test_rmse) is recorded instead of the trainer's.
+    """
     model, extra = load_checkpoint(checkpoint)
     target = repository / name / str(version)
     refuse_existing(target, overwrite)
@@ -199,9 +271,10 @@ def publish(
         (staging / PARITY_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         if not report.passed:
             raise ParityError(f"parity check failed, {name} not published:\n{report.summary()}")
+        test_score = score_on_test(model, staging / MODEL_FILE, test) if test is not None else None
         shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
         with schema_checked(name):
-            metadata = build_metadata(name, version, description, model, extra, report, staging)
+            metadata = build_metadata(name, version, description, model, extra, report, staging, data, test_score)
             if extra_metadata:  # more top-level sections, as JSON (e.g. accuracy_over_seeds)
                 metadata = ModelMetadata.from_json(metadata.to_json() | extra_metadata)
             write_metadata(staging, metadata)

@@ -70,6 +70,7 @@ def graph_problems(path: str | Path, model: RecurrentEncoder) -> list[str]:
     - one native recurrent node per layer, whatever the sequence length (no unrolled loop);
     - every recurrent node fed `sequence_lens`;
     - GRU nodes with linear_before_reset=1 (PyTorch's formulation);
+    - one Conv node with a conv input stage, none without;
     - every declared input/output shape equals the contract, batch and time symbolic.
     """
     cfg = model.config
@@ -90,6 +91,10 @@ def graph_problems(path: str | Path, model: RecurrentEncoder) -> list[str]:
                 problems.append(f"{node.name}: linear_before_reset must be 1")
     if any(n.op_type in ("Loop", "Scan") for n in graph.node):
         problems.append("graph contains a Loop/Scan: the recurrence was unrolled")
+    convs = sum(n.op_type == "Conv" for n in graph.node)
+    if convs != (cfg.input_stage == "conv"):
+        problems.append(f"expected {int(cfg.input_stage == 'conv')} Conv node(s) (input_stage {cfg.input_stage}), "
+                        f"found {convs}")
 
     declared = {v.name: v for v in list(graph.input) + list(graph.output)}
     for spec in input_specs(cfg.architecture) + output_specs(cfg.architecture):

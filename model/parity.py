@@ -1,7 +1,8 @@
 """Numerical parity of an exported model: onnxruntime vs the eager PyTorch module and a numpy reference.
 
 Every case of a grid (batch 1..32; lengths 1, mid, far longer than any training sequence,
-unsorted mixes; for streaming models a random initial state and a row with no steps) runs
+unsorted mixes; for streaming models a random initial state and a row with no steps; with a strided
+input stage lengths around multiples of the stride) runs
 through onnxruntime, the float32 module, a float64 copy of it and `model.reference` (the cell
 equations in float64 numpy, written apart from PyTorch), and the float64 copy again on `x` moved by
 one float32 rounding step in a few random directions. An element passes when it is within
@@ -170,7 +171,9 @@ class ParityReport:
         return "\n".join(rows)
 
 
-def parity_grid(streaming: bool, long_length: int = 500) -> list[ParityCase]:
+def parity_grid(streaming: bool, long_length: int = 500, stride: int = 1) -> list[ParityCase]:
+    """The cases; with a strided input stage (`stride` > 1) also unsorted lengths just below, at and above
+    multiples of the stride."""
     rng = np.random.default_rng(0)
     cases = [
         ParityCase("b1_len1", (1,)),
@@ -182,6 +185,9 @@ def parity_grid(streaming: bool, long_length: int = 500) -> list[ParityCase]:
         ParityCase("b32_mixed", tuple(int(v) for v in rng.integers(1, 60, size=32))),
         ParityCase("b4_long_mixed", (long_length, 3, long_length // 2, 1)),
     ]
+    if stride > 1:
+        edges = [n for k in (1, 2, 5) for n in (k * stride - 1, k * stride, k * stride + 1) if n >= 1]
+        cases.append(ParityCase("stride_edges", tuple(int(v) for v in rng.permutation(edges))))
     if streaming:
         cases += [
             ParityCase("b5_random_state", (9, 1, 17, 4, 30), random_state=True),
@@ -238,9 +244,10 @@ def check_parity(model: RecurrentEncoder, onnx_path: str | Path, long_length: in
     names = [s.name for s in specs]
     report = ParityReport(outputs={n: OutputError() for n in names})
     rng, rounding_rng = np.random.default_rng(1234), np.random.default_rng(5678)
-    for case in parity_grid(model.config.streaming, long_length):
+    stride = model.config.architecture.conv_stride
+    for case in parity_grid(model.config.streaming, long_length, stride):
         inputs = case_inputs(model, case, rng)
-        ort_out = dict(zip(names, session.run(names, inputs)))
+        ort_out = dict(zip(names, session.run(names, inputs), strict=True))
         t32, t64 = run_torch(model, inputs, torch.float32), run_torch(model64, inputs, torch.float64)
         ref = reference(**inputs)
         t64_rounded = [run_torch(model64, rounding_perturbed(inputs, rounding_rng), torch.float64)

@@ -26,16 +26,15 @@ import onnx
 import onnxruntime as ort
 
 from seqserve.contract import Architecture
-from seqserve.inference import Batch, OnnxModel, pad
 
 from .data import SequenceDataset, load_split
 from .errors import InputShapeError
+from .evaluate import accuracy, fit_problem, predict
 from .parity import make_session
 
 SCHEME = "dynamic: int8 weights (QInt8), activations quantized per call"
 INT8_SUFFIX = "_int8"  # an int8 variant of model `m` is published as model `m_int8`
 QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)
-ACCURACY_BATCH = 64  # sequences per onnxruntime call when measuring accuracy
 
 
 def int8_name(name: str) -> str:
@@ -71,23 +70,6 @@ def recurrent_layers_quantized(ops: Mapping[str, int]) -> bool:
     return any(ops.get(op, 0) for op in QUANTIZED_RECURRENT_OPS)
 
 
-def predict_logits(
-    session: ort.InferenceSession, arch: Architecture, sequences: Sequence[np.ndarray], batch: int = ACCURACY_BATCH,
-) -> np.ndarray:
-    """Logits (N, C) of every (T_i, F) sequence, `batch` sequences per call, each starting from the zero state."""
-    model = OnnxModel(session, arch)
-    parts = []
-    for start in range(0, len(sequences), batch):
-        x, lengths = pad(sequences[start : start + batch], arch.input_size)  # (B, T_max, F), (B,)
-        parts.append(model.run(Batch(x, lengths), ["logits"])["logits"])  # (B, C)
-    return np.concatenate(parts)  # (N, C)
-
-
-def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Fraction of rows of logits (N, C) whose argmax is the target (N,)."""
-    return float((logits.argmax(axis=1) == targets).mean())
-
-
 @dataclass(frozen=True)
 class Int8Comparison:
     """A float32 model and its int8 version, run on the same labelled sequences."""
@@ -106,8 +88,8 @@ def compare(
     fp32: ort.InferenceSession, int8: ort.InferenceSession, arch: Architecture,
     sequences: Sequence[np.ndarray], targets: np.ndarray,
 ) -> Int8Comparison:
-    logits32 = predict_logits(fp32, arch, sequences)  # (N, C)
-    logits8 = predict_logits(int8, arch, sequences)  # (N, C)
+    logits32 = predict(fp32, arch, sequences)  # (N, C)
+    logits8 = predict(int8, arch, sequences)  # (N, C)
     return Int8Comparison(
         sequences=len(sequences),
         fp32_accuracy=accuracy(logits32, targets),
@@ -123,10 +105,11 @@ def compare_on_test_split(
     """Both models on a labelled test set (default: the JapaneseVowels test split); raises InputShapeError
     for a model made for other data."""
     data = data or load_split("test")
-    if arch.input_size != data.num_features or list(class_labels) != list(data.class_labels):
-        raise InputShapeError(
-            f"int8: accuracy is measured on the {data.name} test split ({data.num_features} features, "
-            f"classes {list(data.class_labels)}); this model takes {arch.input_size} features, "
-            f"classes {list(class_labels)}"
-        )
+    if arch.regression:
+        raise InputShapeError("int8: only classifiers have an int8 variant (judged on test accuracy); "
+                              f"this model does {arch.task}")
+    problem = fit_problem(arch, class_labels, data)
+    if problem:
+        raise InputShapeError(f"int8: accuracy is measured on the {data.name} test split, which cannot score this "
+                              f"model: {problem}")
     return compare(make_session(fp32_file), make_session(int8_file), arch, data.sequences, data.targets)

@@ -21,6 +21,15 @@ The GRU's reset gate multiplies W_an a + b_an, after the product (PyTorch's form
 [W_ar | W_xr], [W_az | W_xz], [W_an | 0], [0 | W_xn] — still one product per step. Each bias is
 b_ih + b_hh, except the GRU's n gate, whose two halves stay on their own rows.
 
+An input stage (config input_stage="conv") comes first: a 1-D convolution over time, kernel k, stride s,
+C filters W_c (C, F, k) and bias b_c, then ReLU. The steps are zero-padded by k − 1, ⌊(k − 1)/2⌋ before
+and the rest after, with every step past a row's length zero as well, so frame j of a row is
+
+    u⟨j⟩ = max(0, b_c + Σ_τ W_c[:, :, τ] x̃⟨j·s − ⌊(k − 1)/2⌋ + τ⟩),   j < ⌈length / s⌉
+
+(x̃ the normalised steps, 0 outside the row) and the recurrent layers read u with lengths ⌈length / s⌉.
+A regressor's head gives standardised predictions z; the output is z ⊙ target_std + target_mean.
+
 Batches are padded (B, T, F) with real lengths (B,): a row updates only on its steps t < length, so
 the forward direction stops at the row's own last step and the backward direction starts there. A
 layer above the first reads the layer below's outputs, both directions concatenated (B, T, D·H).
@@ -176,6 +185,22 @@ class RecurrentStack:
         return StackOutput(layer_in, np.stack(h_n), np.stack(c_n) if self.cell == "lstm" else None)
 
 
+def conv_frames(z: Array, lengths: Array, weight: Array, bias: Array, stride: int) -> tuple[Array, Array]:
+    """The input stage: z (B, T, F) normalised steps, weight (C, F, k), bias (C,) -> frames (B, ⌈T/s⌉, C) and
+    their lengths (B,) ⌈length / s⌉."""
+    B, T, _ = z.shape
+    k = weight.shape[2]
+    before = (k - 1) // 2
+    real = (np.arange(T)[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
+    padded = np.zeros((B, T + k - 1, z.shape[2]))  # (B, T + k − 1, F): zeros around and past each row
+    padded[:, before : before + T] = np.where(real, z, 0.0)
+    frames = -(-T // stride)  # ⌈T / s⌉
+    starts = np.arange(frames) * stride  # (T',): frame j reads padded[j·s : j·s + k]
+    windows = np.stack([padded[:, j : j + k] for j in starts], axis=1)  # (B, T', k, F)
+    u = np.einsum("bjtf,cft->bjc", windows, weight) + bias  # (B, T', C)
+    return np.maximum(u, 0.0), -(-lengths // stride)
+
+
 def linear(v: Array, weight: Array, bias: Array | None) -> Array:
     """v (..., I) @ weight (O, I)ᵀ + bias (O,): (..., O)."""
     return v @ weight.T + (0.0 if bias is None else bias)
@@ -190,7 +215,8 @@ def masked_softmax(scores: Array, mask: Array) -> Array:
 
 @dataclass(frozen=True)
 class ReferenceEncoder:
-    """`RecurrentEncoder`'s forward in float64 numpy: normalisation, recurrent stack, attention, head."""
+    """`RecurrentEncoder`'s forward in float64 numpy: normalisation, input stage, recurrent stack, attention,
+    head (and a regressor's scaling back to target units)."""
 
     config: EncoderConfig
     stack: RecurrentStack
@@ -211,8 +237,11 @@ class ReferenceEncoder:
         cfg, p = self.config, self.params
         lengths = np.asarray(lengths, dtype=np.int64)  # (B,)
         z = (np.asarray(x, dtype=np.float64) - p["feature_mean"]) * p["feature_inv_std"]  # (B, T, F)
+        if cfg.input_stage == "conv":
+            z, lengths = conv_frames(z, lengths, p["input_stage.conv.weight"], p["input_stage.conv.bias"],
+                                     cfg.conv_stride)  # (B, T', C), (B,)
         rec = self.stack(z, lengths, h0, c0)
-        mask = np.arange(z.shape[1])[None, :] < lengths[:, None]  # (B, T)
+        mask = np.arange(z.shape[1])[None, :] < lengths[:, None]  # (B, T')
         result = {"outputs": rec.outputs, "h_n": rec.h_n}  # (B, T, D·H), (L·D, B, H)
         if rec.c_n is not None:
             result["c_n"] = rec.c_n  # (L·D, B, H)
@@ -220,7 +249,11 @@ class ReferenceEncoder:
         if cfg.attention == "additive":
             result["context"], result["attention"] = self.attend(rec.outputs, summary, mask)  # (B, D·H), (B, T)
             summary = result["context"]
-        result["logits"] = linear(summary, p["head.weight"], p["head.bias"])  # (B, C)
+        head = linear(summary, p["head.weight"], p["head.bias"])  # (B, C) logits, or (B, K) standardised
+        if cfg.task == "regress":
+            result["prediction"] = head * p["target_std"] + p["target_mean"]  # (B, K) in target units
+        else:
+            result["logits"] = head  # (B, C)
         if cfg.step_logits:
             step_logits = linear(rec.outputs, p["head.weight"], p["head.bias"])  # (B, T, C)
             result["step_logits"] = step_logits * mask[..., None]  # (B, T, C), 0 on padding

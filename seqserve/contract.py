@@ -30,6 +30,7 @@ InputStage = Literal["none", "conv"]
 INT32_MAX = 2**31 - 1
 SIZE = {"min": 1, "max": INT32_MAX}  # a width or count: positive, and within the int32 fields of ModelInfo
 COUNT32 = {"min": 0, "max": INT32_MAX}  # a count that is 0 where it does not apply (classes of a regressor)
+OMIT_DEFAULT = {"omit_default": True}  # metadata.json leaves the field out at its default (files made before it)
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,10 @@ class Architecture:
     attention: Attention
     num_classes: int = field(metadata=COUNT32)  # 0 for a regressor
     step_logits: bool = False
-    task: Task = "classify"
-    num_targets: int = field(default=0, metadata=COUNT32)  # 0 for a classifier
-    input_stage: InputStage = "none"
-    conv_stride: int = field(default=1, metadata=SIZE)  # steps per frame of the input stage
+    task: Task = field(default="classify", metadata=OMIT_DEFAULT)
+    num_targets: int = field(default=0, metadata=COUNT32 | OMIT_DEFAULT)  # 0 for a classifier
+    input_stage: InputStage = field(default="none", metadata=OMIT_DEFAULT)
+    conv_stride: int = field(default=1, metadata=SIZE | OMIT_DEFAULT)  # steps per frame of the input stage
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> Architecture:
@@ -108,7 +109,8 @@ def input_specs(a: Architecture) -> list[TensorSpec]:
 def frame_lengths(a: Architecture, lengths: Any) -> Any:
     """The real length of each row of the per-step outputs (ints or integer arrays): ceil(length / conv_stride)
     frames with an input stage, else the lengths themselves."""
-    return -(-lengths // a.conv_stride) if a.input_stage != "none" else lengths
+    # (n + s - 1) // s: non-negative operands, so a truncating division (ONNX Div on integers) is a floor too
+    return (lengths + a.conv_stride - 1) // a.conv_stride if a.input_stage != "none" else lengths
 
 
 def output_specs(a: Architecture) -> list[TensorSpec]:

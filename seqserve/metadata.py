@@ -9,11 +9,15 @@ MetadataError naming the field: `architecture.hidden_size: expected an integer, 
 `to_json` is its inverse (an absent optional section stays absent), so a valid file round-trips.
 
     format, name, version, description      "seqserve.model/1"; the name and version it was published as
-    architecture                            the encoder's config less labels and normalisation
+    architecture                            the encoder's config less labels and normalisation; its `task`
+                                            is "classify" (absent: files from before regression) or "regress"
     streaming, precision                    takes an initial state; "fp32" or "int8"
     inputs, outputs                         the I/O contract seqserve.contract derives from the architecture
-    class_labels, normalisation             one label per class; feature mean and std (or none)
-    parameters, training, train_config      size; the trainer's metrics; its settings (free-form)
+    class_labels                            classify: one label per class (absent for a regressor)
+    targets                                 regress: one name per target, and units if the user gave them
+    feature_names                           optional: one name per input feature
+    normalisation                           feature mean and std (or none); a regressor's target mean and std
+    parameters, training, train_config      size; the trainer's metrics and data set; its settings (free-form)
     parity (fp32) | quantization (int8)     how the file was judged: parity gate, or test accuracy
     onnx_sha256, checkpoint_sha256, opset, versions
     accuracy_over_seeds                     optional: written by model.build_repository
@@ -25,14 +29,24 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
-from functools import cache, cached_property
+from functools import cache, cached_property, reduce
 from types import NoneType, UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from seqserve.contract import INT32_MAX, SIZE, Architecture, TensorSpec, input_specs, output_specs
+from seqserve.contract import (
+    INT32_MAX,
+    OMIT_DEFAULT,
+    SIZE,
+    Architecture,
+    Task,
+    TensorSpec,
+    input_specs,
+    output_specs,
+)
 
 METADATA_FORMAT = "seqserve.model/1"
 Precision = Literal["fp32", "int8"]
@@ -48,6 +62,7 @@ SHA256 = {"pattern": re.compile(r"[0-9a-f]{64}"), "means": "a sha256: 64 lowerca
 COUNT = {"min": 0, "max": INT64_MAX}
 COUNT32 = {"min": 0, "max": INT32_MAX}  # ParitySummary.cases is int32 on the wire
 FRACTION = {"min": 0, "max": 1}
+NON_NEGATIVE = {"min": 0, "max": math.inf}
 
 JsonScalar = str | int | float | bool
 
@@ -70,6 +85,8 @@ class ArchitectureBlock(Architecture):
     dropout: float | None = field(default=None, metadata=FRACTION)
     attention_size: int | None = field(default=None, metadata=SIZE)
     attention_query: bool | None = None
+    conv_channels: int | None = field(default=None, metadata=SIZE)  # input_stage "conv" only
+    conv_kernel: int | None = field(default=None, metadata=SIZE)  # input_stage "conv" only
 
     @property
     def contract(self) -> Architecture:
@@ -80,11 +97,22 @@ class ArchitectureBlock(Architecture):
 class Normalisation:
     feature_mean: tuple[float, ...]  # (F,) or () for none
     feature_std: tuple[float, ...]  # (F,) or ()
+    target_mean: tuple[float, ...] = field(default=(), metadata=OMIT_DEFAULT)  # regress: (K,) or ()
+    target_std: tuple[float, ...] = field(default=(), metadata=OMIT_DEFAULT)  # regress: (K,) or ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Targets:
+    """What a regressor predicts: a name per target, in `prediction` order; units only if the user gave them."""
+
+    names: tuple[str, ...]  # (K,)
+    units: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT)  # (K,) or ()
 
 
 @dataclass(frozen=True, kw_only=True)
 class Training:
-    """The trainer's metrics (model/train.py); a test checkpoint may carry only some."""
+    """The trainer's metrics (model/train.py) and the data set's name; a test checkpoint may carry only some.
+    Classifiers are scored by accuracy, regressors by RMSE in the targets' units."""
 
     dataset: str | None = None
     seed: int | None = None
@@ -93,6 +121,8 @@ class Training:
     val_loss: float | None = None
     val_accuracy: float | None = field(default=None, metadata=FRACTION)
     test_accuracy: float | None = field(default=None, metadata=FRACTION)
+    val_rmse: float | None = field(default=None, metadata=NON_NEGATIVE)
+    test_rmse: float | None = field(default=None, metadata=NON_NEGATIVE)
     train_sequences: int | None = field(default=None, metadata=COUNT)
     val_sequences: int | None = field(default=None, metadata=COUNT)
     test_sequences: int | None = field(default=None, metadata=COUNT)
@@ -162,7 +192,9 @@ class ModelMetadata(Mapping[str, Any]):
     precision: Precision
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    class_labels: tuple[str, ...]  # (C,)
+    class_labels: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT)  # (C,) classify; absent for regress
+    targets: Targets | None = None  # regress only
+    feature_names: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT)  # (F,) or ()
     normalisation: Normalisation
     parameters: int = field(metadata=COUNT)
     training: Training
@@ -201,12 +233,16 @@ class ModelMetadata(Mapping[str, Any]):
         if self.streaming != arch.streaming:
             raise MetadataError("streaming", f"is {json.dumps(self.streaming)}, but the architecture is "
                                              + ("unidirectional" if arch.streaming else "bidirectional"))
-        if len(self.class_labels) != arch.num_classes:
-            raise MetadataError("class_labels", f"{len(self.class_labels)} labels for num_classes {arch.num_classes}")
-        for name in ("feature_mean", "feature_std"):
+        self.check_task(arch)
+        if len(self.feature_names) not in (0, arch.input_size):
+            raise MetadataError("feature_names", f"{len(self.feature_names)} names for input_size {arch.input_size}")
+        for name, size, size_name in (("feature_mean", arch.input_size, "input_size"),
+                                      ("feature_std", arch.input_size, "input_size"),
+                                      ("target_mean", arch.num_targets, "num_targets"),
+                                      ("target_std", arch.num_targets, "num_targets")):
             count = len(getattr(self.normalisation, name))
-            if count not in (0, arch.input_size):
-                raise MetadataError(f"normalisation.{name}", f"{count} values for input_size {arch.input_size}")
+            if count not in (0, size):
+                raise MetadataError(f"normalisation.{name}", f"{count} values for {size_name} {size}")
         for name, specs in (("inputs", input_specs(arch)), ("outputs", output_specs(arch))):
             if list(getattr(self, name)) != specs:
                 names = [s.name for s in specs]
@@ -218,6 +254,31 @@ class ModelMetadata(Mapping[str, Any]):
                 raise MetadataError(section, f"missing field (a {precision} model needs it)")
             if precision != self.precision and present:
                 raise MetadataError(section, f"unexpected for precision {self.precision!r}")
+
+    def check_task(self, arch: Architecture) -> None:
+        """A classifier has classes and labels and no targets; a regressor the other way round."""
+        count, other = ("num_classes", "num_targets") if arch.task == "classify" else ("num_targets", "num_classes")
+        if getattr(arch, count) < 1:
+            raise MetadataError(f"architecture.{count}", f"a {arch.task} model needs at least 1, got 0")
+        if getattr(arch, other) != 0:
+            raise MetadataError(f"architecture.{other}", f"must be 0 for a {arch.task} model, "
+                                                         f"got {getattr(arch, other)}")
+        if len(self.class_labels) != arch.num_classes:
+            raise MetadataError("class_labels", f"{len(self.class_labels)} labels for num_classes {arch.num_classes}")
+        if (self.targets is None) != (arch.task == "classify"):
+            raise MetadataError("targets", "missing field (a regress model needs it)" if self.targets is None
+                                else "unexpected for a classify model")
+        if self.targets is not None:
+            if len(self.targets.names) != arch.num_targets:
+                raise MetadataError("targets.names", f"{len(self.targets.names)} names for num_targets "
+                                                     f"{arch.num_targets}")
+            if len(self.targets.units) not in (0, arch.num_targets):
+                raise MetadataError("targets.units", f"{len(self.targets.units)} units for num_targets "
+                                                     f"{arch.num_targets}")
+
+    @property
+    def task(self) -> Task:
+        return self.architecture.task
 
     @property
     def test_accuracy(self) -> float | None:
@@ -315,13 +376,13 @@ def _fields(cls: type) -> tuple[tuple[Field, Any], ...]:
 def _without_none(tp: Any) -> Any:
     if get_origin(tp) in (Union, UnionType) and NoneType in get_args(tp):
         rest = tuple(a for a in get_args(tp) if a is not NoneType)
-        return rest[0] if len(rest) == 1 else Union[rest]
+        return reduce(operator.or_, rest)
     return tp
 
 
 def decode(tp: Any, value: Any, where: str) -> Any:
     """`value` (parsed JSON) as a `tp`, or MetadataError at `where` (the field's path)."""
-    if is_dataclass(tp):
+    if isinstance(tp, type) and is_dataclass(tp):
         return _decode_dataclass(tp, value, where)
     origin, args = get_origin(tp), get_args(tp)
     if origin is tuple and isinstance(value, list):  # tuple[X, ...]
@@ -373,11 +434,16 @@ def _check_limits(value: Any, limits: Mapping[str, Any], where: str) -> Any:
 
 
 def encode(value: Any) -> Any:
-    """The JSON form of a decoded value; absent (None) optional fields are left out."""
+    """The JSON form of a decoded value; absent (None) optional fields are left out, and so are fields
+    marked `omit_default` at their default (fields added after files were written without them)."""
     if is_dataclass(value):
-        return {f.name: encode(v) for f in fields(value) if (v := getattr(value, f.name)) is not None}
+        return {f.name: encode(v) for f in fields(value) if not _left_out(f, v := getattr(value, f.name))}
     if isinstance(value, tuple | list):
         return [encode(v) for v in value]
     if isinstance(value, Mapping):
         return {k: encode(v) for k, v in value.items()}
     return value
+
+
+def _left_out(f: Field, value: Any) -> bool:
+    return value is None or (f.metadata.get("omit_default", False) and value == f.default)

@@ -55,7 +55,7 @@ from seqserve.model.parity import (
     check_parity,
     make_session,
 )
-from seqserve.model.quantize import ACCURACY_BATCH
+from seqserve.model.evaluate import ACCURACY_BATCH
 from seqserve.repository import read_version, sha256_of
 from seqserve.server.runtime import ModelRuntime
 
@@ -787,7 +787,7 @@ def test_int8_of_a_model_made_for_other_data(tiny_checkpoint, tmp_path, capsys):
                             "--long-length", str(LONG), "--int8")
     assert status == 1
     err = capsys.readouterr().err
-    assert "JapaneseVowels test split (12 features" in err and "this model takes 5 features" in err
+    assert "JapaneseVowels test split" in err and "JapaneseVowels has 12 features, the model takes 5" in err
     assert not (repository / "tiny_int8").exists()
     assert staging_leftovers(repository) == []
 

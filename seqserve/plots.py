@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # matplotlib is the `plot` extra's, imported only when a picture is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 class PlotUnavailable(RuntimeError):
     """matplotlib is not installed."""
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     try:
         import matplotlib
 
@@ -22,18 +28,20 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     """Write the figure as a PNG at `path`, making its folder if need be."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
 
-def _features_panel(ax, steps: np.ndarray, title: str) -> None:
+def _features_panel(ax: Axes, steps: np.ndarray, title: str) -> None:
     """steps (T, F) as a heatmap: one row per coefficient, time along x."""
+    from matplotlib.ticker import MaxNLocator
+
     image = ax.imshow(steps.T, aspect="auto", origin="lower", cmap="coolwarm", interpolation="nearest",
                       extent=(-0.5, len(steps) - 0.5, -0.5, steps.shape[1] - 0.5))
     ax.set_ylabel("coefficient")
-    ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))  # steps are whole numbers
     ax.set_title(title)
     ax.figure.colorbar(image, ax=ax, pad=0.01)
 

@@ -33,6 +33,7 @@ own padding), and a row of length n has ceil(n / conv_stride) real frames (`fram
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,7 @@ from seqserve.contract import frame_lengths
 from .config import EncoderConfig
 from .errors import InputShapeError
 
-_RNN_TYPES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+_RNN_TYPES: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 @dataclass

@@ -203,7 +203,7 @@ def case_inputs(model: RecurrentEncoder, case: ParityCase, rng: np.random.Genera
     mean = model.feature_mean.numpy()
     std = 1.0 / model.feature_inv_std.numpy()
     x = (mean + std * rng.standard_normal((B, T, F))).astype(np.float32)  # (B, T, F)
-    inputs = {"x": x, "lengths": np.array(case.lengths, dtype=np.int64)}
+    inputs: dict[str, np.ndarray] = {"x": x, "lengths": np.array(case.lengths, dtype=np.int64)}
     if cfg.streaming:
         state_shape = (cfg.num_layers, B, cfg.hidden_size)
         scale = 0.5 if case.random_state else 0.0

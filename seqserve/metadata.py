@@ -234,6 +234,10 @@ class ModelMetadata(Mapping[str, Any]):
             raise MetadataError("streaming", f"is {json.dumps(self.streaming)}, but the architecture is "
                                              + ("unidirectional" if arch.streaming else "bidirectional"))
         self.check_task(arch)
+        if arch.input_stage == "none" and (arch.conv_stride != 1 or self.architecture.conv_kernel is not None
+                                           or self.architecture.conv_channels is not None):
+            raise MetadataError("architecture.input_stage", "is 'none', but conv_stride, conv_kernel or "
+                                                            "conv_channels is set")
         if len(self.feature_names) not in (0, arch.input_size):
             raise MetadataError("feature_names", f"{len(self.feature_names)} names for input_size {arch.input_size}")
         for name, size, size_name in (("feature_mean", arch.input_size, "input_size"),

@@ -249,6 +249,8 @@ REGRESS_BAD = {
     "negative rmse": ("training.test_rmse", -1.0, "training.test_rmse: expected a value from 0"),
     "contract": ("architecture.conv_stride", 2, "outputs: not the I/O contract of this architecture"),
     "feature names": ("feature_names", ["a"], "feature_names: 1 names for input_size 5"),
+    "stride without stage": ("architecture.input_stage", "none",
+                             "architecture.input_stage: is 'none', but conv_stride, conv_kernel or conv_channels"),
 }
 
 
@@ -268,3 +270,11 @@ def test_targets_on_a_classifier_are_refused(regress_json):
     data["targets"] = regress_json["targets"]
     with pytest.raises(MetadataError, match=r"^targets: unexpected for a classify model"):
         ModelMetadata.from_json(data)
+
+
+def test_int8_refuses_a_regressor(regress_checkpoint, tmp_path):
+    checkpoint, model = regress_checkpoint
+    export.publish(checkpoint, tmp_path / "repo", "reg", 1, long_length=LONG)
+    with pytest.raises(SeqserveModelError, match=r"^int8: only classifiers have an int8 variant"):
+        export.publish_int8(read_version(tmp_path / "repo" / "reg" / "1"), tmp_path / "repo", test=regress_split(model))
+    assert not (tmp_path / "repo" / "reg_int8").exists()

@@ -128,7 +128,7 @@ def test_reference_reproduces_nn_modules(cell, layers, bidirectional, dtype):
     stack = RecurrentStack.from_state_dict(cell, layers, bidirectional, rnn.state_dict())
     got = stack(x.numpy(), lengths.numpy(), h0.numpy(), None if c0 is None else c0.numpy())
     tolerance = FLOAT64_TERMS if dtype == torch.float64 else FLOAT32_TERMS
-    for name, want, have in zip(("outputs", "h_n", "c_n"), expected, (got.outputs, got.h_n, got.c_n)):
+    for name, want, have in zip(("outputs", "h_n", "c_n"), expected, (got.outputs, got.h_n, got.c_n), strict=True):
         assert (want is None) == (have is None), name
         if want is not None:
             assert want.shape == have.shape and max_abs(want, have) < tolerance, name
@@ -164,6 +164,43 @@ def test_the_comparison_catches_a_wrong_equation(cell, monkeypatch):
     assert max_abs(t64["outputs"], ref["outputs"]) > MUTATION_MISS
 
 
+# ---------------------------------------------------------------- input stage and regression head
+
+CONV_STAGES = [(5, 3), (4, 4), (8, 4), (1, 1)]  # (kernel, stride): overlapping, patches, wide, pointwise
+
+
+@pytest.mark.parametrize("kernel, stride", CONV_STAGES, ids=[f"k{k}s{s}" for k, s in CONV_STAGES])
+@pytest.mark.parametrize("cell", CELLS)
+def test_reference_of_the_conv_stage_and_regressor(cell, kernel, stride):
+    """Unsorted lengths with one step and lengths off the stride; noise in the padding."""
+    model = make_model(cell=cell, layers=2, input_stage="conv", conv_channels=6, conv_kernel=kernel,
+                       conv_stride=stride, task="regress", num_targets=2, class_labels=(),
+                       target_mean=(3.0, -1.0), target_std=(2.0, 0.5))
+    inputs = encoder_inputs(model)
+    ref = ReferenceEncoder.from_encoder(model)(**inputs)
+    t64 = torch_run(model, inputs, torch.float64)
+    assert sorted(ref) == sorted(t64)
+    for name in t64:
+        assert ref[name].shape == t64[name].shape, name
+        assert max_abs(t64[name], ref[name]) < FLOAT64_TERMS, name
+
+
+def test_the_comparison_catches_a_wrong_conv_padding(monkeypatch):
+    """All the kernel's padding after the steps instead of split around them moves the frames."""
+    model = make_model(input_stage="conv", conv_channels=6, conv_kernel=5, conv_stride=3)
+    inputs = encoder_inputs(model)
+    t64 = torch_run(model, inputs, torch.float64)
+
+    def padded_after(z, lengths, weight, bias, stride):
+        shifted = np.concatenate([z[:, 2:], np.zeros_like(z[:, :2])], axis=1)  # (B, T, F) two steps early
+        return conv_frames(shifted, lengths, weight, bias, stride)
+
+    conv_frames = reference.conv_frames
+    monkeypatch.setattr(reference, "conv_frames", padded_after)
+    ref = ReferenceEncoder.from_encoder(model)(**inputs)
+    assert max_abs(t64["outputs"], ref["outputs"]) > MUTATION_MISS
+
+
 # ---------------------------------------------------------------- the fused form
 
 
@@ -184,7 +221,8 @@ def test_fused_product_equals_the_two_products(cell):
     one = np.concatenate([a, x], axis=1) @ fused.W.T + fused.b  # (B, rows): one product
     by_hidden, by_input = a @ w_hh.T + b_hh, x @ w_ih.T + b_ih  # (B, G*H) each: two products
     if cell == "gru":
-        np.testing.assert_allclose(one[:, : 2 * H], by_hidden[:, : 2 * H] + by_input[:, : 2 * H], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(one[:, : 2 * H], by_hidden[:, : 2 * H] + by_input[:, : 2 * H],
+                                   rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(one[:, 2 * H : 3 * H], by_hidden[:, 2 * H :], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(one[:, 3 * H :], by_input[:, 2 * H :], rtol=1e-12, atol=1e-12)
     else:

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import REPOSITORY, ROOT, machine_info, write_json, write_section
-from bench.procs import Served, real_server, run_loadgen
+from bench.procs import Served, free_port, real_server, run_loadgen
 
 PEERS_DIR = ROOT / "bench" / ".peers"
 RUNTIMES = ROOT / "bench" / "peer_runtimes"
@@ -108,12 +108,6 @@ def run_in_loopback_namespace(argv: list[str]) -> int:
     command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "netns",
                sys.executable, "-m", "bench.peers", *argv]
     return subprocess.run(command, cwd=ROOT, env={**os.environ, NETNS_ENV: "1"}).returncode
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_v2_ready(served: Served, port: int, model: str, timeout: float = 120.0) -> Served:

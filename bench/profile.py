@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import REPOSITORY, ROOT, test_sequences
-from bench.procs import real_server
+from bench.procs import free_port, real_server
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # Python-level buckets for the event loop thread: first matching frame wins (innermost first).
@@ -50,12 +49,6 @@ BUCKETS = [
     ("gRPC aio (cygrpc) receive/send", "cygrpc"),
     ("asyncio loop machinery", "asyncio/"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int, model: str) -> dict[str, float]:

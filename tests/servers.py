@@ -1,4 +1,6 @@
-"""Real seqserve servers for tests: in a background thread of this process, or as a subprocess."""
+"""Real seqserve servers for tests, bound to 127.0.0.1 on free ports: `threaded_server` (in a background
+thread of this process) or `ServerProcess` (`python -m seqserve.server` in a subprocess). Tests get their
+servers here and nowhere else."""
 
 from __future__ import annotations
 
@@ -7,17 +9,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from bench.procs import free_port as free_port  # the one free-port helper, shared with the bench
 from seqserve.server.app import SeqserveServer
 from seqserve.server.config import ServerConfig
 
@@ -37,14 +40,9 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 def assert_reading_held(server: ThreadedServer, method: str, in_flight: int, answers: Iterator, sent: int) -> None:
     """A stream whose client reads no answers: the server has read (and answered) at most about
     `in_flight` of the `sent` requests, and reads the rest once the client reads its answers."""
-    registry = server.server.metrics.registry
-
-    def answered() -> float:
-        return registry.get_sample_value("seqserve_requests_total", {"method": method, "code": "OK"}) or 0
-
-    wait_until(lambda: answered() >= in_flight)
+    wait_until(lambda: server.requests(method, "OK") >= in_flight)
     time.sleep(1.0)  # time to read more, were it not held back
-    held = answered()
+    held = server.requests(method, "OK")
     assert held <= in_flight + 2, f"read {held} of {sent} requests while the client read no answer"
     assert len(list(answers)) == sent  # reading resumes as the client reads
 
@@ -60,13 +58,6 @@ def versioned_repository(folder: Path, model: str, versions: tuple[int, ...]) ->
     return folder
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ThreadedServer:
     """A SeqserveServer on its own event loop in a daemon thread, bound to 127.0.0.1 on a free port."""
 
@@ -74,15 +65,20 @@ class ThreadedServer:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.server: SeqserveServer | None = None
+        self.starting: Future | None = None  # the server's start, once begun
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
-    def call(self, coro, timeout: float = 60.0):
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run a coroutine on the server's loop; its result comes in the future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
         """Run a coroutine on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self.submit(coro).result(timeout)
 
     def sync(self, fn: Callable[[], T]) -> T:
         """Call a plain function on the server's loop (its asyncio objects are not thread-safe)."""
@@ -92,14 +88,24 @@ class ThreadedServer:
 
         return self.call(run())
 
-    def start(self) -> ThreadedServer:
+    def requests(self, method: str, code: str) -> float:
+        """How many calls (stream messages) of `method` the server has answered with `code`."""
+        labels = {"method": method, "code": code}
+        return self.server.metrics.registry.get_sample_value("seqserve_requests_total", labels) or 0.0
+
+    def begin(self) -> ThreadedServer:
+        """Create the server and begin starting it (bind, load the models); `starting` completes when done."""
         self._thread.start()
 
         async def create() -> SeqserveServer:
             return SeqserveServer(self.config)
 
         self.server = self.call(create())
-        self.call(self.server.start())
+        self.starting = self.submit(self.server.start())
+        return self
+
+    def start(self, timeout: float = 60.0) -> ThreadedServer:
+        self.begin().starting.result(timeout)
         return self
 
     def stop(self, grace: float = 2.0) -> None:
@@ -110,10 +116,16 @@ class ThreadedServer:
 
 
 @contextmanager
-def threaded_server(repository: Path = REPOSITORY, **settings) -> Iterator[ThreadedServer]:
+def threaded_server(repository: Path = REPOSITORY, ready: bool = True, **settings) -> Iterator[ThreadedServer]:
+    """A server in a thread with `settings` over the defaults; ready (models loaded), or with `ready=False`
+    still starting (its `starting` future completes once it is)."""
     config = replace(ServerConfig(), model_repository=Path(repository), host="127.0.0.1", port=0,
                      metrics_port=0, **settings)
-    server = ThreadedServer(config).start()
+    server = ThreadedServer(config)
+    if ready:
+        server.start()
+    else:
+        server.begin()
     try:
         yield server
     finally:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "tests")) if p not in sys.path]
 
+from reference import class_labels, latest_folder  # noqa: E402
+from reference import reference as onnx_reference  # noqa: E402
 from servers import threaded_server  # noqa: E402
 
 from seqserve.batch import backends, pipeline, readers  # noqa: E402
@@ -46,28 +47,24 @@ EXIT_FAILED_RECORDS = 3
 # ---------------------------------------------------------------- reference: onnxruntime, one sequence at a time
 
 class Reference:
-    """Direct onnxruntime on one unpadded sequence at a time: what every backend must reproduce."""
+    """The onnxruntime reference (tests/reference.py) on one unpadded sequence at a time: what every backend
+    must reproduce."""
 
     def __init__(self, model: str) -> None:
-        folder = max((REPOSITORY / model).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
-        self.metadata = json.loads((folder / "metadata.json").read_text())
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-        self.names = [o.name for o in self.session.get_outputs()]
+        self.model = model
+        self.labels = class_labels(model, REPOSITORY)
         self.cache: dict[bytes, dict[str, np.ndarray]] = {}
 
     def outputs(self, steps: np.ndarray) -> dict[str, np.ndarray]:
         key = steps.tobytes()
         if key not in self.cache:
-            feeds = {"x": steps[None].astype(np.float32), "lengths": np.array([len(steps)], dtype=np.int64)}
-            for i in self.session.get_inputs()[2:]:  # h0 / c0 of streaming models: zeros
-                feeds[i.name] = np.zeros((i.shape[0], 1, i.shape[2]), dtype=np.float32)
-            self.cache[key] = dict(zip(self.names, self.session.run(None, feeds)))
+            self.cache[key] = onnx_reference(self.model, [steps.astype(np.float32)], repository=REPOSITORY)
         return self.cache[key]
 
     def predict(self, steps: np.ndarray) -> tuple[str, np.ndarray]:
         logits = self.outputs(steps)["logits"][0].astype(np.float64)
         e = np.exp(logits - logits.max())
-        return self.metadata["class_labels"][int(logits.argmax())], e / e.sum()
+        return self.labels[int(logits.argmax())], e / e.sum()
 
 
 @pytest.fixture(scope="module")
@@ -609,7 +606,7 @@ def test_input_problems_stop_the_run(tmp_path, capsys):
 # ---------------------------------------------------------------- accuracy, memory, CLI
 
 def test_japanese_vowels_test_file_reproduces_the_metadata_accuracy(tmp_path, cases):
-    metadata = Reference(MODEL).metadata
+    metadata = json.loads((latest_folder(MODEL, REPOSITORY) / "metadata.json").read_text())
     summary = tmp_path / "summary.json"
     assert run_cli("--model", MODEL, "--input", TEST_TS, "--output", tmp_path / "preds.jsonl",
                    "--summary-json", summary) == 0

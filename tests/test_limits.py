@@ -6,11 +6,12 @@ module; the state-version test starts its own, with two versions of the streamin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import grpc
 import numpy as np
 import pytest
+from rpc import raises_status
 from servers import REPOSITORY, threaded_server, versioned_repository
 
 from seqserve.client import encode_request
@@ -41,17 +42,6 @@ def stub(server):
 
 def steps(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((count, F), dtype=np.float32)
-
-
-def refused(code: grpc.StatusCode, call: Callable[[], object], *fragments: str) -> str:
-    """Run `call`, expecting it to fail with `code` and a message holding every fragment; returns the message."""
-    with pytest.raises(grpc.RpcError) as failure:
-        call()
-    details = failure.value.details()
-    assert failure.value.code() == code, (failure.value.code(), details)
-    for fragment in fragments:
-        assert fragment in details, (fragment, details)
-    return details
 
 
 def stream(stub, *messages: pb.StreamSequenceRequest) -> list[pb.StreamSequenceResponse]:
@@ -85,18 +75,20 @@ def continuing(state: pb.State, chunk: np.ndarray, version: int = 0) -> pb.Strea
 
 def test_sequence_length_limit(stub):
     request = encode_request(BI_MODEL, [steps(5), steps(MAX_STEPS + 1)])
-    refused(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: stub.Encode(request, timeout=10),
-            "sequences[1].steps length", str(MAX_STEPS + 1), str(MAX_STEPS), "max_sequence_length")
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       "sequences[1].steps length", str(MAX_STEPS + 1), str(MAX_STEPS), "max_sequence_length"):
+        stub.Encode(request, timeout=10)
     chunk = pb.StreamSequenceRequest(model=STREAM_MODEL, steps=to_tensor(steps(MAX_STEPS + 1)))
-    refused(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: stream(stub, chunk),
-            "chunk[0].steps length", "max_sequence_length")
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunk[0].steps length", "max_sequence_length"):
+        stream(stub, chunk)
     assert len(stub.Encode(encode_request(BI_MODEL, [steps(MAX_STEPS)]), timeout=10).results) == 1
 
 
 def test_sequences_per_request_limit(stub):
     request = encode_request(BI_MODEL, [steps(3)] * (MAX_SEQUENCES + 1), outputs=["logits"])
-    refused(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: stub.Encode(request, timeout=10),
-            "sequences", str(MAX_SEQUENCES + 1), "max_sequences_per_request")
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       "sequences", str(MAX_SEQUENCES + 1), "max_sequences_per_request"):
+        stub.Encode(request, timeout=10)
     error = in_band_error(stub, request)
     assert error.code == "RESOURCE_EXHAUSTED" and "max_sequences_per_request" in error.message
     ok = encode_request(BI_MODEL, [steps(3)] * MAX_SEQUENCES, outputs=["logits"])
@@ -110,8 +102,10 @@ def test_an_answer_over_max_message_bytes_is_refused_before_any_compute(server, 
     """Two 600-step sequences are 58 kB in, but their per-step outputs (2 x 600 x 128 floats) 614 kB out."""
     request = encode_request(BI_MODEL, [steps(MAX_STEPS, 1), steps(MAX_STEPS, 2)], outputs=["outputs", "logits"])
     before = batches_run(server, BI_MODEL)
-    message = refused(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: stub.Encode(request, timeout=10),
-                      "max_message_bytes", str(MAX_BYTES), "fewer sequences per call", "OUTPUT_OUTPUTS")
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       "max_message_bytes", str(MAX_BYTES), "fewer sequences per call", "OUTPUT_OUTPUTS") as failure:
+        stub.Encode(request, timeout=10)
+    message = failure.details
     assert "OUTPUT_STEP_LOGITS" not in message  # only what was asked for is named
     error = in_band_error(stub, request)
     assert error.code == "RESOURCE_EXHAUSTED" and "max_message_bytes" in error.message
@@ -125,14 +119,15 @@ def test_stream_answers_over_max_message_bytes_are_refused(server, stub):
     chunk = to_tensor(steps(MAX_STEPS))
     before = batches_run(server, STREAM_MODEL)
     per_step = [pb.OUTPUT_OUTPUTS, pb.OUTPUT_STEP_LOGITS]
-    refused(grpc.StatusCode.RESOURCE_EXHAUSTED,  # unidirectional: the chunk's answer (600 x (64 + 9) floats)
-            lambda: stream(stub, pb.StreamSequenceRequest(model=STREAM_MODEL, steps=chunk, outputs=per_step)),
-            "max_message_bytes", "shorter chunks", "OUTPUT_OUTPUTS and OUTPUT_STEP_LOGITS")
+    # unidirectional: the chunk's answer (600 x (64 + 9) floats)
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       "max_message_bytes", "shorter chunks", "OUTPUT_OUTPUTS and OUTPUT_STEP_LOGITS"):
+        stream(stub, pb.StreamSequenceRequest(model=STREAM_MODEL, steps=chunk, outputs=per_step))
     assert batches_run(server, STREAM_MODEL) == before
     first = pb.StreamSequenceRequest(model=BI_MODEL, steps=chunk, outputs=[pb.OUTPUT_OUTPUTS])
-    refused(grpc.StatusCode.RESOURCE_EXHAUSTED,  # bidirectional: the whole sequence's answer, while buffering
-            lambda: stream(stub, first, pb.StreamSequenceRequest(steps=chunk, end=True)),
-            "max_message_bytes", "shorter sequence", "OUTPUT_OUTPUTS")
+    # bidirectional: the whole sequence's answer, while buffering
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_message_bytes", "shorter sequence", "OUTPUT_OUTPUTS"):
+        stream(stub, first, pb.StreamSequenceRequest(steps=chunk, end=True))
 
 
 @pytest.mark.parametrize("model", [BI_MODEL, "jv_bigru_attn", STREAM_MODEL])
@@ -162,14 +157,14 @@ def test_steps_seen_must_be_in_range(stub):
     assert state.steps_seen == 4
     for bad in (-1, -(2**63), MAX_STEPS_SEEN + 1, 2**63 - 1):
         state.steps_seen = bad
-        refused(grpc.StatusCode.INVALID_ARGUMENT, lambda: stream(stub, continuing(state, steps(3))),
-                "initial_state.steps_seen", "2**62", str(bad))
+        with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "initial_state.steps_seen", "2**62", str(bad)):
+            stream(stub, continuing(state, steps(3)))
     state.steps_seen = MAX_STEPS_SEEN - 3  # the cap itself may be reached...
     [answer] = stream(stub, continuing(state, steps(3)))
     assert answer.steps_seen == answer.state.steps_seen == MAX_STEPS_SEEN
     state.steps_seen = MAX_STEPS_SEEN  # ...not passed
-    refused(grpc.StatusCode.INVALID_ARGUMENT, lambda: stream(stub, continuing(state, steps(1))),
-            "initial_state.steps_seen", "2**62")
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "initial_state.steps_seen", "2**62"):
+        stream(stub, continuing(state, steps(1)))
 
 
 @pytest.fixture(scope="module")
@@ -184,15 +179,15 @@ def test_a_state_continues_only_on_the_version_that_made_it(two_versions):
     stub = two_versions
     state = state_after(stub, steps(4), version=1)
     assert (state.model, state.version) == (STREAM_MODEL, 1)
-    refused(grpc.StatusCode.INVALID_ARGUMENT, lambda: stream(stub, continuing(state, steps(3))),  # latest: 2
-            "initial_state.version", "version 1", "runs version 2")
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "initial_state.version", "version 1", "runs version 2"):
+        stream(stub, continuing(state, steps(3)))  # the latest: version 2
     [answer] = stream(stub, continuing(state, steps(3), version=1))
     assert answer.steps_seen == 7 and answer.state.version == 1
     state.version = 0  # unknown: the client vouches for it, as for a state with no model named
     assert stream(stub, continuing(state, steps(3)))[0].state.version == 2
     state.version = -1
-    refused(grpc.StatusCode.INVALID_ARGUMENT, lambda: stream(stub, continuing(state, steps(3))),
-            "initial_state.version", "-1")
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "initial_state.version", "-1"):
+        stream(stub, continuing(state, steps(3)))
 
 
 def test_later_chunks_may_not_change_the_model_or_version(stub):
@@ -200,7 +195,8 @@ def test_later_chunks_may_not_change_the_model_or_version(stub):
     for later, field in ((pb.StreamSequenceRequest(version=3), "version"),
                          (pb.StreamSequenceRequest(version=-5), "version"),
                          (pb.StreamSequenceRequest(model="other"), "model")):
-        refused(grpc.StatusCode.INVALID_ARGUMENT, lambda: stream(stub, first, later), f"{field}:")
+        with raises_status(grpc.StatusCode.INVALID_ARGUMENT, f"{field}:"):
+            stream(stub, first, later)
 
 
 # --- versions, shapes and enums: client numbers never reach arithmetic unchecked --------------------
@@ -213,11 +209,12 @@ def test_a_negative_version_is_invalid_everywhere(stub):
         "StreamSequence": lambda: stream(stub, pb.StreamSequenceRequest(model=BI_MODEL, version=-(2**63))),
     }
     for call in calls.values():
-        refused(grpc.StatusCode.INVALID_ARGUMENT, call, "version:", "must be 0 (the latest)")
+        with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "version:", "must be 0 (the latest)"):
+            call()
     error = in_band_error(stub, encode_request(BI_MODEL, [steps(3)], version=-1))
     assert error.code == "INVALID_ARGUMENT" and error.message.startswith("version:")
-    refused(grpc.StatusCode.NOT_FOUND, lambda: stub.GetModel(pb.GetModelRequest(model=BI_MODEL, version=2**63 - 1)),
-            "version", str(2**63 - 1))
+    with raises_status(grpc.StatusCode.NOT_FOUND, "version", str(2**63 - 1)):
+        stub.GetModel(pb.GetModelRequest(model=BI_MODEL, version=2**63 - 1))
 
 
 BAD_SHAPES = {  # shape, what the message says when it is a state's h
@@ -234,20 +231,24 @@ def test_bad_shapes_are_invalid_arguments(stub, case):
     shape, fragment = BAD_SHAPES[case]
     tensor = pb.Tensor(shape=shape)
     request = pb.EncodeRequest(model=BI_MODEL, sequences=[pb.Sequence(steps=tensor)])
-    message = refused(grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.Encode(request, timeout=10),
-                      "sequences[0].steps")
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "sequences[0].steps") as failure:
+        stub.Encode(request, timeout=10)
+    message = failure.details
     assert len(message) <= 200
     state = pb.State(model=STREAM_MODEL, h=tensor)
-    message = refused(grpc.StatusCode.INVALID_ARGUMENT, lambda: stream(stub, continuing(state, steps(1))),
-                      "initial_state.h", fragment)
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "initial_state.h", fragment) as failure:
+        stream(stub, continuing(state, steps(1)))
+    message = failure.details
     assert len(message) <= 200
 
 
 def test_unknown_output_values_are_invalid_and_shown_in_short(stub):
     request = encode_request(BI_MODEL, [steps(3)])
     request.outputs.extend(range(6, 10_006))
-    message = refused(grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.Encode(request, timeout=10),
-                      "outputs", "unknown output value(s) [6, 7,", "(10000 values)")
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT,
+                       "outputs", "unknown output value(s) [6, 7,", "(10000 values)") as failure:
+        stub.Encode(request, timeout=10)
+    message = failure.details
     assert len(message) < 200
 
 
@@ -268,14 +269,16 @@ def test_a_20_kb_model_name_is_not_found_with_a_short_excerpt(stub, name):
         "StreamSequence": lambda: stream(stub, pb.StreamSequenceRequest(model=name, steps=to_tensor(steps(3)))),
     }
     for label, call in calls.items():
-        message = refused(grpc.StatusCode.NOT_FOUND, call, "model", f"...' ({len(name)} characters)")
+        with raises_status(grpc.StatusCode.NOT_FOUND, "model", f"...' ({len(name)} characters)") as failure:
+            call()
+        message = failure.details
         assert len(message) <= MAX_STATUS_CHARS and message.isascii() and message.isprintable(), label
         quoted = message.split("'")[1]
         assert len(quoted) <= EXCERPT_CHARS + 3, (label, quoted)
     error = in_band_error(stub, encode_request(name, [steps(3)]))
     assert error.code == "NOT_FOUND" and len(error.message) <= MAX_STATUS_CHARS
     later = pb.StreamSequenceRequest(model=name)
-    message = refused(grpc.StatusCode.INVALID_ARGUMENT,
-                      lambda: stream(stub, pb.StreamSequenceRequest(model=STREAM_MODEL, steps=to_tensor(steps(2))),
-                                     later), "model:")
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "model:") as failure:
+        stream(stub, pb.StreamSequenceRequest(model=STREAM_MODEL, steps=to_tensor(steps(2))), later)
+    message = failure.details
     assert len(message) <= MAX_STATUS_CHARS

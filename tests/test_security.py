@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from reference import reference_labels
+from rpc import raises_status
 from servers import REPOSITORY, ROOT, threaded_server
 
 from seqserve.channel import Security
@@ -48,22 +50,19 @@ def pki(tmp_path_factory) -> Path:
     return folder
 
 
-def encode_one(client: SeqserveClient) -> str:
-    return client.encode("jv_bigru_attn", [np.zeros((5, 12), np.float32)])[0].label
-
-
-def code_of(call) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as failure:
-        call()
-    return failure.value.code()
+def encode_one(client: SeqserveClient) -> None:
+    """Encode one sequence; its label must be the reference's."""
+    zeros = np.zeros((5, 12), np.float32)
+    assert client.encode("jv_bigru_attn", [zeros])[0].label == reference_labels("jv_bigru_attn", [zeros])[0]
 
 
 def test_tls_serves_verified_clients_only(pki):
     with threaded_server(REPOSITORY, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key")) as s:
         with SeqserveClient(s.target, timeout=5, security=Security(ca=pki / "ca.pem")) as client:
-            assert encode_one(client)
+            encode_one(client)
         with SeqserveClient(s.target, timeout=5) as plaintext:
-            assert code_of(lambda: encode_one(plaintext)) == grpc.StatusCode.UNAVAILABLE
+            with raises_status(grpc.StatusCode.UNAVAILABLE):
+                encode_one(plaintext)
 
 
 def test_mutual_tls_requires_a_client_certificate(pki):
@@ -71,21 +70,26 @@ def test_mutual_tls_requires_a_client_certificate(pki):
                          tls_client_ca=str(pki / "ca.pem")) as s:
         mutual = Security(ca=pki / "ca.pem", cert=pki / "client.pem", key=pki / "client.key")
         with SeqserveClient(s.target, timeout=5, security=mutual) as client:
-            assert encode_one(client)
+            encode_one(client)
         with SeqserveClient(s.target, timeout=5, security=Security(ca=pki / "ca.pem")) as anonymous:
-            assert code_of(lambda: encode_one(anonymous)) == grpc.StatusCode.UNAVAILABLE
+            with raises_status(grpc.StatusCode.UNAVAILABLE):
+                encode_one(anonymous)
 
 
 def test_bearer_token_guards_every_rpc_but_health(pki):
     with threaded_server(REPOSITORY, auth_token_file=str(pki / "token")) as s:
         with SeqserveClient(s.target, timeout=5, security=Security(token=TOKEN)) as client:
-            assert encode_one(client) and client.list_models()
+            encode_one(client)
+            assert client.list_models()
         for token in (None, "wrong", TOKEN + "x"):
             with SeqserveClient(s.target, timeout=5, security=Security(token=token)) as other:
-                assert code_of(lambda: encode_one(other)) == grpc.StatusCode.UNAUTHENTICATED
-                assert code_of(other.list_models) == grpc.StatusCode.UNAUTHENTICATED
+                with raises_status(grpc.StatusCode.UNAUTHENTICATED):
+                    encode_one(other)
+                with raises_status(grpc.StatusCode.UNAUTHENTICATED):
+                    other.list_models()
                 stream = other.stream_sequence("jv_lstm_stream", [np.zeros((3, 12), np.float32)])
-                assert code_of(lambda: list(stream)) == grpc.StatusCode.UNAUTHENTICATED
+                with raises_status(grpc.StatusCode.UNAUTHENTICATED):
+                    list(stream)
                 health = health_pb2_grpc.HealthStub(other.channel)
                 reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -105,7 +109,8 @@ def test_reflection_can_be_turned_off():
     with threaded_server(REPOSITORY, reflection=False) as s, SeqserveClient(s.target, timeout=5) as client:
         stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
         ask = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
-        assert code_of(lambda: list(stub.ServerReflectionInfo(ask, timeout=5))) == grpc.StatusCode.UNIMPLEMENTED
+        with raises_status(grpc.StatusCode.UNIMPLEMENTED):
+            list(stub.ServerReflectionInfo(ask, timeout=5))
 
 
 def test_health_probe_speaks_tls(pki):

@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
+from reference import padded, random_sequences, reference
 from servers import REPOSITORY, threaded_server
 
 from seqserve.cpu import physical_cores
-from seqserve.inference import Batch, OnnxModel, Packed, PackedOutputs, open_session, pad, per_sequence
+from seqserve.inference import Packed, PackedOutputs, per_sequence
 from seqserve.repository import latest_version
 from seqserve.server.batching import Batcher, BatchPolicy, balanced_parts
 from seqserve.server.metrics import Metrics
@@ -31,19 +32,6 @@ COUNTER = "seqserve_side_by_side_calls_total"
 ATOL = 1e-6
 BIG = 64  # sequences in a big call (the default --max-batch-size)
 GATE_S = 10.0  # longest a gated lane holds its part
-
-
-def random_steps(count: int, seed: int = 0, features: int = 12) -> list[np.ndarray]:
-    """`count` sequences of 1-29 steps (T_i, F), lengths unsorted."""
-    rng = np.random.default_rng(seed)
-    return [rng.normal(size=(int(n), features)).astype(np.float32) for n in rng.integers(1, 30, size=count)]
-
-
-def reference(model: str, sequences: list[np.ndarray], h0=None, c0=None) -> dict[str, np.ndarray]:
-    """onnxruntime in-process on the whole padded batch, one thread, no server code."""
-    version = latest_version(REPOSITORY, model)
-    x, lengths = pad(sequences, sequences[0].shape[1])  # (B, T, F), (B,)
-    return OnnxModel(open_session(version.model_file, 1), version.architecture).run(Batch(x, lengths, h0, c0))
 
 
 def assert_answers_match(answers: PackedOutputs, expected: dict[str, np.ndarray]) -> None:
@@ -96,7 +84,7 @@ async def submit_all(runtime: ModelRuntime, calls: list[Packed], **policy) -> tu
         batcher = Batcher(runtime, executor, metrics.for_model(runtime.name),
                           BatchPolicy(**{"parallel_call_min": 32, **policy}), lanes)
         batcher.start()
-        await batcher.submit(Packed.of(random_steps(4), 12))
+        await batcher.submit(Packed.of(random_sequences(4), 12))
         batcher.hold()
         jobs = [batcher.enqueue(call) for call in calls]
         batcher.release()
@@ -120,7 +108,7 @@ def test_one_thread_runs_are_the_one_thread_session():
 @pytest.mark.parametrize("model", MODELS)
 def test_a_big_call_runs_side_by_side_with_onnxruntimes_answers(model, run_threads):
     runtime = runtime_of(model, run_threads=run_threads)
-    sequences = random_steps(BIG, seed=1)
+    sequences = random_sequences(BIG, seed=1)
     h0 = c0 = None
     if model == STREAM_MODEL:  # initial states travel with their sequences into the parts
         rng = np.random.default_rng(2)
@@ -153,8 +141,8 @@ def test_the_event_loop_goes_on_serving_while_a_big_call_runs():
                                 BatchPolicy(parallel_call_min=32), lanes) for runtime in (big, small)]
             for batcher in batchers:
                 batcher.start()
-            held = batchers[0].enqueue(Packed.of(random_steps(BIG, seed=5), 12))
-            answered = await asyncio.wait_for(batchers[1].submit(Packed.of(random_steps(1), 12)), GATE_S / 2)
+            held = batchers[0].enqueue(Packed.of(random_sequences(BIG, seed=5), 12))
+            answered = await asyncio.wait_for(batchers[1].submit(Packed.of(random_sequences(1), 12)), GATE_S / 2)
             still_held = not held.future.done()
             lanes.gate.set()
             answers = await held.future
@@ -164,13 +152,13 @@ def test_the_event_loop_goes_on_serving_while_a_big_call_runs():
 
     answered, still_held, answers, runs = asyncio.run(scenario())
     assert len(answered) == 1 and still_held and runs == 1
-    assert_answers_match(answers, reference("jv_bilstm_attn", random_steps(BIG, seed=5)))
+    assert_answers_match(answers, reference("jv_bilstm_attn", random_sequences(BIG, seed=5)))
 
 
 @pytest.mark.parametrize("case", ["under the minimum", "two calls in one round", "switched off", "one thread"])
 def test_other_rounds_run_as_before_with_the_same_answers(case):
     model = "jv_bilstm_attn"
-    sequences = random_steps(BIG, seed=3)
+    sequences = random_sequences(BIG, seed=3)
     calls = [Packed.of(sequences, 12)]
     runtime, policy = runtime_of(model), {}
     if case == "under the minimum":
@@ -186,7 +174,7 @@ def test_other_rounds_run_as_before_with_the_same_answers(case):
     assert runs == 0
     expected = reference(model, sequences)
     firsts = np.cumsum([0] + [len(call) for call in calls])
-    for answer, first in zip(answers, firsts):
+    for answer, first in zip(answers, firsts[:-1], strict=True):
         rows = per_sequence(expected, np.array([len(s) for s in sequences]))[first:first + len(answer)]
         for i, row in enumerate(rows):
             for name, value in row.items():
@@ -222,10 +210,10 @@ def infer(server, model: str, x: np.ndarray, lengths: np.ndarray | None) -> tupl
 def test_a_big_v2_call_answers_as_onnxruntime_on_the_clients_batch(server, model, padding):
     """Padded: mixed lengths padded by the client, with lengths; unpadded: every row full length, no lengths.
     Every output equals onnxruntime on the same x, zeros on padding included."""
-    sequences = random_steps(BIG, seed=4)
+    sequences = random_sequences(BIG, seed=4)
     if padding == "unpadded":
         sequences = [np.resize(s, (17, 12)) for s in sequences]
-    x, lengths = pad(sequences, 12)  # (B, T, F), (B,)
+    x, lengths = padded(sequences)  # (B, T, F), (B,)
     result, runs = infer(server, model, x, lengths if padding == "padded" else None)
     assert runs == 1
     expected = reference(model, sequences)
@@ -234,8 +222,8 @@ def test_a_big_v2_call_answers_as_onnxruntime_on_the_clients_batch(server, model
 
 
 def test_a_small_v2_call_takes_the_usual_path(server):
-    sequences = random_steps(8, seed=5)
-    x, lengths = pad(sequences, 12)
+    sequences = random_sequences(8, seed=5)
+    x, lengths = padded(sequences)
     result, runs = infer(server, "jv_bilstm_attn", x, lengths)
     assert runs == 0
     np.testing.assert_allclose(result.as_numpy("logits"), reference("jv_bilstm_attn", sequences)["logits"],

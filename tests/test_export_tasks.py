@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import CELLS, make_config, ort_run, random_batch
+from conftest import CELLS, ROOT, make_config, ort_run, random_batch
 
 from seqserve.contract import FRAMES, frame_lengths, output_names
 from seqserve.metadata import MetadataError, ModelMetadata
@@ -264,8 +264,6 @@ def test_every_wrong_regressor_value_is_named_by_its_field(case, regress_json):
 
 
 def test_targets_on_a_classifier_are_refused(regress_json):
-    from conftest import ROOT
-
     data = json.loads((ROOT / "model_repository" / "jv_bigru_attn" / "1" / METADATA_FILE).read_text())
     data["targets"] = regress_json["targets"]
     with pytest.raises(MetadataError, match=r"^targets: unexpected for a classify model"):

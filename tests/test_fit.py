@@ -16,6 +16,8 @@ from servers import threaded_server
 
 from seqserve.client import SeqserveClient
 from seqserve.datasets import japanese_vowels_dir
+from seqserve.model.data import SequenceDataset
+from seqserve.model.defaults import MAX_BATCH, MAX_EPOCHS, MAX_FRAMES, MIN_BATCH, TARGET_STEPS, default_configs
 from seqserve.repository import read_version
 from seqserve.ts_format import load_ts
 
@@ -131,6 +133,24 @@ def test_a_second_fit_publishes_the_next_version(basic_motions, tmp_path):
     assert result["test_sequences"] == 8  # the hold-out: 25 % of each class of 10, rounded
     assert read_version(repository / "basic_motions" / "1").version == 1  # untouched
     assert read_version(Path(result["path"])).version == 2
+
+
+@pytest.mark.parametrize(("sequences", "length", "stage", "stride"), [
+    (270, 29, "none", None),  # JapaneseVowels: short series go straight to the recurrent layers
+    (40, 100, "conv", 2),  # BasicMotions
+    (100, 1460, "conv", 15),  # ACSF1: about 100 frames of the longest series
+])
+def test_defaults_follow_the_data_size_and_length(sequences, length, stage, stride):
+    data = SequenceDataset([np.zeros((length, 3), np.float32)] * sequences, np.arange(sequences) % 2, ("a", "b"))
+    config, tc = default_configs(data)
+    assert config.input_stage == stage and config.input_size == 3
+    if stride is not None:
+        assert config.conv_stride == stride and config.conv_kernel >= max(8, stride)
+        assert -(-length // stride) <= MAX_FRAMES
+    assert MIN_BATCH <= tc.batch_size <= MAX_BATCH and tc.batch_size <= sequences
+    steps_per_epoch = -(-round(sequences * (1 - tc.val_fraction)) // tc.batch_size)
+    assert tc.epochs * steps_per_epoch >= min(TARGET_STEPS, MAX_EPOCHS * steps_per_epoch)
+    assert tc.feature_mask == tc.offset_noise == tc.stretch == 0  # no JapaneseVowels-only augmentation
 
 
 # ---------------------------------------------------------------- bad data: one line, exit 2, nothing published

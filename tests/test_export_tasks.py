@@ -276,3 +276,16 @@ def test_int8_refuses_a_regressor(regress_checkpoint, tmp_path):
     with pytest.raises(SeqserveModelError, match=r"^int8: only classifiers have an int8 variant"):
         export.publish_int8(read_version(tmp_path / "repo" / "reg" / "1"), tmp_path / "repo", test=regress_split(model))
     assert not (tmp_path / "repo" / "reg_int8").exists()
+
+
+def test_int8_of_a_conv_classifier_is_judged_on_the_callers_split(tmp_path):
+    model = model_of(conv_config(conv_kernel=4, conv_stride=2))
+    checkpoint = tmp_path / "checkpoint.pt"
+    save_checkpoint(checkpoint, model)
+    repository, test = tmp_path / "repo", classify_split(model, n=20)
+    export.publish(checkpoint, repository, "cls", 1, long_length=LONG)
+    comparison = export.publish_int8(read_version(repository / "cls" / "1"), repository, max_drop=1.0, test=test)
+    quantization = read_version(repository / "cls_int8" / "1").metadata.quantization
+    assert quantization.test_split == "MyClasses test" and quantization.test_sequences == 20
+    assert quantization.ops.get("ConvInteger") == 1 and quantization.recurrent_layers_quantized
+    assert quantization.int8_test_accuracy == comparison.int8_accuracy

@@ -66,7 +66,8 @@ THREADS = 2  # onnxruntime intra-op threads, every server
 CONCURRENCY = (1, 8, 64)
 BIG_CALL, BIG_CLIENTS = 64, 2  # 64-sequence calls from 2 clients
 ANSWER = ["logits", "probabilities"]  # what every answer carries, over either API
-V1_ANSWER = ["logits"]  # seqserve.v1's OUTPUT_LOGITS: label, probabilities and logits (the default adds states, attention)
+# seqserve.v1's OUTPUT_LOGITS: label, probabilities and logits (the default adds states, attention)
+V1_ANSWER = ["logits"]
 PROBE_ROUNDS, PROBE_REQUESTS, PROBE_ATOL = 20, 8, 1e-4
 PROBE_TRAFFIC = {"mixed": "half padded by the client, half not", "padded": "every request padded, with lengths"}
 NETNS_ENV = "BENCH_PEERS_NETNS"
@@ -283,7 +284,7 @@ async def probe_server(target: str, model: str, sequences: list[np.ndarray], ref
             requests = probe_requests(sequences, r, pad_to, traffic)
             answers = await asyncio.gather(*(one(client, *req) for req in requests), return_exceptions=True)
             wrong = failed = 0
-            for (index, _, _), answer in zip(requests, answers):
+            for (index, _, _), answer in zip(requests, answers, strict=True):
                 if isinstance(answer, BaseException):
                     failed += 1
                     counts["first_failure"] = counts["first_failure"] or str(answer)[:200]
@@ -422,7 +423,8 @@ def plot(rows: list[dict[str, Any]], path: Path, model: str) -> None:
     for server, api in lines:
         points = sorted((r["concurrency"], r["seqs_per_s"]) for r in rows
                         if (r["server"], r["api"], r["per_call"]) == (server, api, 1))
-        ax.plot(*zip(*points), "-" if server == "seqserve" else "--", marker="o", label=f"{server} {API_NAMES[api]}")
+        ax.plot(*zip(*points, strict=True), "-" if server == "seqserve" else "--", marker="o",
+                label=f"{server} {API_NAMES[api]}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
     ax.set_xlabel("concurrent clients (one sequence per call)")

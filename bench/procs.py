@@ -59,7 +59,8 @@ class Served:
                 if entry.get("msg") == "serving":
                     return int(entry["port"])
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: "
+                                   f"{self.log_path.read_text()[-2000:]}")
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"{self.name} did not report serving within {timeout}s")

@@ -14,6 +14,7 @@ so the default pool alone could list that service but not describe it.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 V1_PACKAGE = "grpc.reflection.v1"
 V1_FILE = "grpc/reflection/v1/reflection.proto"
 V1_SERVICE_NAME = f"{V1_PACKAGE}.ServerReflection"
+V1ALPHA_FILE = cast(FileDescriptor, reflection_pb2.DESCRIPTOR)  # typed as upb's class by the stubs
 
 
 def merged_pool(files: Iterable[FileDescriptor]) -> descriptor_pool.DescriptorPool:
@@ -48,7 +50,7 @@ def merged_pool(files: Iterable[FileDescriptor]) -> descriptor_pool.DescriptorPo
 def v1_reflection_file() -> descriptor_pb2.FileDescriptorProto:
     """grpc/reflection/v1/reflection.proto: v1alpha's file under the v1 package name."""
     proto = descriptor_pb2.FileDescriptorProto()
-    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    V1ALPHA_FILE.CopyToProto(proto)
     old, new = f".{proto.package}.", f".{V1_PACKAGE}."
 
     def renamed(type_name: str) -> str:
@@ -70,7 +72,7 @@ def enable_reflection(service_names: Iterable[str], files: Iterable[FileDescript
     """Serve reflection (v1 and v1alpha) listing `service_names` and the reflection services themselves,
     describing them from `files` (the .proto files that define them)."""
     names = (*service_names, reflection.SERVICE_NAME, V1_SERVICE_NAME)
-    pool = merged_pool((*files, reflection_pb2.DESCRIPTOR))
+    pool = merged_pool((*files, V1ALPHA_FILE))
     pool.Add(v1_reflection_file())
     servicer = reflection.aio.ReflectionServicer(names, pool=pool)
     handler = grpc.stream_stream_rpc_method_handler(

@@ -276,7 +276,7 @@ async def probe_server(target: str, model: str, sequences: list[np.ndarray], ref
         result = await client.infer(model, inputs, outputs=[tc.InferRequestedOutput("logits")])
         return result.as_numpy("logits")
 
-    counts = {"rounds": rounds, "requests": 0, "wrong": 0, "failed": 0, "rounds_with_wrong": 0,
+    counts: dict[str, Any] = {"rounds": rounds, "requests": 0, "wrong": 0, "failed": 0, "rounds_with_wrong": 0,
               "rounds_with_failed": 0, "max_abs_diff": 0.0, "first_failure": ""}
     client = tca.InferenceServerClient(target)
     try:

@@ -16,7 +16,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from reference import random_sequences, reference, reference_labels
 from rpc import raises_status
 from servers import REPOSITORY, ROOT, ServerProcess, assert_reading_held, threaded_server, wait_until
@@ -166,7 +165,7 @@ def test_batching_on_and_off_give_the_same_results(test_sequences):
             stub = pb_grpc.SeqserveServiceStub(c.channel)
             calls = [stub.Encode.future(encode_request("jv_bilstm_attn", [q], outputs=ALL_OUTPUTS), timeout=60)
                      for q in sequences]
-            wait_until(lambda: s.sync(lambda: batcher.open_requests) == len(sequences))
+            wait_until(lambda: s.sync(lambda: batcher.open_requests) == len(sequences))  # noqa: B023 (run at once)
             s.sync(batcher.release)
             answers[batching] = [EncodeResult.from_proto(call.result().results[0]) for call in calls]
             registry, labels = s.server.metrics.registry, {"model": "jv_bilstm_attn"}
@@ -397,27 +396,12 @@ def test_deadline_and_cancellation_leave_the_server_healthy(server, client, test
     np.testing.assert_allclose(r.logits, reference("jv_bilstm_attn", [test_sequences[3]])["logits"][0], atol=1e-6)
 
 
-def test_health_and_reflection(client):
+def test_health(client):
+    """Health answers for the server and the service (reflection: tests/test_reflection.py)."""
     health = health_pb2_grpc.HealthStub(client.channel)
     for service in ("", "seqserve.v1.SeqserveService"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    ask = [reflection_pb2.ServerReflectionRequest(list_services="")]
-    v1alpha = reflection_pb2_grpc.ServerReflectionStub(client.channel).ServerReflectionInfo
-    v1 = client.channel.stream_stream(  # same messages, the v1 package name (what newer tools ask first)
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-    )
-    for call in (v1alpha, v1):
-        [answer] = list(call(iter(ask), timeout=5))
-        names = {s.name for s in answer.list_services_response.service}
-        assert {"seqserve.v1.SeqserveService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
-                "grpc.reflection.v1alpha.ServerReflection"} <= names
-        for symbol in ("seqserve.v1.SeqserveService", "inference.GRPCInferenceService", "grpc.health.v1.Health"):
-            [described] = list(call(iter([reflection_pb2.ServerReflectionRequest(
-                file_containing_symbol=symbol)]), timeout=5))
-            assert described.file_descriptor_response.file_descriptor_proto, (symbol, described)
 
 
 def test_metrics_endpoint_counts_requests_by_code(test_sequences):

@@ -31,14 +31,15 @@ from typing import Any
 
 from seqserve.labelled import FILLS, DataError, LabelledSet, check_split, read_labelled, split
 from seqserve.metadata import MODEL_NAME, NAME_PATTERN
-from seqserve.repository import read_version
+from seqserve.repository import ModelVersion, read_version
 
-from .checkpoint import load_checkpoint
 from .config import TASKS, EncoderConfig, TrainConfig
 from .data import SequenceDataset
 from .defaults import TIME_LIMIT_SECONDS, default_configs
 from .errors import ConfigError, SeqserveModelError
+from .evaluate import predict as predict_onnx
 from .export import DEFAULT_INT8_MAX_DROP, DataDescription, next_version, publish, publish_int8
+from .parity import make_session
 from .quantize import int8_name
 from .report import write_classification_report, write_regression_report
 from .train import (
@@ -46,9 +47,7 @@ from .train import (
     Splits,
     add_architecture_arguments,
     add_training_arguments,
-    objective_for,
     override,
-    predict,
     train,
 )
 
@@ -97,16 +96,15 @@ def fit_configs(data: FitData, args: argparse.Namespace) -> tuple[EncoderConfig,
     return override(config, tc, args)
 
 
-def write_report(run_dir: Path, data: FitData, result: dict[str, Any]) -> None:
-    """The report in `run_dir`, from the trained checkpoint's answers on the test set."""
-    model, _ = load_checkpoint(run_dir / "checkpoint.pt")
-    test = data.splits.test
-    predicted = predict(model, test, objective_for(test))
-    if test.is_regression:
-        names = [f"target {k}" for k in range(test.targets.shape[1])] if test.targets.shape[1] > 1 else ["target"]
-        write_regression_report(run_dir, result, predicted, test.targets, names)
+def write_report(run_dir: Path, published: ModelVersion, test: SequenceDataset, result: dict[str, Any]) -> None:
+    """The report in `run_dir`, from the published model.onnx's answers on the test set (what is served)."""
+    arch = published.architecture
+    answers = predict_onnx(make_session(published.model_file), arch, test.sequences)  # (N, C) logits or (N, K)
+    if arch.regression:
+        names = list(published.metadata.targets.names) if published.metadata.targets else ["target"]
+        write_regression_report(run_dir, result, answers, test.targets, names)
     else:
-        write_classification_report(run_dir, result, predicted, test.targets, test.class_labels)
+        write_classification_report(run_dir, result, answers.argmax(axis=1), test.targets, published.class_labels)
 
 
 def fit(args: argparse.Namespace, data: FitData, config: EncoderConfig, tc: TrainConfig) -> dict[str, Any]:
@@ -147,7 +145,7 @@ def fit(args: argparse.Namespace, data: FitData, config: EncoderConfig, tc: Trai
         result |= {"int8_path": str(args.repository / int8_name(args.name) / str(version)),
                    "int8_test_accuracy": comparison.int8_accuracy}
     result["fit_seconds"] = round(time.monotonic() - started, 1)
-    write_report(run_dir, data, result)
+    write_report(run_dir, published, data.splits.test, result)
     return result
 
 

@@ -92,18 +92,24 @@ def plot_predicted_vs_true(predicted: np.ndarray, true: np.ndarray, names: Seque
     """predicted, true (N, K): one scatter per target, with the line where they are equal."""
     plt = _pyplot()
     K = true.shape[1]
+    rmse = per_target_rmse(predicted, true)  # (K,)
     fig, axes = plt.subplots(1, K, figsize=(4.5 * K, 4.5), squeeze=False)
     for k, ax in enumerate(axes[0]):
         low, high = float(min(true[:, k].min(), predicted[:, k].min())), float(max(true[:, k].max(),
                                                                                     predicted[:, k].max()))
         ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="predicted = true")
         ax.scatter(true[:, k], predicted[:, k], s=14, alpha=0.7)  # (N,) against (N,)
-        rmse = float(np.sqrt(np.mean((predicted[:, k] - true[:, k]) ** 2)))
-        ax.set(xlabel=f"true {names[k]}", ylabel=f"predicted {names[k]}", title=f"RMSE {rmse:.4g}")
+        ax.set(xlabel=f"true {names[k]}", ylabel=f"predicted {names[k]}", title=f"RMSE {rmse[k]:.4g}")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
     fig.suptitle(title)
     _save(fig, path)
+
+
+def per_target_rmse(predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """RMSE of each target column, in float64: predicted, true (N, K) -> (K,)."""
+    error = predicted.astype(np.float64) - true.astype(np.float64)  # (N, K)
+    return np.sqrt(np.mean(error**2, axis=0))
 
 
 def per_class_accuracy(counts: np.ndarray, labels: Sequence[str]) -> dict[str, float | None]:
@@ -127,7 +133,7 @@ def write_regression_report(out: Path, result: dict[str, Any], predicted: np.nda
     """predicted_vs_true.png and metrics.json for a regression's test answers (N, K) (train() drew the curves)."""
     title = f"{result['name']} v{result['version']}: test RMSE {result['test_rmse']:.4g}"
     plot_predicted_vs_true(predicted, true, names, out / SCATTER_FILE, title)
-    per_target = np.sqrt(np.mean((predicted - true) ** 2, axis=0))  # (K,)
+    per_target = per_target_rmse(predicted, true)  # (K,)
     _write(out, result, {"per_target_test_rmse": dict(zip(names, per_target.tolist(), strict=True))})
 
 

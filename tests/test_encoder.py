@@ -193,7 +193,7 @@ def _run_chunks(model, x, lengths_per_chunk, h0, c0):
     """Feed x (B, T, F) chunk by chunk, carrying (h, c); returns the concatenated per-step outputs."""
     outs, steps, start = [], [], 0
     h, c = h0, c0
-    for size, lens in zip(CHUNKS, lengths_per_chunk):
+    for size, lens in zip(CHUNKS, lengths_per_chunk, strict=True):
         with torch.no_grad():
             out = model(x[:, start : start + size], torch.tensor(lens), h, c)
         outs.append(out.outputs)

@@ -44,6 +44,7 @@ from seqserve.model import export
 from seqserve.model.checkpoint import load_checkpoint
 from seqserve.model.data import load_split, pad_batch
 from seqserve.model.errors import AccuracyDropError, CheckpointError, ParityError, SeqserveModelError
+from seqserve.model.evaluate import ACCURACY_BATCH
 from seqserve.model.onnx_export import export_onnx, graph_problems
 from seqserve.model.parity import (
     ATOL,
@@ -55,7 +56,6 @@ from seqserve.model.parity import (
     check_parity,
     make_session,
 )
-from seqserve.model.evaluate import ACCURACY_BATCH
 from seqserve.repository import read_version, sha256_of
 from seqserve.server.runtime import ModelRuntime
 
@@ -143,7 +143,7 @@ def test_graph_dims_are_symbolic(exp):
         assert ttype.elem_type == dtypes[spec.dtype], spec.name
         dims = list(ttype.shape.dim)
         assert len(dims) == len(spec.shape), spec.name
-        for dim, want in zip(dims, spec.shape):
+        for dim, want in zip(dims, spec.shape, strict=True):
             if want in (BATCH, TIME):
                 assert dim.WhichOneof("value") == "dim_param", f"{spec.name}: {want} is fixed to {dim.dim_value}"
                 assert dim.dim_param == want
@@ -646,7 +646,8 @@ def export_main(*argv: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def int8_published(tmp_path_factory):
-    """`export.py --int8` run once on a tiny JapaneseVowels bidirectional LSTM: (status, stdout, repository, checkpoint).
+    """`export.py --int8` run once on a tiny JapaneseVowels bidirectional LSTM:
+    (status, stdout, repository, checkpoint).
 
     Untrained, it scores about chance, and int8 noise may flip near-ties either way: the limit here is 1.
     """
@@ -681,7 +682,7 @@ def test_int8_variant_keeps_the_contract(int8_published):
         session = make_session(version.model_file)
         assert [i.name for i in session.get_inputs()] == input_names(arch)
         assert [o.name for o in session.get_outputs()] == output_names(arch)
-        outputs[version.precision] = dict(zip(output_names(arch), session.run(None, feeds)))
+        outputs[version.precision] = dict(zip(output_names(arch), session.run(None, feeds), strict=True))
     for name, value in outputs["int8"].items():
         assert value.shape == outputs["fp32"][name].shape, name
         assert np.isfinite(value).all(), name

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from seqserve.inference import Packed
-from seqserve.server.batching import Batcher, BatchPolicy, Clock
+from seqserve.server.batching import Batcher, BatchPolicy, Clock, Job
 from seqserve.server.errors import LimitExceeded, NotReady
 from seqserve.server.metrics import Metrics
 
@@ -55,37 +56,56 @@ def run(coro):
 
 
 class FakeClock:
-    """Time that moves only when the test advances it; a sleep ends once the clock has passed its end."""
+    """Time that moves only when the test advances it; a timer fires once the clock has passed its moment."""
 
     def __init__(self) -> None:
         self.time = 1000.0
-        self._sleeps: list[tuple[float, asyncio.Future[None]]] = []
-        self._someone_asleep = asyncio.Event()
+        self._timers: list[FakeTimer] = []
+        self._armed = asyncio.Event()
 
     def now(self) -> float:
         return self.time
 
-    async def sleep(self, seconds: float) -> None:
-        wake = asyncio.get_running_loop().create_future()
-        self._sleeps.append((self.time + seconds, wake))
-        self._someone_asleep.set()
-        await wake
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> FakeTimer:
+        timer = FakeTimer(self.time + seconds, callback)
+        self._timers.append(timer)
+        self._armed.set()
+        return timer
 
     def advance(self, seconds: float) -> None:
         self.time += seconds
-        for end, wake in self._sleeps:
-            if end <= self.time and not wake.done():
-                wake.set_result(None)
-        self._sleeps = [(end, wake) for end, wake in self._sleeps if not wake.done()]
+        due = [timer for timer in self._timers if timer.at <= self.time]
+        self._timers = [timer for timer in self._timers if timer.at > self.time and not timer.cancelled]
+        for timer in due:
+            timer.fire()
 
-    async def asleep(self) -> None:
-        """Return once someone waits on this clock (the batcher, for more requests)."""
-        await asyncio.wait_for(self._someone_asleep.wait(), 5.0)
-        self._someone_asleep.clear()
+    async def waited_on(self) -> None:
+        """Return once a timer is set on this clock (the batcher waits for more requests)."""
+        await asyncio.wait_for(self._armed.wait(), 5.0)
+        self._armed.clear()
 
     @property
-    def sleeping(self) -> int:
-        return sum(not wake.done() for _, wake in self._sleeps)
+    def pending(self) -> int:
+        """Timers set and neither fired nor cancelled."""
+        return sum(not timer.cancelled for timer in self._timers)
+
+
+class FakeTimer:
+    def __init__(self, at: float, callback: Callable[[], object]) -> None:
+        self.at, self.callback, self.cancelled = at, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback()
+
+
+async def answered(*jobs: Job) -> None:
+    """Wait for the jobs' answers; fail rather than hang where they never come (the clock is not advancing)."""
+    await asyncio.wait_for(asyncio.gather(*(job.future for job in jobs)), 5.0)
 
 
 async def started(runtime: FakeRuntime, clock: Clock | None = None, **policy) -> Batcher:
@@ -152,7 +172,7 @@ def test_metrics_count_each_request_wait_once_and_each_run():
                 for lengths in ((2, 3, 2), (30,), (2, 2, 3, 31, 29))]
         clock.advance(held_s)
         batcher.release()
-        await asyncio.gather(*(job.future for job in jobs))
+        await answered(*jobs)
         await batcher.stop()
         return metrics
 
@@ -299,7 +319,7 @@ def test_a_lone_caller_after_an_idle_spell_is_answered_at_once_and_load_is_queue
     async def scenario():
         runtime, clock = FakeRuntime(), FakeClock()
         batcher = await started(runtime, clock, inline_max_ms=50.0, inline_min_idle_ms=1.0, max_queue_delay_ms=0)
-        await batcher.submit(Packed.one(steps(3)))  # through the queue: measures the time per step
+        await answered(batcher.enqueue(Packed.one(steps(3))))  # through the queue: measures the time per step
         clock.advance(0.01)  # idle
         lone = batcher.enqueue(Packed.one(steps(3, value=2.0)))
         await asyncio.sleep(0)  # one turn of the loop: the requests read with it would be queued by now
@@ -307,12 +327,12 @@ def test_a_lone_caller_after_an_idle_spell_is_answered_at_once_and_load_is_queue
         burst = [batcher.enqueue(Packed.one(steps(3))) for _ in range(2)]  # right after: load, not a lone caller
         await asyncio.sleep(0)
         queued = [not job.future.done() for job in burst]
-        answers = [await job.future for job in (lone, *burst)]
+        await answered(lone, *burst)
         clock.advance(0.01)  # idle again
         pair = [batcher.enqueue(Packed.one(steps(3))) for _ in range(2)]  # read together: one batch
-        await asyncio.gather(*(job.future for job in pair))
+        await answered(*pair)
         await batcher.stop()
-        return at_once, queued, answers, runtime.batch_sizes[-1]
+        return at_once, queued, [job.future.result() for job in (lone, *burst)], runtime.batch_sizes[-1]
 
     at_once, queued, [lone, *burst], last_batch = run(scenario())
     assert at_once and queued == [True, True] and last_batch == 2
@@ -326,14 +346,14 @@ def test_a_request_sooner_than_the_idle_spell_is_load_and_is_queued():
     async def scenario():
         runtime, clock = FakeRuntime(), FakeClock()
         batcher = await started(runtime, clock, inline_max_ms=50.0, inline_min_idle_ms=1.0, max_queue_delay_ms=0)
-        await batcher.submit(Packed.one(steps(3)))  # measures the time per step
+        await answered(batcher.enqueue(Packed.one(steps(3))))  # measures the time per step
         outcomes = []
         for gap_s in (0.0005, 0.0015):
             clock.advance(gap_s)
             job = batcher.enqueue(Packed.one(steps(3)))
             await asyncio.sleep(0)
             outcomes.append(job.future.done())
-            await job.future
+            await answered(job)
         await batcher.stop()
         return outcomes
 
@@ -342,7 +362,7 @@ def test_a_request_sooner_than_the_idle_spell_is_load_and_is_queued():
 
 def test_under_load_a_round_waits_for_more_up_to_the_queue_delay():
     """max_queue_delay: a round taken under load waits for late requests until its batch is full, or until
-    the delay has passed on the clock, not a moment before."""
+    the delay has passed on the clock, not before."""
     delay_s = 2.0
 
     async def scenario():
@@ -353,26 +373,26 @@ def test_under_load_a_round_waits_for_more_up_to_the_queue_delay():
         # The first arrives after an idle spell (it runs at once, with what is queued); the rest under load.
         held = [batcher.enqueue(Packed.one(steps(2))) for _ in range(4)]
         batcher.release()
-        await clock.asleep()  # the second round (the fourth request) waits for more
+        await clock.waited_on()  # the second round (the fourth request) waits for more
         seen = [list(runtime.batch_sizes)]
         clock.advance(delay_s / 2)
         late = [batcher.enqueue(Packed.one(steps(2))) for _ in range(2)]  # fill its batch: it runs at once
-        await asyncio.gather(*(job.future for job in (*held, *late)))
+        await answered(*held, *late)
         seen.append(list(runtime.batch_sizes))
         one = batcher.enqueue(Packed.one(steps(2)))  # right after: load; nothing else comes
-        await clock.asleep()
-        clock.advance(delay_s * 0.999)
-        await asyncio.sleep(0.01)
+        await clock.waited_on()
+        clock.advance(delay_s * 0.75)
+        await asyncio.sleep(0.01)  # time enough to run, were it not waiting
         waited = not one.future.done()
-        clock.advance(delay_s * 0.001)
-        await one.future
+        clock.advance(delay_s * 0.25)
+        await answered(one)
         seen.append(list(runtime.batch_sizes))
         await batcher.stop()
-        return seen, waited, clock.sleeping
+        return seen, waited, clock.pending
 
-    seen, waited, still_sleeping = run(scenario())
+    seen, waited, timers_left = run(scenario())
     assert seen == [[3], [3, 3], [3, 3, 1]]  # full at once; the fourth waited for the late two; the last alone
-    assert waited and still_sleeping == 0
+    assert waited and timers_left == 0
 
 
 def test_after_an_idle_spell_a_round_does_not_wait():
@@ -383,19 +403,19 @@ def test_after_an_idle_spell_a_round_does_not_wait():
         runtime, clock = FakeRuntime(), FakeClock()
         batcher = await started(runtime, clock, max_batch_size=3, max_queue_delay_ms=2000.0, inline_min_idle_ms=1.0,
                                 inline_max_ms=0)
-        await batcher.submit(Packed.one(steps(2)))  # first ever: the batcher has always been idle
+        await answered(batcher.enqueue(Packed.one(steps(2))))  # first ever: the batcher has always been idle
         clock.advance(0.01)  # idle
         lone = batcher.enqueue(Packed.one(steps(2)))
-        await lone.future
+        await answered(lone)  # without waiting for the clock
         after = batcher.enqueue(Packed.one(steps(2)))  # load: it waits, on its own, for the delay
-        await clock.asleep()
+        await clock.waited_on()
         clock.advance(2.0)
-        await after.future
+        await answered(after)
         await batcher.stop()
-        return runtime.batch_sizes, clock.sleeping
+        return runtime.batch_sizes, clock.pending
 
-    batch_sizes, still_sleeping = run(scenario())
-    assert batch_sizes == [1, 1, 1] and still_sleeping == 0
+    batch_sizes, timers_left = run(scenario())
+    assert batch_sizes == [1, 1, 1] and timers_left == 0
 
 
 def test_requests_batched_together_each_get_their_own_sequences_back():

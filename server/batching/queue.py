@@ -70,23 +70,20 @@ class WorkQueue:
         `clock` for more while the queue is empty; returns (jobs, stop requested)."""
         jobs, taken = [first], len(first)
         deadline = Deadline(clock, delay)
-        try:
-            while taken < self.max_batch_size:
-                if self._jobs.empty():
-                    if deadline.passed:
-                        break
-                    try:
-                        job = self._taken(await deadline.first(self._jobs.get()))
-                    except TimeoutError:
-                        break
-                else:
-                    job = self._taken(self._jobs.get_nowait())
-                if job is None:
-                    return jobs, True
-                jobs.append(job)
-                taken += len(job)
-        finally:
-            deadline.close()
+        while taken < self.max_batch_size:
+            if self._jobs.empty():
+                if deadline.passed:
+                    break
+                try:
+                    job = self._taken(await deadline.first(self._jobs.get()))
+                except TimeoutError:
+                    break
+            else:
+                job = self._taken(self._jobs.get_nowait())
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            taken += len(job)
         return jobs, False
 
     def answered(self, jobs: list[Job]) -> None:

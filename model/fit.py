@@ -76,7 +76,8 @@ def read_data(train_path: Path, test_path: Path | None, task: str | None, seed: 
     if test_path is None:
         check_split(train_set, None)
         train_set, test_set = split(train_set, TEST_FRACTION, seed)
-        test_source = f"a {TEST_FRACTION:.0%} stratified hold-out of {train_path}"
+        kind = "stratified " if train_set.task == "classify" else ""
+        test_source = f"a {TEST_FRACTION:.0%} {kind}hold-out of {train_path}"
     else:
         test_set = read_labelled(test_path, task=train_set.task, fill=fill)
         check_split(train_set, test_set)
@@ -115,7 +116,7 @@ def fit(args: argparse.Namespace, data: FitData, config: EncoderConfig, tc: Trai
     summary = train(config, tc, run_dir,
                     progress=not args.no_progress, splits=data.splits, loss=args.loss, time_limit=args.time_limit)
     train_seconds = time.monotonic() - started
-    description = args.description or f"{data.task} {data.splits.train.name}: {', '.join(data.feature_names)}"
+    description = args.description or f"{data.task}: fitted to {data.splits.train.name} by model.fit"
     report = publish(run_dir / "checkpoint.pt", args.repository, args.name, version, description,
                      data=DataDescription(dataset=data.splits.train.name, feature_names=tuple(data.feature_names)),
                      test=data.splits.test)

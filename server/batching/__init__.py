@@ -18,7 +18,7 @@ later work is refused, and `on_failure` tells the registry (health turns NOT_SER
 
 One module per job:
     policy.py     BatchPolicy: the knobs, by keyword, with the server's defaults
-    clock.py      Clock (now, sleep), the real MonotonicClock, a Deadline that awaits race
+    clock.py      Clock (now, call_later), the real MonotonicClock, a Deadline that bounds an await
     round.py      Job (one request) and Round (the jobs run together, their packed answers)
     grouping.py   balanced_parts: a big call cut into parts that end together
     queue.py      WorkQueue: bounded, held for tests, collects a round within the queue delay

@@ -82,13 +82,15 @@ def read_data(train_path: Path, test_path: Path | None, task: str | None, seed: 
         test_set = read_labelled(test_path, task=train_set.task, fill=fill)
         check_split(train_set, test_set)
         test_source = str(test_path)
-    return FitData(as_splits(train_set, test_set, train_path.stem), list(train_set.feature_names), test_source)
+    splits = as_splits(train_set, test_set, train_path.stem, (test_path or train_path).stem)
+    return FitData(splits, list(train_set.feature_names), test_source)
 
 
-def as_splits(train_set: LabelledSet, test_set: LabelledSet, name: str) -> Splits:
-    """The reader's sets as the trainer's, class indices from the training set's classes."""
-    train_data = SequenceDataset.from_labelled(train_set, name)
-    return Splits(train_data, SequenceDataset.from_labelled(test_set, name, train_data.class_labels))
+def as_splits(train_set: LabelledSet, test_set: LabelledSet, train_name: str, test_name: str) -> Splits:
+    """The reader's sets as the trainer's, named by their files' stems; class indices from the training set's
+    classes."""
+    train_data = SequenceDataset.from_labelled(train_set, train_name)
+    return Splits(train_data, SequenceDataset.from_labelled(test_set, test_name, train_data.class_labels))
 
 
 def fit_configs(data: FitData, args: argparse.Namespace) -> tuple[EncoderConfig, TrainConfig]:

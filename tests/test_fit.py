@@ -123,16 +123,21 @@ def test_a_regression_fit_publishes_a_model_whose_onnx_answers_score_as_reported
         result["test_rmse"])
 
 
-def test_a_second_fit_publishes_the_next_version(basic_motions, tmp_path):
+def test_a_second_fit_publishes_the_next_version_and_int8_judged_on_the_hold_out(basic_motions, tmp_path):
     _, repository, _ = basic_motions
     status, result, stderr = fit(str(archive_file("BasicMotions", "train")), "--name", "basic_motions",
                                  "--repository", str(repository), "--out", str(tmp_path / "run"), "--epochs", "1",
-                                 "--hidden-size", "8", "--no-progress")
+                                 "--hidden-size", "8", "--no-progress", "--int8", "--int8-max-drop", "1")
     assert status == 0, stderr
     assert result is not None and result["version"] == 2
     assert result["test_sequences"] == 8  # the hold-out: 25 % of each class of 10, rounded
     assert read_version(repository / "basic_motions" / "1").version == 1  # untouched
     assert read_version(Path(result["path"])).version == 2
+    int8 = read_version(Path(result["int8_path"]))  # judged on the hold-out, not on JapaneseVowels
+    assert int8.metadata.quantization is not None
+    assert int8.metadata.quantization.test_split == "BasicMotions_TRAIN test"
+    assert int8.metadata.quantization.test_sequences == 8
+    assert int8.test_accuracy == result["int8_test_accuracy"]
 
 
 @pytest.mark.parametrize(("sequences", "length", "stage", "stride"), [

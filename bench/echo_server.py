@@ -24,15 +24,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from seqserve.channel import MAX_MESSAGE_BYTES
 from seqserve.contract import Architecture
 from seqserve.repository import latest_version, scan_repository
+from seqserve.server.v1.codec import DEFAULT_OUTPUTS, stream_default_outputs
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-
-DEFAULT_OUTPUTS = frozenset({pb.OUTPUT_HIDDEN, pb.OUTPUT_ATTENTION, pb.OUTPUT_LOGITS})  # as server/codec.py
-STREAM_DEFAULT = frozenset({pb.OUTPUT_HIDDEN, pb.OUTPUT_LOGITS})  # as server/dataplane.py
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class EchoModel:
@@ -105,7 +103,8 @@ class EchoService(pb_grpc.SeqserveServiceServicer):
         return response
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[pb.ModelInfo(name=m.name, version=m.version) for m in self.models.values()])
+        return pb.ListModelsResponse(models=[pb.ModelInfo(name=m.name, version=m.version)
+                                             for m in self.models.values()])
 
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         model = self._model(request.model)
@@ -120,13 +119,11 @@ class EchoService(pb_grpc.SeqserveServiceServicer):
 
     async def StreamSequence(self, request_iterator: AsyncIterator[pb.StreamSequenceRequest], context) -> AsyncIterator:
         model: EchoModel | None = None
-        outputs, seen = STREAM_DEFAULT, 0
+        outputs, seen = frozenset[int](), 0
         async for request in request_iterator:
             if model is None:
                 model = self._model(request.model)
-                outputs = frozenset(request.outputs) or STREAM_DEFAULT
-                if not model.arch.streaming:
-                    outputs |= {pb.OUTPUT_ATTENTION}
+                outputs = frozenset(request.outputs) or stream_default_outputs(model.arch)  # as the data plane
             steps = steps_of(request.steps)
             seen += steps
             if not model.arch.streaming and not request.end:

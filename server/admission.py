@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from .errors import ServingError, ShuttingDown, Unauthenticated, status_of
 from .wire import responses_of
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -26,9 +27,9 @@ AUTHORIZATION = "authorization"
 REPLICA_KEY = "seqserve-replica"
 
 
-def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
-               trailers: tuple = ()) -> grpc.RpcMethodHandler:
-    """A handler of the same kind (and codecs) as `handler` that answers every call with `code`."""
+def _rejecting(handler: grpc.RpcMethodHandler, error: ServingError, trailers: tuple = ()) -> grpc.RpcMethodHandler:
+    """A handler of the same kind (and codecs) as `handler` that answers every call with `error`'s status."""
+    code, message = status_of(error)
 
     async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message, trailers)
@@ -76,12 +77,9 @@ class Admission(grpc.aio.ServerInterceptor):
         if details.method.startswith(HEALTH_PREFIX):
             return guarded
         if self.draining:
-            return _rejecting(guarded, grpc.StatusCode.UNAVAILABLE,
-                              "server: shutting down; retry the call (another replica, or this one once restarted)",
-                              self._replica_metadata)
+            return _rejecting(guarded, ShuttingDown(), self._replica_metadata)
         if self._expected is not None and not self._authorized(details.invocation_metadata):
-            return _rejecting(guarded, grpc.StatusCode.UNAUTHENTICATED,
-                              "authorization: a valid `authorization: Bearer <token>` header is required")
+            return _rejecting(guarded, Unauthenticated())
         return counted
 
     def _wrappers(self, handler: grpc.RpcMethodHandler,

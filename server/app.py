@@ -23,7 +23,7 @@ from seqserve.repository import RepositoryError
 from seqserve.v1 import seqserve_pb2 as pb
 
 from .admission import Admission
-from .calls import Calls
+from .calls import CallAccounting
 from .config import ServerConfig
 from .errors import StartupError
 from .metrics import Metrics
@@ -32,6 +32,7 @@ from .oip.service import SERVICE_NAME as OIP_SERVICE_NAME
 from .oip.service import InferenceService, add_inference_service
 from .reflection import enable_reflection
 from .registry import ModelRegistry, ServedModel
+from .streams import ByteBudget, StreamBounds
 from .v1.dataplane import DataPlane
 from .v1.service import SeqserveService, add_service
 from .wire import RateLimitedLog, guard
@@ -69,7 +70,10 @@ class SeqserveServer:
             *((("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),)
               if config.max_connection_age_s > 0 else ()),
         ]
-        self.grpc = grpc.aio.server(options=options, interceptors=[self.admission],
+        # Timing, counting and status codes of both APIs' calls, and one stream count for both.
+        self.accounting = CallAccounting(self.metrics, config, (SERVICE_NAME, OIP_SERVICE_NAME))
+        self.unsent = ByteBudget(config.max_process_unsent_bytes, self.metrics.stream_unsent_bytes)
+        self.grpc = grpc.aio.server(options=options, interceptors=[self.admission, self.accounting],
                                     maximum_concurrent_rpcs=config.max_concurrent_rpcs)
         self.port = 0
         self.metrics_port = 0
@@ -90,14 +94,12 @@ class SeqserveServer:
 
     async def _start(self) -> int:
         await self._set_health(NOT_SERVING)
-        calls = Calls(self.metrics, self.config)  # one stream count for both APIs
+        bounds = StreamBounds(self.config.max_stream_in_flight, self.config.max_stream_unsent_bytes, self.unsent)
         add_service(  # the generated registration, with request deserializers that never raise (server/wire.py)
-            SeqserveService(DataPlane(self.registry, self.config), calls, self.config), self.grpc,
-            self.metrics, self._decode_log,
+            SeqserveService(DataPlane(self.registry, self.config), bounds), self.grpc, self.metrics, self._decode_log,
         )
         add_inference_service(  # the Open Inference Protocol (KServe v2) on the same port and batchers
-            InferenceService(InferencePlane(self.registry, self.config, self.metrics), calls, self.config),
-            self.grpc,
+            InferenceService(InferencePlane(self.registry, self.config, self.metrics), bounds), self.grpc,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if self.config.reflection:
@@ -113,7 +115,8 @@ class SeqserveServer:
             model.batcher.on_failure = lambda exc, model=model: asyncio.ensure_future(self._model_failed(model))
             await self._set_model_health(model, SERVING)
         await self._set_health(SERVING)
-        log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "tls": bool(self.config.tls_cert),
+        log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port,
+                                   "tls": bool(self.config.tls_cert),
                                    "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                                    "models": [f"{m.name}/{m.version}" for m in self.registry.all()],
                                    "skipped": len(self.registry.problems)})

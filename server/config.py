@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from seqserve.channel import MAX_MESSAGE_BYTES
 from seqserve.cpu import physical_cores
 
 from .batching import BatchPolicy, runs_at_once
@@ -44,7 +45,7 @@ class ServerConfig:
     parallel_call_min: int = BatchPolicy.parallel_call_min  # a call this big runs as parts side by side (0 = never)
     max_sequence_length: int = 4096  # steps in one sequence
     max_sequences_per_request: int = 256
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = MAX_MESSAGE_BYTES  # the clients' (seqserve.channel) limit too
     max_concurrent_streams: int = 256
     # Connections are closed (GOAWAY, calls in flight finish) after this long, so clients resolve the
     # service's name again and find replicas added by a scale-up (gRPC re-resolves only on a new connection).
@@ -52,6 +53,10 @@ class ServerConfig:
     max_concurrent_rpcs: int = 1024  # calls of any kind being served at once; more get RESOURCE_EXHAUSTED
     max_queued_sequences: int = BatchPolicy.max_queued  # per model version: sequences waiting for a batch
     max_stream_in_flight: int = 64  # EncodeStream: requests queued or unsent per stream before reading pauses
+    # ...and their answers' bytes (upper-bound estimates), per stream and for all streams of the process:
+    # a client that stops reading holds at most this much server memory, whatever the answers' size.
+    max_stream_unsent_bytes: int = 16 * 1024 * 1024
+    max_process_unsent_bytes: int = 256 * 1024 * 1024
     max_stream_buffer_steps: int = 16384  # steps buffered for a bidirectional StreamSequence
     max_stream_chunks: int = 65536  # messages in one StreamSequence, empty chunks included
     max_live_sequences: int = 4096  # Open Inference Protocol: sequences (sequence_id) whose state the server keeps
@@ -61,7 +66,7 @@ class ServerConfig:
     warmup: bool = True
     allow_empty: bool = False  # start even when the repository holds no loadable model
     reflection: bool = True  # serve grpc.reflection (v1 and v1alpha)
-    replica: str = ""  # this replica's name, sent as `seqserve-replica` in every call's trailing metadata ("": the hostname)
+    replica: str = ""  # this replica's name, in every call's `seqserve-replica` trailing metadata ("": the hostname)
     tls_cert: str = ""  # PEM certificate chain: serve TLS on the gRPC port (with tls_key)
     tls_key: str = ""  # PEM private key
     tls_client_ca: str = ""  # PEM CA bundle: require client certificates signed by it (mutual TLS)
@@ -130,6 +135,9 @@ _HELP = {
     "max_concurrent_rpcs": "most calls of any kind served at once; more are refused with RESOURCE_EXHAUSTED",
     "max_queued_sequences": "most sequences waiting for a batch, per model version; more are refused",
     "max_stream_in_flight": "EncodeStream: most requests queued or unanswered per stream before reading pauses",
+    "max_stream_unsent_bytes": "EncodeStream and ModelStreamInfer: most bytes of answers (estimated before they run) "
+                               "queued or unsent per stream; past it reading pauses until the client reads",
+    "max_process_unsent_bytes": "the same bound for all streams of the process together",
     "max_stream_buffer_steps": "most steps a bidirectional StreamSequence may buffer",
     "max_stream_chunks": "most chunks (messages, empty ones included) in one StreamSequence",
     "max_live_sequences": "Open Inference Protocol: most sequences (sequence_id) whose state the server keeps at "

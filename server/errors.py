@@ -108,6 +108,22 @@ class NotReady(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ShuttingDown(ServingError):
+    """The server is draining: the call should go to another replica, or to this one once restarted."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__("server: shutting down; retry the call (another replica, or this one once restarted)")
+
+
+class Unauthenticated(ServingError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+    def __init__(self) -> None:
+        super().__init__("authorization: a valid `authorization: Bearer <token>` header is required")
+
+
 class FailedPrecondition(ServingError):
     """The request is well-formed but not valid in the stream's current state."""
 

@@ -1,8 +1,8 @@
 """`python -m server.healthcheck [--port N]`: exit 0 iff a seqserve server reports SERVING over grpc.health.v1.
 
 The container health probe (Dockerfile HEALTHCHECK, docker-compose healthcheck). It imports only grpcio,
-grpcio-health-checking and seqserve.channel, so it starts fast and never loads onnxruntime or torch. The port defaults to
-SEQSERVE_PORT, the variable the server itself reads, so one setting moves both.
+grpcio-health-checking and seqserve.channel, so it starts fast and never loads onnxruntime or torch. The port
+defaults to SEQSERVE_PORT, the variable the server itself reads, so one setting moves both.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ DEFAULT_PORT = 50051
 DEFAULT_TIMEOUT_S = 3.0
 
 
-def check(target: str, service: str = "", timeout: float = DEFAULT_TIMEOUT_S, security: Security = Security()) -> str:
+def check(target: str, service: str = "", timeout: float = DEFAULT_TIMEOUT_S,
+          security: Security | None = None) -> str:
     """The serving status of `service` ("" = the whole server) at `target`, by name, e.g. "SERVING"."""
-    with open_channel(target, security) as channel:
+    with open_channel(target, security or Security()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

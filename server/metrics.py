@@ -81,6 +81,9 @@ class Metrics:
         # multiprocess_mode: how --workers' processes add up (ignored by a single process).
         self.open_streams = Gauge("seqserve_open_streams", "streaming calls open now", registry=r,
                                   multiprocess_mode="livesum")
+        self.stream_unsent_bytes = Gauge("seqserve_stream_unsent_bytes", "bytes of streamed answers queued or "
+                                         "unsent (upper-bound estimates; --max-process-unsent-bytes)", registry=r,
+                                         multiprocess_mode="livesum")
         self.models_loaded = Gauge("seqserve_models_loaded", "model versions serving", registry=r,
                                    multiprocess_mode="livemax")
         self.models_failed = Gauge("seqserve_models_failed", "model versions that failed to load", registry=r,

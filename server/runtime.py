@@ -55,7 +55,7 @@ class ModelRuntime(OnnxModel):
                 f"{self.version.model_file}: I/O {declared_in} -> {declared_out} breaks the contract "
                 f"{self.input_names} -> {self.output_names}"
             )
-        for spec, actual in zip(input_specs(self.arch), self.session.get_inputs()):
+        for spec, actual in zip(input_specs(self.arch), self.session.get_inputs(), strict=True):
             fixed = [d for d in spec.shape if isinstance(d, int)]
             if [d for d in actual.shape if isinstance(d, int)] != fixed:
                 raise RepositoryError(

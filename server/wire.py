@@ -117,7 +117,8 @@ class MethodWire:
             await context.abort(*status_of(self.refuse(request, context)))
         return await self.behaviour(request, context)
 
-    async def unary_stream(self, request: Message | Undecodable, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+    async def unary_stream(self, request: Message | Undecodable,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
         if isinstance(request, Undecodable):
             await context.abort(*status_of(self.refuse(request, context)))
         async for response in responses_of(self.behaviour(request, context)):

@@ -74,6 +74,8 @@ class InferCall:
     c0: np.ndarray | None  # (L, B, H)
     control: SequenceControl | None
     full_length: bool  # every row is T long: no padding to put back
+    answer_bytes: int  # an upper bound of the ModelInferResponse's bytes
+    started: int  # time.perf_counter_ns() as it arrived (the model's statistics)
 
     @property
     def fetch(self) -> frozenset[str]:
@@ -173,21 +175,32 @@ class InferencePlane:
     # --- inference ------------------------------------------------------------------------------
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        """Validate, run and answer one request. Everything up to a sequence's `enter` runs before the
-        first await, so the requests of one stream enter their sequences in the order they were read."""
+        """Validate, run and answer one request."""
+        return await self.run(self.admit(request))
+
+    def admit(self, request: pb.ModelInferRequest) -> InferCall:
+        """Validate a request (a failure counts in its model's statistics); `run` runs it."""
         started = time.perf_counter_ns()
         model = self.find(request.model_name, request.model_version, "model_version")
-        outcomes = self.outcomes[(model.name, model.version)]
         try:
-            call = self.prepare(request, model)
+            return self.prepare(request, model, started)
+        except BaseException:
+            self.outcomes[(model.name, model.version)].record(False, started)
+            raise
+
+    async def run(self, call: InferCall) -> pb.ModelInferResponse:
+        """Run and answer a validated request. Everything up to a sequence's `enter` runs before the first
+        await, so the requests of one stream, run in the order they were read, enter their sequences so."""
+        outcomes = self.outcomes[(call.model.name, call.model.version)]
+        try:
             response = await (self._run_in_sequence(call) if call.control is not None else self._run(call))
         except BaseException:
-            outcomes.record(False, started)
+            outcomes.record(False, call.started)
             raise
-        outcomes.record(True, started)
+        outcomes.record(True, call.started)
         return response
 
-    def prepare(self, request: pb.ModelInferRequest, model: ServedModel) -> InferCall:
+    def prepare(self, request: pb.ModelInferRequest, model: ServedModel, started: int) -> InferCall:
         """Check everything about a request before any of it is queued."""
         arch = model.runtime.arch
         control = sequence_control(request.parameters)
@@ -204,9 +217,9 @@ class InferencePlane:
         if control is not None:
             self._check_sequence(model, batch, h0, c0)
         outputs = self._outputs(request, model)
-        self._check_answer_size(model, outputs, batch, steps)
+        size = self._answer_size(model, outputs, batch, steps)
         full_length = bool((lengths == steps).all())
-        return InferCall(request, model, outputs, x, lengths, h0, c0, control, full_length)
+        return InferCall(request, model, outputs, x, lengths, h0, c0, control, full_length, size, started)
 
     def _lengths(self, lengths: np.ndarray | None, batch: int, steps: int, allow_empty: bool) -> np.ndarray:
         """Each row's real steps (B,): as given (within 0..T), or T for every row when absent."""
@@ -264,11 +277,13 @@ class InferencePlane:
             chosen[name] = available[name]
         return list(chosen.values())
 
-    def _check_answer_size(self, model: ServedModel, outputs: list[TensorMeta], batch: int, steps: int) -> None:
+    def _answer_size(self, model: ServedModel, outputs: list[TensorMeta], batch: int, steps: int) -> int:
+        """The answer's bytes (an upper bound), refused over max_message_bytes."""
         longest_label = label_bytes(model.runtime.version.class_labels, model.runtime.arch.num_classes)
         size = answer_bytes(tuple(outputs), batch, steps, longest_label)
         per_step = [m.name for m in outputs if layout_of(m.name) is Layout.PER_STEP]
         check_answer_size(size, self.config.max_message_bytes, "send fewer rows per request", per_step)
+        return size
 
     async def _run(self, call: InferCall) -> pb.ModelInferResponse:
         job = call.model.batcher.enqueue(call.sequences(), call.fetch)

@@ -76,7 +76,8 @@ def decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | Non
         check_shape(shape, field)
     except TensorDecodeError as exc:
         raise InvalidInput(exc.field, exc.detail) from None
-    if len(shape) != len(meta.shape) or any(isinstance(d, int) and d != n for d, n in zip(meta.shape, shape)):
+    if len(shape) != len(meta.shape) or any(isinstance(d, int) and d != n
+                                            for d, n in zip(meta.shape, shape, strict=True)):
         raise InvalidInput(field, f"shape {list(shape)} does not fit {meta.wire_shape}")
     dtype, count = NUMPY[meta.datatype], math.prod(shape)
     if raw is not None:
@@ -120,8 +121,9 @@ def answer(metas: Sequence[TensorMeta], values: Sequence[np.ndarray], **fields: 
     `metas`: each one's name, datatype and shape in `outputs`, its data in `raw_output_contents`."""
     return pb.ModelInferResponse(
         **fields,
-        outputs=[{"name": m.name, "datatype": m.datatype, "shape": v.shape} for m, v in zip(metas, values)],
-        raw_output_contents=[raw_contents(m, v) for m, v in zip(metas, values)],
+        outputs=[{"name": m.name, "datatype": m.datatype, "shape": v.shape}
+                 for m, v in zip(metas, values, strict=True)],
+        raw_output_contents=[raw_contents(m, v) for m, v in zip(metas, values, strict=True)],
     )
 
 

@@ -34,6 +34,7 @@ from ..validation import (
 )
 
 DEFAULT_OUTPUTS = frozenset({pb.OUTPUT_HIDDEN, pb.OUTPUT_ATTENTION, pb.OUTPUT_LOGITS})
+STREAM_DEFAULT_OUTPUTS = frozenset({pb.OUTPUT_HIDDEN, pb.OUTPUT_LOGITS})  # see stream_default_outputs
 PER_STEP_OUTPUTS = {pb.OUTPUT_OUTPUTS: "OUTPUT_OUTPUTS", pb.OUTPUT_STEP_LOGITS: "OUTPUT_STEP_LOGITS"}
 # The most steps a stream may count (steps_seen): far beyond any real stream, and with room to add
 # chunks without passing int64 (2**63 - 1), the type of every steps_seen field on the wire.
@@ -80,6 +81,12 @@ OUTPUT_TENSORS = {pb.OUTPUT_OUTPUTS: ("outputs",), pb.OUTPUT_HIDDEN: ("h_n", "c_
 def tensors_of(outputs: frozenset[int]) -> frozenset[str]:
     """The model outputs a set of requested outputs needs fetched (logits always: the prediction)."""
     return frozenset({"logits"}.union(*(OUTPUT_TENSORS[value] for value in outputs)))
+
+
+def stream_default_outputs(arch: Architecture) -> frozenset[int]:
+    """What a StreamSequence answers when it asks for nothing: the state and the logits, and for a
+    bidirectional model (answered once, at the end) the attention too."""
+    return STREAM_DEFAULT_OUTPUTS if arch.streaming else STREAM_DEFAULT_OUTPUTS | {pb.OUTPUT_ATTENTION}
 
 
 def decode_outputs(requested: Iterable[int], arch: Architecture, field: str = "outputs") -> frozenset[int]:

@@ -1,6 +1,6 @@
-"""What the service does, free of gRPC plumbing: describe models, encode sequences, run streams.
+"""What seqserve.v1 does, free of gRPC plumbing: describe models, encode sequences, run streams.
 
-The gRPC servicer (server/service.py) only moves messages and maps errors to status codes.
+The servicer (server/v1/service.py) only moves messages; server/calls.py maps errors to status codes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from seqserve.metadata import ParitySummary
 from seqserve.tensors import to_tensor
 from seqserve.v1 import seqserve_pb2 as pb
 
-from ..batching import Job
 from ..config import ServerConfig
 from ..errors import FailedPrecondition, InvalidInput, LimitExceeded, excerpt
 from ..registry import ModelRegistry, ServedModel
@@ -34,6 +33,7 @@ from .codec import (
     decode_state,
     decode_steps,
     encode_result,
+    stream_default_outputs,
     tensors_of,
 )
 from .packed import encode_packed, packed_ids, packed_lengths, unpack
@@ -88,11 +88,9 @@ class DataPlane:
     def get_model(self, request: pb.GetModelRequest) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=self.model_info(self.find(request.model, request.version)))
 
-    def start_encode(self, request: pb.EncodeRequest) -> PendingEncode:
-        """Validate a request and queue its sequences; the caller awaits or watches `job.future`.
-
-        Nothing is queued for a request whose answer would be over max_message_bytes.
-        """
+    def prepare_encode(self, request: pb.EncodeRequest) -> EncodeCall:
+        """Validate a request from its declared shapes, its answer's size included (nothing is queued for
+        a request whose answer would be over max_message_bytes); `EncodeCall.start` queues it."""
         model = self.find(request.model, request.version)
         arch = model.runtime.arch
         outputs = decode_outputs(request.outputs, arch)
@@ -101,7 +99,7 @@ class DataPlane:
         size = estimate.encode_response(lengths, (len(i.encode()) for i in ids))
         estimate.check(size, self.config.max_message_bytes,
                        f"send fewer sequences per call (this one has {len(lengths)})")
-        return PendingEncode(request, model, outputs, ids, model.batcher.enqueue(decode(), tensors_of(outputs)))
+        return EncodeCall(request, model, outputs, ids, size, decode)
 
     def _sequences_of(
         self, request: pb.EncodeRequest, arch: Architecture,
@@ -116,17 +114,19 @@ class DataPlane:
         check_sequence_count(len(request.sequences), "sequences", self.config, "no sequences in the request")
         fields = [f"sequences[{i}].steps" for i in range(len(request.sequences))]
         lengths = [check_steps_shape(seq.steps, field, arch, self.config)
-                   for seq, field in zip(request.sequences, fields)]
+                   for seq, field in zip(request.sequences, fields, strict=True)]
         return lengths, [seq.id for seq in request.sequences], lambda: Packed.of([
-            decode_steps(seq.steps, field, arch, self.config) for seq, field in zip(request.sequences, fields)],
+            decode_steps(seq.steps, field, arch, self.config)
+            for seq, field in zip(request.sequences, fields, strict=True)],
             arch.input_size)
 
     async def encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
-        pending = self.start_encode(request)
+        call = self.prepare_encode(request)
+        answers = call.start()
         try:
-            return pending.response(await pending.job.future)
+            return call.response(await answers)
         except asyncio.CancelledError:
-            pending.job.future.cancel()  # the caller went away: its sequences leave the queue
+            answers.cancel()  # the caller went away: its sequences leave the queue
             raise
 
 
@@ -136,15 +136,19 @@ def answer_size(model: ServedModel, outputs: frozenset[int]) -> AnswerSize:
     return AnswerSize.of(model.runtime.arch, outputs, model.runtime.version.class_labels, model.name)
 
 
-@dataclass
-class PendingEncode:
-    """An Encode request whose sequences are queued for inference."""
+@dataclass(frozen=True)
+class EncodeCall:
+    """A validated Encode request: `start` decodes its sequences (checking them finite) and queues them."""
 
     request: pb.EncodeRequest
     model: ServedModel
     outputs: frozenset[int]
     ids: list[str]
-    job: Job
+    answer_bytes: int  # an upper bound of the EncodeResponse's bytes
+    sequences: Callable[[], Packed]
+
+    def start(self) -> asyncio.Future[PackedOutputs]:
+        return self.model.batcher.enqueue(self.sequences(), tensors_of(self.outputs)).future
 
     def response(self, answers: PackedOutputs, out: pb.EncodeResponse | None = None) -> pb.EncodeResponse:
         """The answer; filled into `out` when given (a field of a bigger message: no copy)."""
@@ -186,8 +190,7 @@ class SequenceStream:
             raise InvalidInput("model", "the first message of a stream must name the model")
         self.model = self.plane.find(request.model, request.version)
         arch = self.model.runtime.arch
-        default = {pb.OUTPUT_HIDDEN, pb.OUTPUT_LOGITS} | ({pb.OUTPUT_ATTENTION} if not arch.streaming else set())
-        self.outputs = decode_outputs(request.outputs or default, arch)
+        self.outputs = decode_outputs(request.outputs or stream_default_outputs(arch), arch)
         self.size = answer_size(self.model, self.outputs)
         if request.HasField("initial_state"):
             self._continue_from(request.initial_state)

@@ -1,128 +1,79 @@
-"""The gRPC servicer of seqserve.v1: moves messages between the wire and the DataPlane.
+"""The gRPC servicer of seqserve.v1: moves messages between the wire and the DataPlane, nothing more.
 
-Every call goes through `server.calls.Calls` (shared with the Open Inference Protocol servicer):
-timing, counting, the stream cap, and `server.errors.status_of`, the one place that picks a code.
+Timing, counting, status codes and the stream cap are the interceptor's (server/calls.py); EncodeStream's
+bounded loop is shared with the Open Inference Protocol (server/streams.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from seqserve.inference import PackedOutputs
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
-from ..calls import Calls
-from ..config import ServerConfig
+from ..calls import this_call
 from ..metrics import Metrics
+from ..streams import StreamBounds, answer_stream
 from ..wire import MethodWire, RateLimitedLog, deserializer
-from .dataplane import DataPlane, PendingEncode, SequenceStream
+from .dataplane import DataPlane, EncodeCall, SequenceStream
 
+Context = grpc.aio.ServicerContext
 SERVICE = pb.DESCRIPTOR.services_by_name["SeqserveService"]
 
 
+def stream_answer(request: pb.EncodeStreamRequest, call: EncodeCall,
+                  answers: PackedOutputs) -> pb.EncodeStreamResponse:
+    """The answer of a request of an EncodeStream, tagged with its request_id."""
+    tagged = pb.EncodeStreamResponse(request_id=request.request_id)
+    call.response(answers, out=tagged.response)
+    return tagged
+
+
+def stream_error(request: pb.EncodeStreamRequest, code: grpc.StatusCode, message: str) -> pb.EncodeStreamResponse:
+    """The in-band answer of a request of an EncodeStream that failed (the stream goes on)."""
+    return pb.EncodeStreamResponse(request_id=request.request_id, error=pb.Error(code=code.name, message=message))
+
+
 class SeqserveService(pb_grpc.SeqserveServiceServicer):
-    def __init__(self, plane: DataPlane, calls: Calls, config: ServerConfig) -> None:
+    def __init__(self, plane: DataPlane, bounds: StreamBounds) -> None:
         self.plane = plane
-        self.calls = calls  # timing, counting, status mapping and the stream cap, shared with the v2 servicer
-        self.config = config
+        self.bounds = bounds  # EncodeStream's: answers in flight and their bytes
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return await self.calls.answer("ListModels", context, self.plane.list_models)
+    async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
+        return self.plane.list_models()
 
-    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
-        return await self.calls.answer("GetModel", context, lambda: self.plane.get_model(request))
+    async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.GetModelResponse:
+        return self.plane.get_model(request)
 
-    async def Encode(self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
-        return await self.calls.answer("Encode", context, lambda: self.plane.encode(request))
+    async def Encode(self, request: pb.EncodeRequest, context: Context) -> pb.EncodeResponse:
+        return await self.plane.encode(request)
 
-    def _tagged_error(self, request_id: str, exc: BaseException, started: float) -> pb.EncodeStreamResponse:
-        code, message = self.calls.failed("EncodeStream", exc, started)
-        return pb.EncodeStreamResponse(request_id=request_id, error=pb.Error(code=code.name, message=message))
+    def EncodeStream(self, requests: AsyncIterator[pb.EncodeStreamRequest],
+                     context: Context) -> AsyncIterator[pb.EncodeStreamResponse]:
+        """Each request is validated and queued as it is read, and answered as it completes."""
+        return answer_stream(requests, lambda tagged: self.plane.prepare_encode(tagged.request), stream_answer,
+                             stream_error, self.bounds)
 
-    async def EncodeStream(
-        self, request_iterator: AsyncIterator[pb.EncodeStreamRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.EncodeStreamResponse]:
-        """Each request is queued as it arrives and answered from its job's done-callback, as it completes.
-
-        Back-pressure: a request takes one of max_stream_in_flight slots when it is read and gives it
-        back when its answer has been sent, so a client that stops reading answers stops being read
-        (gRPC flow control then holds its writes) instead of piling answers up in server memory.
-        """
-        await self.calls.open_stream(context)
-        answers: asyncio.Queue[pb.EncodeStreamResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(self.config.max_stream_in_flight)
-        jobs: set[asyncio.Future] = set()
-        reading = True
-
-        def answer(pending: PendingEncode, request_id: str, started: float, future: asyncio.Future) -> None:
-            jobs.discard(future)
-            if not future.cancelled():
-                if future.exception() is not None:
-                    answers.put_nowait(self._tagged_error(request_id, future.exception(), started))
-                else:
-                    tagged = pb.EncodeStreamResponse(request_id=request_id)
-                    pending.response(future.result(), out=tagged.response)
-                    answers.put_nowait(tagged)
-                    self.calls.record("EncodeStream", grpc.StatusCode.OK, started)
-            if not reading and not jobs:
-                answers.put_nowait(None)
-
-        async def read_requests() -> None:
-            nonlocal reading
-            try:
-                requests = aiter(request_iterator)
-                while True:
-                    await slots.acquire()
-                    try:
-                        tagged = await anext(requests)
-                    except StopAsyncIteration:
-                        break
-                    started = time.perf_counter()
-                    try:
-                        pending = self.plane.start_encode(tagged.request)
-                    except Exception as exc:
-                        answers.put_nowait(self._tagged_error(tagged.request_id, exc, started))
-                        continue
-                    jobs.add(pending.job.future)
-                    pending.job.future.add_done_callback(
-                        functools.partial(answer, pending, tagged.request_id, started))
-            finally:
-                reading = False
-                if not jobs:
-                    answers.put_nowait(None)
-
-        reader = asyncio.create_task(read_requests())
-        try:
-            while (response := await answers.get()) is not None:
-                yield response
-                slots.release()
-            await reader  # re-raises a failure to read the requests
-        finally:
-            reader.cancel()
-            for future in list(jobs):
-                future.cancel()
-            self.calls.close_stream()
-
-    async def StreamSequence(
-        self, request_iterator: AsyncIterator[pb.StreamSequenceRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.StreamSequenceResponse]:
-        await self.calls.open_stream(context)
+    async def StreamSequence(self, requests: AsyncIterator[pb.StreamSequenceRequest],
+                             context: Context) -> AsyncIterator[pb.StreamSequenceResponse]:
         stream = SequenceStream(self.plane)
-        try:
-            async for request in request_iterator:
-                response = await self.calls.answer("StreamSequence", context, functools.partial(stream.handle, request))
-                if response is not None:
-                    yield response
-            if stream.open_at_close:
-                yield await self.calls.answer("StreamSequence", context, stream.finish)
-        finally:
-            self.calls.close_stream()
+        tally = this_call()
+        async for request in requests:
+            started = time.perf_counter()
+            response = await stream.handle(request)
+            tally.record(grpc.StatusCode.OK, started)
+            if response is not None:
+                yield response
+        if stream.open_at_close:
+            started = time.perf_counter()
+            response = await stream.finish()
+            tally.record(grpc.StatusCode.OK, started)
+            yield response
 
 
 def method_handlers(servicer: object, metrics: Metrics,

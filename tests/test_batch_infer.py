@@ -156,9 +156,9 @@ def test_every_input_format_gives_the_reference_predictions(tmp_path, fmt, sampl
     rows = read_jsonl(out)
     # .ts has no ids: its records are numbered from 0.
     ids = [str(i) for i in range(len(sample))] if fmt == "ts" else [s[0] for s in sample]
-    check_against_reference(rows, reference, {i: s[1] for i, s in zip(ids, sample)})
+    check_against_reference(rows, reference, {i: s[1] for i, s in zip(ids, sample, strict=True)})
     if fmt != "npz-padded":  # the padded sample has no labels
-        truth = dict(zip(ids, (s[2] for s in sample)))
+        truth = dict(zip(ids, (s[2] for s in sample), strict=True))
         assert all(r["true_label"] == truth[r["id"]] for r in rows)
     report = json.loads(summary.read_text())
     assert (report["read"], report["written"], report["failed"], report["exit_status"]) == (60, 60, 0, 0)
@@ -465,7 +465,7 @@ def test_bad_records_go_to_the_errors_file_and_the_run_goes_on(tmp_path, sample,
     errors = read_jsonl(tmp_path / "preds.jsonl.errors.jsonl")
     assert len(errors) == len(bad)
     line_of = {line: number for number, line in enumerate(lines, start=1)}
-    for error, (line, rid, reason) in zip(sorted(errors, key=lambda e: e["line"]), bad):
+    for error, (line, rid, reason) in zip(sorted(errors, key=lambda e: e["line"]), bad, strict=True):
         assert error["line"] == line_of[line]
         assert error["id"] == rid
         assert reason in error["reason"], (reason, error["reason"])
@@ -569,7 +569,8 @@ def test_padded_npz_lengths_outside_the_padding_fail_their_records(tmp_path, sam
         EXIT_FAILED_RECORDS
     assert [r["id"] for r in read_jsonl(tmp_path / "p.jsonl")] == ["ok"]
     assert {e["id"]: e["reason"] for e in read_jsonl(tmp_path / "p.jsonl.errors.jsonl")} == {
-        "low": f"lengths: -1 is outside 0..{len(steps)}", "high": f"lengths: {len(steps) + 1} is outside 0..{len(steps)}"}
+        "low": f"lengths: -1 is outside 0..{len(steps)}",
+        "high": f"lengths: {len(steps) + 1} is outside 0..{len(steps)}"}
 
 
 def test_json_lines_rows_give_back_the_same_float32(tmp_path):
@@ -712,7 +713,7 @@ def test_runs_side_by_side_write_the_same_predictions_in_the_same_order(tmp_path
                                  "--model-repository", str(REPOSITORY)]) == 0
     one, three = ([json.loads(line) for line in outputs[n].read_text().splitlines()] for n in (1, 3))
     assert [row["id"] for row in one] == [row["id"] for row in three] and len(one) == len(sample)
-    for a, b in zip(one, three):
+    for a, b in zip(one, three, strict=True):
         assert a["label"] == b["label"]
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-6)
         np.testing.assert_allclose(a["attention"], b["attention"], atol=1e-6)
@@ -739,5 +740,5 @@ def test_the_shipped_samples_hold_the_same_records_in_every_format():
     assert len(jsonl) == 36
     for suffix, records in by_format.items():
         assert [(i, label) for i, label, _ in records] == [(i, label) for i, label, _ in jsonl], suffix
-        for (_, _, got), (_, _, want) in zip(records, jsonl):
+        for (_, _, got), (_, _, want) in zip(records, jsonl, strict=True):
             np.testing.assert_array_equal(got, want, err_msg=suffix)

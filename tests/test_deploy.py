@@ -52,7 +52,8 @@ KSERVE_WHEEL = Path(os.environ.get("SEQSERVE_KSERVE_WHEEL")
                     or ROOT / ".ci" / "tools" / f"kserve-{KSERVE_VERSION}-py3-none-any.whl")
 SERVER_GRACE_S = 10  # SEQSERVE_GRACE_SECONDS in the manifests
 CONTAINER_UID = 10001
-YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}"
+YAMLLINT_CONFIG = ("{extends: default, rules: {line-length: {max: 120}, document-start: disable, "
+                   "truthy: {check-keys: false}}}")
 __all__ = ["docker_engine"]  # a fixture of test_docker.py, used here
 
 

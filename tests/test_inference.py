@@ -30,7 +30,7 @@ def test_pad_puts_each_sequence_at_the_start_of_its_row_and_zeros_after(lengths)
     x, got = pad(seqs, F)
     assert x.shape == (len(lengths), max(1, max(lengths)), F) and x.dtype == np.float32
     assert got.tolist() == lengths and got.dtype == np.int64
-    for row, s in zip(x, seqs):
+    for row, s in zip(x, seqs, strict=True):
         np.testing.assert_array_equal(row[: len(s)], s)
         assert not row[len(s):].any()
     packed_x, _ = pad_packed(np.concatenate(seqs), np.array(lengths))

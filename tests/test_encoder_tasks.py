@@ -7,29 +7,12 @@ import math
 import pytest
 import torch
 from conftest import CELLS, H, make_config, make_model, random_batch
+from tiny_models import TARGET_MEAN, TARGET_STD, conv_config, model_of, regressor_config
 
 from seqserve.contract import FRAMES, frame_lengths, output_names, output_specs
 from seqserve.model.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from seqserve.model.config import EncoderConfig
-from seqserve.model.encoder import RecurrentEncoder
 from seqserve.model.errors import ConfigError
-
-TARGET_MEAN, TARGET_STD = (10.0, -3.0), (4.0, 0.25)
-
-
-def regressor_config(**changes) -> EncoderConfig:
-    base = dict(task="regress", num_targets=2, class_labels=(), target_mean=TARGET_MEAN, target_std=TARGET_STD)
-    return make_config(**(base | changes))
-
-
-def conv_config(**changes) -> EncoderConfig:
-    return make_config(**({"input_stage": "conv", "conv_channels": 6, "conv_kernel": 5, "conv_stride": 3} | changes))
-
-
-def model_of(config: EncoderConfig, seed: int = 0) -> RecurrentEncoder:
-    torch.manual_seed(seed)
-    return RecurrentEncoder(config).eval()
-
 
 # ---------------------------------------------------------------- config
 

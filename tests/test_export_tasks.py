@@ -12,12 +12,12 @@ import onnx
 import pytest
 import torch
 from conftest import CELLS, ROOT, make_config, ort_run, random_batch
+from tiny_models import TARGET_MEAN, TARGET_STD, conv_config, model_of, regressor_config
 
 from seqserve.contract import FRAMES, frame_lengths, output_names
 from seqserve.metadata import MetadataError, ModelMetadata
 from seqserve.model import export
 from seqserve.model.checkpoint import save_checkpoint
-from seqserve.model.config import EncoderConfig
 from seqserve.model.data import SequenceDataset
 from seqserve.model.encoder import RecurrentEncoder
 from seqserve.model.errors import SeqserveModelError
@@ -28,23 +28,6 @@ from seqserve.model.reference import ReferenceEncoder
 from seqserve.repository import METADATA_FILE, read_version
 
 LONG = 40  # longest sequence of the parity grid here: small models, short runs
-TARGET_MEAN, TARGET_STD = (10.0, -3.0), (4.0, 0.25)
-
-
-def regressor_config(**changes) -> EncoderConfig:
-    base = dict(task="regress", num_targets=2, class_labels=(), target_mean=TARGET_MEAN, target_std=TARGET_STD)
-    return make_config(**(base | changes))
-
-
-def conv_config(**changes) -> EncoderConfig:
-    return make_config(**({"input_stage": "conv", "conv_channels": 6, "conv_kernel": 5, "conv_stride": 3} | changes))
-
-
-def model_of(config: EncoderConfig, seed: int = 0) -> RecurrentEncoder:
-    torch.manual_seed(seed)
-    return RecurrentEncoder(config).eval()
-
-
 def exported(model: RecurrentEncoder, folder: Path) -> Path:
     path = folder / "model.onnx"
     export_onnx(model, path)

@@ -135,3 +135,21 @@ def export_model(folder: Path, index: int, **config) -> Exported:
     path = folder / f"model_{index}.onnx"
     export_onnx(model, path)
     return Exported(model, path)
+
+
+# Models of the other task and of the conv input stage (test_encoder_tasks, test_export_tasks).
+TARGET_MEAN, TARGET_STD = (10.0, -3.0), (4.0, 0.25)
+
+
+def regressor_config(**changes) -> EncoderConfig:
+    base = dict(task="regress", num_targets=2, class_labels=(), target_mean=TARGET_MEAN, target_std=TARGET_STD)
+    return make_config(**(base | changes))
+
+
+def conv_config(**changes) -> EncoderConfig:
+    return make_config(**({"input_stage": "conv", "conv_channels": 6, "conv_kernel": 5, "conv_stride": 3} | changes))
+
+
+def model_of(config: EncoderConfig, seed: int = 0) -> RecurrentEncoder:
+    torch.manual_seed(seed)
+    return RecurrentEncoder(config).eval()
